@@ -1,0 +1,100 @@
+import { promises as fs } from 'node:fs';
+import { Flags } from '@oclif/core';
+import { SaeCommand } from '../util/command.js';
+import { UserError } from '../util/errors.js';
+import { Progress } from '../util/progress.js';
+import { train } from '../sae/train.js';
+import { ACTIVATIONS } from '../sae/config.js';
+import { configFlags, flagsToConfig } from '../cli/flags.js';
+
+export default class Train extends SaeCommand {
+  static override description = 'Train a sparse autoencoder on activation shards (SPEC §8): relu, topk, batchtopk, mutual (MC), feature (FC), phased MC→FC';
+
+  static override examples = [
+    '<%= config.bin %> train --data shards/ --out runs/mc --activation mutual --k 32 --steps 10000',
+    '<%= config.bin %> train --data shards/ --out runs/mcfc --activation mutual --steps 8000 --finetune-steps 2000',
+    '<%= config.bin %> train --data shards/ --out runs/mc --resume runs/mc',
+  ];
+
+  static override flags = {
+    data: Flags.string({ description: 'activation shards (directory or .parquet file)', required: true }),
+    out: Flags.string({ description: 'run directory (checkpoint/, final/, metrics.jsonl, summary.json)', required: true }),
+    config: Flags.string({ description: 'JSON config file (keys as in TrainConfig; flags override it)' }),
+    resume: Flags.string({ description: 'continue from a training checkpoint or run directory, bit-exactly; a different --activation adds a phase' }),
+    'init-from': Flags.string({ description: 'start a new run from a checkpoint’s weights and density statistics' }),
+    'finetune-steps': Flags.integer({ description: 'append the paper’s phase 2: Feature Choice (Zipf) without auxiliary losses for this many steps' }),
+    json: Flags.boolean({ description: 'print the run summary as JSON on stdout' }),
+    quiet: Flags.boolean({ description: 'no progress or log lines on stderr' }),
+    ...configFlags,
+  };
+
+  async run(): Promise<void> {
+    const { flags } = await this.parse(Train);
+    let fileCfg: Record<string, unknown> = {};
+    if (flags.config) {
+      let text: string;
+      try {
+        text = await fs.readFile(flags.config, 'utf8');
+      } catch {
+        throw new UserError(`config file ${flags.config}: cannot read`);
+      }
+      try {
+        fileCfg = JSON.parse(text) as Record<string, unknown>;
+      } catch {
+        throw new UserError(`config file ${flags.config}: not valid JSON`);
+      }
+      if (typeof fileCfg !== 'object' || fileCfg === null || Array.isArray(fileCfg)) throw new UserError(`config file ${flags.config}: must hold a JSON object`);
+    }
+    const flagCfg = flagsToConfig(flags as Record<string, unknown>);
+    if (flags['finetune-steps'] !== undefined) {
+      if (flags['finetune-steps'] < 1) throw new UserError('--finetune-steps must be ≥ 1');
+      flagCfg.phases = [{ activation: 'feature', steps: flags['finetune-steps'], auxKCoef: 0, auxZipfCoef: 0 }];
+    }
+    if (flagCfg.activation !== undefined && !ACTIVATIONS.includes(flagCfg.activation as never))
+      throw new UserError(`unknown activation "${String(flagCfg.activation)}" (one of ${ACTIVATIONS.join(', ')})`);
+    const config = { ...fileCfg, ...flagCfg };
+
+    const progress = new Progress('train', !flags.quiet);
+    const controller = new AbortController();
+    const onSigint = () => {
+      if (controller.signal.aborted) process.exit(130);
+      progress.line('interrupt: writing a checkpoint, press Ctrl-C again to abort');
+      controller.abort();
+    };
+    process.on('SIGINT', onSigint);
+    try {
+      const summary = await train({
+        data: flags.data,
+        out: flags.out,
+        config,
+        resume: flags.resume,
+        initFrom: flags['init-from'],
+        signal: controller.signal,
+        onNote: (m) => progress.line(`note: ${m}`),
+        onStep: (s, total) => progress.tick(s, total),
+        onLog: (r) =>
+          progress.line(
+            `step ${r.step} ${r.activation} loss ${r.total.toFixed(5)} recon ${r.recon.toFixed(5)} fvu ${r.fvu.toFixed(4)} L0 ${r.l0.toFixed(1)} ` +
+              `auxK ${r.auxK.toFixed(4)} auxZipf ${r.auxZipf.toFixed(4)} dead ${(100 * r.deadFraction).toFixed(1)}% dying ${(100 * r.dyingFraction).toFixed(1)}% ` +
+              `lr ${r.lr.toExponential(2)} ${r.tokensPerSec.toFixed(0)} tok/s`,
+          ),
+      });
+      progress.done();
+      if (flags.json) process.stdout.write(JSON.stringify(summary) + '\n');
+      else {
+        const l = summary.last;
+        if (!flags.quiet)
+          this.info(
+            summary.interrupted
+              ? `interrupted at step ${summary.steps}/${summary.totalSteps}; resume with --resume ${summary.out}`
+              : `trained ${summary.activations.join('→')} d=${summary.d} F=${summary.width} for ${summary.steps} steps in ${summary.seconds.toFixed(1)}s` +
+                  (l ? `: fvu ${l.fvu.toFixed(4)}, L0 ${l.l0.toFixed(1)}, dead ${(100 * summary.deadFraction).toFixed(2)}%` : ''),
+          );
+        process.stdout.write((summary.final ?? `${summary.out}/checkpoint`) + '\n');
+      }
+      if (summary.interrupted) this.exit(130);
+    } finally {
+      process.off('SIGINT', onSigint);
+    }
+  }
+}

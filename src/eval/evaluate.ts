@@ -1,0 +1,78 @@
+import type { KernelFactory, SaeParams, Selection } from '../kernels/types.js';
+import { createReferenceKernels } from '../kernels/reference.js';
+import { allocCodes } from '../sae/selection.js';
+import { BatchStream, type ShardSet } from '../store/reader.js';
+import { UserError } from '../util/errors.js';
+
+export interface EvalResult {
+  rows: number;
+  /** mean active features per token (SPEC §9) */
+  l0: number;
+  /** histogram of active features per token: counts[n] = tokens with n active (last bin = ≥ len-1) */
+  l0Histogram: number[];
+  mse: number;
+  /** Σ‖x−x̂‖² / Σ‖x−mean(x)‖² over all evaluated rows */
+  fvu: number;
+  /** fraction of features that never fired on the evaluated rows */
+  deadFraction: number;
+  /** firing frequency per feature, in feature order */
+  density: Float64Array;
+}
+
+/**
+ * Batch evaluation of an SAE on shards (SPEC §9) with the selection it was trained with, applied in
+ * batches exactly as in training (appendix B's batch inference).
+ */
+export async function evaluateSae(
+  p: SaeParams,
+  set: ShardSet,
+  selectionFor: (B: number) => Selection,
+  opts: { batchSize: number; maxRows?: number; kernels?: KernelFactory; seed?: number },
+): Promise<EvalResult> {
+  const { d, F } = p;
+  if (set.meta.d !== d) throw new UserError(`shards have d=${set.meta.d} but the SAE expects d=${d}`);
+  const B = Math.min(opts.batchSize, set.rows);
+  if (B < 1) throw new UserError('no rows to evaluate');
+  const k = (opts.kernels ?? createReferenceKernels)({ d, F, maxB: B });
+  const stream = new BatchStream(set, { batchSize: B, windowRows: B, seed: opts.seed ?? 0, loop: false });
+  const x = new Float32Array(B * d);
+  const xhat = new Float32Array(B * d);
+  const enc = { xc: new Float32Array(B * d), codes: allocCodes(B, B * 64), aux: [] };
+  const fired = new Float64Array(F);
+  const hist = new Array<number>(129).fill(0);
+  const maxRows = opts.maxRows ?? Infinity;
+  let rows = 0;
+  let sse = 0;
+  // FVU needs Σ‖x − mean‖² over everything evaluated: accumulate Σx and Σ‖x‖² in float64
+  const sum = new Float64Array(d);
+  let sumSq = 0;
+  while (rows + B <= maxRows && (await stream.next(x))) {
+    k.encodeSelect(p, x, B, selectionFor(B), [], enc);
+    k.decode(p, enc.codes, xhat, true);
+    for (let i = 0; i < B * d; i++) {
+      sse += (x[i] - xhat[i]) ** 2;
+      sumSq += x[i] * x[i];
+      sum[i % d] += x[i];
+    }
+    const c = enc.codes;
+    for (let b = 0; b < B; b++) {
+      const n = c.rowPtr[b + 1] - c.rowPtr[b];
+      hist[Math.min(n, hist.length - 1)]++;
+    }
+    for (let e = 0; e < c.nnz; e++) fired[c.index[e]]++;
+    rows += B;
+  }
+  if (rows === 0) throw new UserError('no full batch to evaluate; lower --batch-size');
+  let meanSq = 0;
+  for (let i = 0; i < d; i++) meanSq += (sum[i] / rows) ** 2;
+  const variance = sumSq - rows * meanSq;
+  let nnz = 0;
+  let dead = 0;
+  for (let j = 0; j < F; j++) {
+    nnz += fired[j];
+    if (fired[j] === 0) dead++;
+    fired[j] /= rows;
+  }
+  while (hist.length > 1 && hist[hist.length - 1] === 0) hist.pop();
+  return { rows, l0: nnz / rows, l0Histogram: hist, mse: sse / rows, fvu: sse / variance, deadFraction: dead / F, density: fired };
+}

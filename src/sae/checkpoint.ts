@@ -1,0 +1,202 @@
+import { promises as fs } from 'node:fs';
+import * as path from 'node:path';
+import type { SaeParams } from '../kernels/types.js';
+import { UserError } from '../util/errors.js';
+import { publishDirAtomic, tmpSibling, writeFileAtomic, describeFsError } from '../util/atomic.js';
+import { readSafetensors, writeSafetensors, type Tensor } from '../util/safetensors.js';
+import { allocParams } from './params.js';
+import { resolveConfig, type TrainConfig } from './config.js';
+import type { TrainerSnapshot } from './trainer.js';
+
+/**
+ * SAE checkpoint folder (SPEC §10):
+ *   sae.safetensors   W_enc [d_in, d_sae], W_dec [d_sae, d_in], b_enc, b_dec (+ threshold for JumpReLU)
+ *   cfg.json          SAELens-style cfg, with our full training config under "sae_train"
+ *   state.safetensors optimiser moments, density statistics, ranking (only in training checkpoints)
+ *   state.json        step, tokens, RNG, data position, … (only in training checkpoints)
+ * The folder is filled under a temporary name and renamed when complete, so a folder with the final
+ * name is never half-written.
+ */
+
+export const CHECKPOINT_FORMAT = 'sae-checkpoint/1';
+
+export interface SaeCfgJson {
+  architecture: string;
+  d_in: number;
+  d_sae: number;
+  dtype: 'float32';
+  hook_name: string;
+  model_name: string;
+  normalize_activations: string;
+  apply_b_dec_to_input: boolean;
+  activation_fn_kwargs: Record<string, number>;
+  format: string;
+  /** present for training checkpoints */
+  sae_train?: { config: TrainConfig; d: number; F: number; step: number; deadWindow: number; shards?: string };
+  /** JumpReLU export: how thresholds were calibrated */
+  calibration?: Record<string, unknown>;
+}
+
+export interface LoadedCheckpoint {
+  dir: string;
+  cfg: SaeCfgJson;
+  params: SaeParams;
+  threshold?: Float32Array;
+  state?: { snapshot: TrainerSnapshot; dataPosition: unknown };
+}
+
+function f32(shape: number[], data: Float32Array): Tensor {
+  return { dtype: 'F32', shape, data };
+}
+
+export function transpose(a: Float32Array | Float64Array, rows: number, cols: number): Float32Array {
+  const out = new Float32Array(rows * cols);
+  for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) out[c * rows + r] = a[r * cols + c];
+  return out;
+}
+
+export function weightTensors(p: SaeParams, threshold?: Float32Array): Record<string, Tensor> {
+  const t: Record<string, Tensor> = {
+    W_enc: f32([p.d, p.F], transpose(p.WencT, p.F, p.d)),
+    W_dec: f32([p.F, p.d], Float32Array.from(p.Wdec)),
+    b_enc: f32([p.F], Float32Array.from(p.bEnc)),
+    b_dec: f32([p.d], Float32Array.from(p.bDec)),
+  };
+  if (threshold) t.threshold = f32([p.F], threshold);
+  return t;
+}
+
+/** Write a checkpoint folder atomically. `snapshot` makes it resumable. */
+export async function saveCheckpoint(
+  dir: string,
+  cfg: SaeCfgJson,
+  params: SaeParams,
+  extra?: { snapshot?: TrainerSnapshot; dataPosition?: unknown; threshold?: Float32Array },
+): Promise<void> {
+  await fs.mkdir(path.dirname(path.resolve(dir)), { recursive: true }).catch((e) => {
+    throw describeFsError(e, `creating ${path.dirname(dir)}`);
+  });
+  const tmp = tmpSibling(dir);
+  try {
+    await fs.mkdir(tmp, { recursive: true });
+    await writeSafetensors(path.join(tmp, 'sae.safetensors'), weightTensors(params, extra?.threshold), { format: 'pt' });
+    await writeFileAtomic(path.join(tmp, 'cfg.json'), JSON.stringify(cfg, null, 2) + '\n');
+    const s = extra?.snapshot;
+    if (s) {
+      const tensors: Record<string, Tensor> = {
+        order: { dtype: 'I32', shape: [s.order.length], data: s.order },
+        dying: { dtype: 'U8', shape: [s.dying.length], data: s.dying },
+      };
+      s.m.forEach((a, i) => (tensors[`adam_m.${i}`] = f32([a.length], a)));
+      s.v.forEach((a, i) => (tensors[`adam_v.${i}`] = f32([a.length], a)));
+      await writeSafetensors(path.join(tmp, 'state.safetensors'), tensors);
+      const state = {
+        format: CHECKPOINT_FORMAT,
+        step: s.step,
+        tokens: s.tokens,
+        rng: s.rng,
+        lastRankStep: s.lastRankStep,
+        stats: s.stats,
+        dataPosition: extra?.dataPosition ?? null,
+        moments: s.m.length,
+      };
+      await writeFileAtomic(path.join(tmp, 'state.json'), JSON.stringify(state) + '\n');
+    }
+    await publishDirAtomic(tmp, dir);
+  } catch (err) {
+    await fs.rm(tmp, { recursive: true, force: true }).catch(() => undefined);
+    throw describeFsError(err, `writing checkpoint ${dir}`);
+  }
+}
+
+async function readJson(file: string, label: string): Promise<unknown> {
+  let text: string;
+  try {
+    text = await fs.readFile(file, 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new UserError(`${label}: missing ${path.basename(file)}`);
+    throw describeFsError(err, `reading ${file}`);
+  }
+  try {
+    return JSON.parse(text);
+  } catch {
+    throw new UserError(`${label}: ${path.basename(file)} is not valid JSON (truncated?)`);
+  }
+}
+
+function need(t: Record<string, { shape: number[]; data: unknown }>, name: string, shape: number[], label: string): Float32Array {
+  const x = t[name];
+  if (!x) throw new UserError(`${label}: tensor ${name} missing`);
+  if (x.shape.length !== shape.length || x.shape.some((v, i) => v !== shape[i]))
+    throw new UserError(`${label}: tensor ${name} has shape [${x.shape}] but [${shape}] was expected`);
+  if (!(x.data instanceof Float32Array)) throw new UserError(`${label}: tensor ${name} must be float32`);
+  return x.data;
+}
+
+/** Load a checkpoint folder, validating every piece; `withState` requires the training state too. */
+export async function loadCheckpoint(dir: string, opts: { withState: boolean }): Promise<LoadedCheckpoint> {
+  const label = `checkpoint ${dir}`;
+  const st = await fs.stat(dir).catch(() => null);
+  if (!st) throw new UserError(`${label}: no such directory`);
+  if (!st.isDirectory()) throw new UserError(`${label}: not a directory`);
+  const cfg = (await readJson(path.join(dir, 'cfg.json'), label)) as SaeCfgJson;
+  if (typeof cfg !== 'object' || !cfg || !Number.isInteger(cfg.d_in) || !Number.isInteger(cfg.d_sae))
+    throw new UserError(`${label}: cfg.json lacks d_in/d_sae`);
+  const d = cfg.d_in;
+  const F = cfg.d_sae;
+  const wfile = path.join(dir, 'sae.safetensors');
+  if (!(await fs.stat(wfile).catch(() => null))) throw new UserError(`${label}: missing sae.safetensors`);
+  const w = (await readSafetensors(wfile)).tensors;
+  const params = allocParams(d, F);
+  params.WencT.set(transpose(need(w, 'W_enc', [d, F], label), d, F));
+  params.Wdec.set(need(w, 'W_dec', [F, d], label));
+  params.bEnc.set(need(w, 'b_enc', [F], label));
+  params.bDec.set(need(w, 'b_dec', [d], label));
+  for (const t of [params.WencT, params.Wdec, params.bEnc, params.bDec])
+    for (let i = 0; i < t.length; i++) if (!Number.isFinite(t[i])) throw new UserError(`${label}: weights contain NaN/Inf`);
+  const out: LoadedCheckpoint = { dir, cfg, params };
+  if (w.threshold) out.threshold = need(w, 'threshold', [F], label);
+  if (!opts.withState) return out;
+
+  if (!cfg.sae_train) throw new UserError(`${label}: not a training checkpoint (no sae_train in cfg.json)`);
+  const state = (await readJson(path.join(dir, 'state.json'), label)) as Record<string, unknown>;
+  if (state.format !== CHECKPOINT_FORMAT) throw new UserError(`${label}: state.json format ${String(state.format)} is not ${CHECKPOINT_FORMAT}`);
+  const sfile = path.join(dir, 'state.safetensors');
+  if (!(await fs.stat(sfile).catch(() => null))) throw new UserError(`${label}: missing state.safetensors`);
+  const s = (await readSafetensors(sfile)).tensors;
+  const sizes = [F * d, F, F * d, d];
+  const n = Number(state.moments);
+  if (n !== sizes.length) throw new UserError(`${label}: state has ${n} moment tensors, expected ${sizes.length}`);
+  const m = sizes.map((len, i) => need(s, `adam_m.${i}`, [len], label));
+  const v = sizes.map((len, i) => need(s, `adam_v.${i}`, [len], label));
+  const order = s.order?.data;
+  const dying = s.dying?.data;
+  if (!(order instanceof Int32Array) || order.length !== F) throw new UserError(`${label}: state tensor order missing or wrong size`);
+  if (!(dying instanceof Uint8Array) || dying.length !== F) throw new UserError(`${label}: state tensor dying missing or wrong size`);
+  out.state = {
+    snapshot: {
+      step: Number(state.step),
+      tokens: Number(state.tokens),
+      rng: state.rng as TrainerSnapshot['rng'],
+      lastRankStep: Number(state.lastRankStep),
+      order,
+      dying,
+      stats: state.stats as TrainerSnapshot['stats'],
+      m,
+      v,
+    },
+    dataPosition: state.dataPosition,
+  };
+  if (!Number.isInteger(out.state.snapshot.step) || out.state.snapshot.step < 0) throw new UserError(`${label}: state.json has no valid step`);
+  return out;
+}
+
+/** The TrainConfig a training checkpoint was made with, re-validated. */
+export function checkpointConfig(ck: LoadedCheckpoint): TrainConfig {
+  return resolveConfig(ck.cfg.sae_train!.config as unknown as Record<string, unknown>);
+}
+
+export function architectureName(activation: string): string {
+  // SAELens names: standard (ReLU + L1), topk, jumprelu; batch-level selections keep our names.
+  return activation === 'relu' ? 'standard' : activation;
+}

@@ -1,0 +1,238 @@
+import { UserError } from '../util/errors.js';
+import type { Preprocessing } from '../store/preprocess.js';
+
+/**
+ * Training configuration: typed, defaulted and validated here and only here. CLI flags and
+ * `--config` JSON files are both turned into a partial config and passed through `resolveConfig`,
+ * so flags, files and defaults cannot disagree.
+ */
+
+export const ACTIVATIONS = ['relu', 'topk', 'batchtopk', 'mutual', 'feature', 'jumprelu'] as const;
+export type Activation = (typeof ACTIVATIONS)[number];
+export const TRAINABLE: readonly Activation[] = ['relu', 'topk', 'batchtopk', 'mutual', 'feature'];
+
+export type Capacities = 'zipf' | 'uniform';
+export type LrDecay = 'none' | 'linear' | 'cosine';
+
+/** What may change between the phases of one run (SPEC §8 phased training). */
+export interface PhaseConfig {
+  activation: Activation;
+  steps: number;
+  auxKCoef: number;
+  auxZipfCoef: number;
+}
+
+export interface TrainConfig {
+  /** phase 1's activation (and the only one when `phases` is empty) */
+  activation: Activation;
+  /** d_sae; when 0, expansion × d */
+  width: number;
+  expansion: number;
+  /** mean active features per token; the batch budget is M = k·B (SPEC §5) */
+  k: number;
+  capacities: Capacities;
+  zipfAlpha: number;
+  zipfBeta: number;
+  /** per-feature cap on tokens for Feature Choice; 0 → B (no cap) */
+  mMax: number;
+  /** recompute density ranks (Zipf capacities, dying set) every this many steps */
+  rankInterval: number;
+  densityEma: number;
+  batchSize: number;
+  /** phase 1's steps (and the only phase when `phases` is empty) */
+  steps: number;
+  /** later phases; phase 2 of the paper is {activation: 'feature', auxKCoef: 0, auxZipfCoef: 0} */
+  phases: PhaseConfig[];
+  /** 0 → width-scaled default 2e-4 / sqrt(F / 2^14) (Gao et al.) */
+  lr: number;
+  lrWarmupSteps: number;
+  lrDecay: LrDecay;
+  /** fraction of the total steps after which decay starts */
+  lrDecayStart: number;
+  beta1: number;
+  beta2: number;
+  eps: number;
+  weightDecay: number;
+  maxGradNorm: number;
+  l1Coef: number;
+  auxK: number;
+  /** −1 → auto: 1/32 for TopK-style selections, 0 for relu */
+  auxKCoef: number;
+  /** −1 → auto: 1/32 for mutual (the paper's phase 1), 0 otherwise (BatchTopK has none by default, SPEC §5) */
+  auxZipfCoef: number;
+  /** tokens without firing before a feature counts as dead; 0 → min(10M, tokens of the run / 4) */
+  deadWindow: number;
+  nfmCoef: number;
+  nfmInfCoef: number;
+  nfmSample: number;
+  bDecInit: 'zero' | 'mean';
+  seed: number;
+  /** shuffle-buffer size in rows; 0 → 16 batches */
+  shuffleWindow: number;
+  checkpointEvery: number;
+  logEvery: number;
+  /** preprocessing the shards must carry (SPEC §3); 'any' accepts what the shards record */
+  expectPreprocessing: Preprocessing | 'any';
+}
+
+export const DEFAULTS: TrainConfig = {
+  activation: 'topk',
+  width: 0,
+  expansion: 8,
+  k: 32,
+  capacities: 'zipf',
+  zipfAlpha: 1.0,
+  zipfBeta: 6.8,
+  mMax: 0,
+  rankInterval: 100,
+  densityEma: 0.99,
+  batchSize: 1536,
+  steps: 10_000,
+  phases: [],
+  lr: 0,
+  lrWarmupSteps: 0,
+  lrDecay: 'linear',
+  lrDecayStart: 0.8,
+  beta1: 0.9,
+  beta2: 0.999,
+  eps: 1e-8,
+  weightDecay: 1e-5,
+  maxGradNorm: 1.0,
+  l1Coef: 5,
+  auxK: 512,
+  auxKCoef: -1,
+  auxZipfCoef: -1,
+  deadWindow: 0,
+  nfmCoef: 0,
+  nfmInfCoef: 0,
+  nfmSample: 256,
+  bDecInit: 'mean',
+  seed: 0,
+  shuffleWindow: 0,
+  checkpointEvery: 1000,
+  logEvery: 10,
+  expectPreprocessing: 'any',
+};
+
+const KINDS: Record<keyof TrainConfig, 'int' | 'num' | 'str' | 'phases'> = {
+  activation: 'str', width: 'int', expansion: 'num', k: 'int', capacities: 'str', zipfAlpha: 'num', zipfBeta: 'num',
+  mMax: 'int', rankInterval: 'int', densityEma: 'num', batchSize: 'int', steps: 'int', phases: 'phases', lr: 'num',
+  lrWarmupSteps: 'int', lrDecay: 'str', lrDecayStart: 'num', beta1: 'num', beta2: 'num', eps: 'num', weightDecay: 'num',
+  maxGradNorm: 'num', l1Coef: 'num', auxK: 'int', auxKCoef: 'num', auxZipfCoef: 'num', deadWindow: 'int', nfmCoef: 'num',
+  nfmInfCoef: 'num', nfmSample: 'int', bDecInit: 'str', seed: 'int', shuffleWindow: 'int', checkpointEvery: 'int',
+  logEvery: 'int', expectPreprocessing: 'str',
+};
+
+function bad(msg: string): never {
+  throw new UserError(`config: ${msg}`);
+}
+
+function checkNumber(key: string, v: unknown, int: boolean): number {
+  if (typeof v !== 'number' || !Number.isFinite(v)) bad(`${key} must be a finite number, got ${JSON.stringify(v)}`);
+  if (int && !Number.isInteger(v)) bad(`${key} must be an integer, got ${v}`);
+  return v;
+}
+
+function oneOf<T extends string>(key: string, v: unknown, allowed: readonly T[]): T {
+  if (typeof v !== 'string' || !allowed.includes(v as T)) bad(`${key} must be one of ${allowed.join(', ')}; got ${JSON.stringify(v)}`);
+  return v as T;
+}
+
+function resolvePhase(i: number, raw: unknown, base: TrainConfig): PhaseConfig {
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) bad(`phases[${i}] must be an object`);
+  const allowed = ['activation', 'steps', 'auxKCoef', 'auxZipfCoef'];
+  for (const key of Object.keys(raw)) if (!allowed.includes(key)) bad(`unknown key phases[${i}].${key} (allowed: ${allowed.join(', ')})`);
+  const r = raw as Record<string, unknown>;
+  const ph: PhaseConfig = {
+    activation: oneOf(`phases[${i}].activation`, r.activation ?? base.activation, ACTIVATIONS),
+    steps: checkNumber(`phases[${i}].steps`, r.steps, true),
+    auxKCoef: checkNumber(`phases[${i}].auxKCoef`, r.auxKCoef ?? 0, false),
+    auxZipfCoef: checkNumber(`phases[${i}].auxZipfCoef`, r.auxZipfCoef ?? 0, false),
+  };
+  if (ph.steps < 1) bad(`phases[${i}].steps must be ≥ 1`);
+  return ph;
+}
+
+/** Merge partial configs (later wins) over the defaults and validate the result. */
+export function resolveConfig(...parts: Array<Record<string, unknown> | undefined>): TrainConfig {
+  const merged: Record<string, unknown> = { ...DEFAULTS };
+  for (const part of parts) {
+    if (!part) continue;
+    for (const [key, v] of Object.entries(part)) {
+      if (v === undefined) continue;
+      if (!(key in KINDS)) bad(`unknown key "${key}"`);
+      merged[key] = v;
+    }
+  }
+  const c = {} as Record<string, unknown>;
+  for (const [key, kind] of Object.entries(KINDS)) {
+    const v = merged[key];
+    if (kind === 'int' || kind === 'num') c[key] = checkNumber(key, v, kind === 'int');
+    else if (kind === 'str') c[key] = v;
+    else c[key] = v;
+  }
+  const cfg = c as unknown as TrainConfig;
+  oneOf('activation', cfg.activation, ACTIVATIONS);
+  oneOf('capacities', cfg.capacities, ['zipf', 'uniform']);
+  oneOf('lrDecay', cfg.lrDecay, ['none', 'linear', 'cosine']);
+  oneOf('bDecInit', cfg.bDecInit, ['zero', 'mean']);
+  oneOf('expectPreprocessing', cfg.expectPreprocessing, ['any', 'center_unit_norm', 'none', 'dataset_scale']);
+  if (!Array.isArray(cfg.phases)) bad('phases must be an array');
+  cfg.phases = (cfg.phases as unknown[]).map((ph, i) => resolvePhase(i, ph, cfg));
+  if (cfg.auxKCoef === -1) cfg.auxKCoef = cfg.activation === 'relu' ? 0 : 1 / 32;
+  if (cfg.auxZipfCoef === -1) cfg.auxZipfCoef = cfg.activation === 'mutual' ? 1 / 32 : 0;
+  const pos = (key: keyof TrainConfig) => {
+    if (!((cfg[key] as number) > 0)) bad(`${key} must be > 0, got ${cfg[key]}`);
+  };
+  const nonneg = (key: keyof TrainConfig) => {
+    if (!((cfg[key] as number) >= 0)) bad(`${key} must be ≥ 0, got ${cfg[key]}`);
+  };
+  (['batchSize', 'steps', 'expansion', 'zipfAlpha', 'rankInterval', 'logEvery', 'checkpointEvery', 'auxK', 'nfmSample'] as const).forEach(pos);
+  (['width', 'mMax', 'lr', 'lrWarmupSteps', 'weightDecay', 'maxGradNorm', 'l1Coef', 'auxKCoef', 'auxZipfCoef', 'deadWindow', 'nfmCoef', 'nfmInfCoef', 'shuffleWindow', 'seed'] as const).forEach(nonneg);
+  if (cfg.k < 1) bad(`k must be ≥ 1, got ${cfg.k}`);
+  if (cfg.zipfBeta <= -1) bad(`zipfBeta must be > -1, got ${cfg.zipfBeta}`);
+  if (!(cfg.densityEma >= 0 && cfg.densityEma < 1)) bad(`densityEma must be in [0, 1), got ${cfg.densityEma}`);
+  if (!(cfg.beta1 >= 0 && cfg.beta1 < 1) || !(cfg.beta2 >= 0 && cfg.beta2 < 1)) bad('beta1 and beta2 must be in [0, 1)');
+  if (!(cfg.eps > 0)) bad(`eps must be > 0, got ${cfg.eps}`);
+  if (!(cfg.lrDecayStart >= 0 && cfg.lrDecayStart <= 1)) bad(`lrDecayStart must be in [0, 1], got ${cfg.lrDecayStart}`);
+  if (cfg.mMax < 0) bad(`mMax must be ≥ 1 (or 0 for no cap), got ${cfg.mMax}`);
+  for (const ph of allPhases(cfg)) {
+    if (!TRAINABLE.includes(ph.activation)) bad(`activation "${ph.activation}" is inference-only; train with mutual/batchtopk and export with \`sae export --jumprelu\``);
+  }
+  return cfg;
+}
+
+/** Checks that need the input width d (known once the shards are opened). */
+export function resolveWidth(cfg: TrainConfig, d: number): number {
+  const F = cfg.width > 0 ? cfg.width : Math.round(cfg.expansion * d);
+  if (F < 2) bad(`width must be ≥ 2, got ${F}`);
+  if (cfg.k >= F) bad(`k must be < width (k=${cfg.k}, width=${F})`);
+  if (cfg.mMax !== 0 && cfg.mMax < 1) bad('mMax must be ≥ 1');
+  return F;
+}
+
+/** SPEC §8: the learning rate scaled with width as Gao et al. recommend (2e-4 at 2^14 latents). */
+export function defaultLr(F: number): number {
+  return 2e-4 / Math.sqrt(F / 2 ** 14);
+}
+
+export function allPhases(cfg: TrainConfig): PhaseConfig[] {
+  return [{ activation: cfg.activation, steps: cfg.steps, auxKCoef: cfg.auxKCoef, auxZipfCoef: cfg.auxZipfCoef }, ...cfg.phases];
+}
+
+export function totalSteps(cfg: TrainConfig): number {
+  return allPhases(cfg).reduce((s, p) => s + p.steps, 0);
+}
+
+/** Learning rate at 0-based step t: linear warm-up, constant, then decay to 0 over the tail. */
+export function learningRate(cfg: TrainConfig, base: number, t: number): number {
+  const total = totalSteps(cfg);
+  let lr = base;
+  if (cfg.lrWarmupSteps > 0 && t < cfg.lrWarmupSteps) lr *= (t + 1) / cfg.lrWarmupSteps;
+  const start = Math.floor(cfg.lrDecayStart * total);
+  if (cfg.lrDecay !== 'none' && t >= start && total > start) {
+    const frac = (t - start) / (total - start);
+    lr *= cfg.lrDecay === 'linear' ? 1 - frac : 0.5 * (1 + Math.cos(Math.PI * frac));
+  }
+  return lr;
+}

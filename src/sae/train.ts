@@ -1,0 +1,284 @@
+import { promises as fs } from 'node:fs';
+import * as path from 'node:path';
+import type { KernelFactory } from '../kernels/types.js';
+import { UserError } from '../util/errors.js';
+import { describeFsError, writeFileAtomic } from '../util/atomic.js';
+import { BatchStream, checkCompatible, openShards, type DataPosition } from '../store/reader.js';
+import { resolveConfig, resolveWidth, totalSteps, allPhases, TRAINABLE, ACTIVATIONS, type TrainConfig, type Activation } from './config.js';
+import { Trainer, type StepReport } from './trainer.js';
+import { architectureName, checkpointConfig, loadCheckpoint, saveCheckpoint, type SaeCfgJson } from './checkpoint.js';
+
+export interface TrainOptions {
+  /** shard directory or file */
+  data: string;
+  /** run directory: checkpoint/, final/, metrics.jsonl, summary.json */
+  out: string;
+  /** partial config (flags and/or a config file), validated by resolveConfig */
+  config: Record<string, unknown>;
+  /** continue a training checkpoint exactly (or with an extra phase when the activation changes) */
+  resume?: string;
+  /** start from a checkpoint's weights and density statistics with a fresh optimiser */
+  initFrom?: string;
+  kernels?: KernelFactory;
+  /** called every logEvery steps with the step's report */
+  onLog?: (r: StepReport & { tokensPerSec: number }) => void;
+  onStep?: (step: number, total: number) => void;
+  /** message sink for notes (stderr in the CLI) */
+  onNote?: (msg: string) => void;
+  /** stop (after writing a checkpoint) once this many steps were done in this call: tests use it to
+   * simulate an interruption */
+  stopAfterSteps?: number;
+  signal?: AbortSignal;
+}
+
+export interface TrainSummary {
+  out: string;
+  final: string | null;
+  interrupted: boolean;
+  steps: number;
+  totalSteps: number;
+  tokens: number;
+  d: number;
+  width: number;
+  deadWindow: number;
+  activations: string[];
+  last: StepReport | null;
+  deadFraction: number;
+  seconds: number;
+  tokensPerSec: number;
+}
+
+/** Accept a checkpoint folder or a run directory (then its newest checkpoint). */
+export async function findCheckpoint(p: string): Promise<string> {
+  if (await exists(path.join(p, 'cfg.json'))) return p;
+  for (const sub of ['checkpoint', 'final']) {
+    if (await exists(path.join(p, sub, 'cfg.json'))) {
+      // prefer whichever is further along
+      const a = await stepOf(path.join(p, 'checkpoint'));
+      const b = await stepOf(path.join(p, 'final'));
+      return b >= a ? path.join(p, 'final') : path.join(p, 'checkpoint');
+    }
+  }
+  if (!(await exists(p))) throw new UserError(`checkpoint ${p}: no such directory`);
+  throw new UserError(`checkpoint ${p}: no cfg.json (not a checkpoint or run directory)`);
+}
+
+async function exists(p: string): Promise<boolean> {
+  return !!(await fs.stat(p).catch(() => null));
+}
+
+async function stepOf(dir: string): Promise<number> {
+  try {
+    const s = JSON.parse(await fs.readFile(path.join(dir, 'state.json'), 'utf8')) as { step?: number };
+    return s.step ?? -1;
+  } catch {
+    return -1;
+  }
+}
+
+const RESUMABLE_CHANGES = new Set(['steps', 'logEvery', 'checkpointEvery']);
+
+/**
+ * The config of a resumed run: the checkpoint's, with only the step budget or logging cadence
+ * changed — or, when the activation changes, the checkpoint's run plus one more phase (the paper's
+ * MC → FC fine-tune done as a second command).
+ */
+export function resumeConfig(saved: TrainConfig, overrides: Record<string, unknown>): TrainConfig {
+  const phases = allPhases(saved);
+  const last = phases[phases.length - 1];
+  const act = overrides.activation as Activation | undefined;
+  if (act !== undefined && !ACTIVATIONS.includes(act)) resolveConfig({ activation: act });
+  if (act !== undefined && act !== last.activation) {
+    if (!TRAINABLE.includes(act)) resolveConfig({ activation: act });
+    const steps = overrides.steps;
+    if (typeof steps !== 'number') throw new UserError('resuming with another activation adds a phase: give its --steps');
+    const rest = Object.keys(overrides).filter((k) => !['activation', 'steps', 'auxKCoef', 'auxZipfCoef', ...RESUMABLE_CHANGES].includes(k));
+    if (rest.length) throw new UserError(`cannot change ${rest.join(', ')} when resuming; use --init-from for a new run`);
+    return resolveConfig(saved as unknown as Record<string, unknown>, {
+      phases: [...saved.phases, { activation: act, steps, auxKCoef: overrides.auxKCoef ?? 0, auxZipfCoef: overrides.auxZipfCoef ?? 0 }],
+      logEvery: overrides.logEvery,
+      checkpointEvery: overrides.checkpointEvery,
+    });
+  }
+  const changed = Object.keys(overrides).filter((k) => k !== 'activation' && !RESUMABLE_CHANGES.has(k));
+  for (const k of changed) {
+    if (JSON.stringify(overrides[k]) !== JSON.stringify((saved as unknown as Record<string, unknown>)[k]))
+      throw new UserError(`cannot change ${k} when resuming (checkpoint has ${JSON.stringify((saved as unknown as Record<string, unknown>)[k])}); use --init-from for a new run`);
+  }
+  // --steps on resume sets the step count of the last phase so the total can be extended
+  const next = { ...saved } as TrainConfig;
+  if (typeof overrides.steps === 'number') {
+    if (saved.phases.length) next.phases = [...saved.phases.slice(0, -1), { ...last, steps: overrides.steps }];
+    else next.steps = overrides.steps;
+  }
+  return resolveConfig(next as unknown as Record<string, unknown>, { logEvery: overrides.logEvery, checkpointEvery: overrides.checkpointEvery });
+}
+
+/** SPEC §6: 10M tokens as Bricken et al., but never more than a quarter of the run (reported). */
+export function autoDeadWindow(cfg: TrainConfig): number {
+  if (cfg.deadWindow > 0) return cfg.deadWindow;
+  return Math.max(cfg.batchSize, Math.min(10_000_000, Math.floor((totalSteps(cfg) * cfg.batchSize) / 4)));
+}
+
+function cfgJson(cfg: TrainConfig, d: number, F: number, step: number, deadWindow: number, meta: { hook: string; model: string; preprocessing: string }, data: string, activation: string): SaeCfgJson {
+  return {
+    architecture: architectureName(activation),
+    d_in: d,
+    d_sae: F,
+    dtype: 'float32',
+    hook_name: meta.hook,
+    model_name: meta.model,
+    normalize_activations: meta.preprocessing,
+    apply_b_dec_to_input: true,
+    activation_fn_kwargs: activation === 'relu' ? {} : { k: cfg.k },
+    format: 'sae-checkpoint/1',
+    sae_train: { config: cfg, d, F, step, deadWindow, shards: data },
+  };
+}
+
+/** Stream shards into the trainer (SPEC §8), with logs, periodic checkpoints and exact resume. */
+export async function train(opts: TrainOptions): Promise<TrainSummary> {
+  const note = opts.onNote ?? (() => undefined);
+  const set = await openShards(opts.data);
+  const d = set.meta.d;
+
+  let cfg: TrainConfig;
+  let ck: Awaited<ReturnType<typeof loadCheckpoint>> | undefined;
+  if (opts.resume && opts.initFrom) throw new UserError('give --resume or --init-from, not both');
+  if (opts.resume) {
+    ck = await loadCheckpoint(await findCheckpoint(opts.resume), { withState: true });
+    cfg = resumeConfig(checkpointConfig(ck), opts.config);
+  } else {
+    cfg = resolveConfig(opts.config);
+    if (opts.initFrom) ck = await loadCheckpoint(await findCheckpoint(opts.initFrom), { withState: false });
+  }
+  checkCompatible(set.meta, { d: ck ? ck.cfg.d_in : undefined, preprocessing: cfg.expectPreprocessing === 'any' ? undefined : cfg.expectPreprocessing });
+  const F = resolveWidth(cfg, d);
+  if (ck && ck.cfg.d_sae !== F && (opts.resume || cfg.width > 0))
+    throw new UserError(`checkpoint ${ck.dir} has width ${ck.cfg.d_sae} but the run asks for ${F}`);
+  const width = ck ? ck.cfg.d_sae : F;
+  if (set.rows < cfg.batchSize) throw new UserError(`${opts.data} holds ${set.rows} rows, fewer than one batch of ${cfg.batchSize}`);
+
+  const deadWindow = autoDeadWindow(cfg);
+  const trainer = new Trainer({ cfg, d, F: width, deadWindow, kernels: opts.kernels, params: ck?.params });
+  const total = trainer.totalSteps();
+  if (deadWindow < 10_000_000 && cfg.deadWindow === 0) note(`dead window ${deadWindow} tokens (run has ${total * cfg.batchSize} tokens; 10M is the standard)`);
+
+  let position: DataPosition | undefined;
+  if (opts.resume && ck?.state) {
+    trainer.restore(ck.state.snapshot);
+    position = ck.state.dataPosition as DataPosition;
+  } else if (opts.initFrom && ck) {
+    const full = await loadCheckpoint(ck.dir, { withState: true }).catch(() => undefined);
+    if (full?.state) trainer.restore(full.state.snapshot, { optimizer: false });
+  }
+  if (trainer.step >= total) note(`checkpoint is already at step ${trainer.step} of ${total}`);
+
+  await fs.mkdir(opts.out, { recursive: true }).catch((e) => {
+    throw describeFsError(e, `creating ${opts.out}`);
+  });
+  const logFile = path.join(opts.out, 'metrics.jsonl');
+  await truncateLog(logFile, trainer.step);
+
+  const windowRows = cfg.shuffleWindow > 0 ? cfg.shuffleWindow : 16 * cfg.batchSize;
+  const stream = new BatchStream(set, { batchSize: cfg.batchSize, windowRows: Math.max(windowRows, cfg.batchSize), seed: cfg.seed, loop: true }, position);
+  const x = new Float32Array(cfg.batchSize * d);
+  const meta = { hook: set.meta.hook, model: set.meta.model, preprocessing: set.meta.preprocessing };
+
+  const save = async (dir: string) => {
+    const act = trainer.phaseAt(Math.max(0, trainer.step - 1)).phase.activation;
+    await saveCheckpoint(dir, cfgJson(cfg, d, width, trainer.step, deadWindow, meta, opts.data, act), trainer.params, {
+      snapshot: trainer.snapshot(),
+      dataPosition: stream.position(),
+    });
+  };
+
+  const t0 = Date.now();
+  let tLast = t0;
+  let tokLast = trainer.tokens;
+  let last: StepReport | null = null;
+  let done = 0;
+  let interrupted = false;
+  const logLines: string[] = [];
+  const flushLog = async () => {
+    if (!logLines.length) return;
+    await fs.appendFile(logFile, logLines.join('')).catch((e) => {
+      throw describeFsError(e, `writing ${logFile}`);
+    });
+    logLines.length = 0;
+  };
+
+  while (trainer.step < total) {
+    if (!(await stream.next(x))) throw new UserError(`${opts.data}: ran out of data`);
+    if (trainer.step === 0 && !opts.resume && !opts.initFrom) trainer.init(x);
+    last = trainer.trainStep(x);
+    done++;
+    opts.onStep?.(trainer.step, total);
+    if (trainer.step % cfg.logEvery === 0 || trainer.step === total) {
+      const now = Date.now();
+      const tokensPerSec = ((trainer.tokens - tokLast) * 1000) / Math.max(1, now - tLast);
+      tLast = now;
+      tokLast = trainer.tokens;
+      const rec = { ...last, tokensPerSec };
+      logLines.push(JSON.stringify(rec) + '\n');
+      opts.onLog?.(rec);
+      await flushLog();
+    }
+    const stop = opts.signal?.aborted || (opts.stopAfterSteps !== undefined && done >= opts.stopAfterSteps);
+    if (trainer.step % cfg.checkpointEvery === 0 || (stop && trainer.step < total)) {
+      await flushLog();
+      await save(path.join(opts.out, 'checkpoint'));
+    }
+    if (stop && trainer.step < total) {
+      interrupted = true;
+      break;
+    }
+  }
+  await flushLog();
+  let final: string | null = null;
+  if (!interrupted) {
+    final = path.join(opts.out, 'final');
+    await save(final);
+  }
+  const seconds = (Date.now() - t0) / 1000;
+  const dead = new Uint8Array(width);
+  const summary: TrainSummary = {
+    out: opts.out,
+    final,
+    interrupted,
+    steps: trainer.step,
+    totalSteps: total,
+    tokens: trainer.tokens,
+    d,
+    width,
+    deadWindow,
+    activations: allPhases(cfg).map((p) => p.activation),
+    last,
+    deadFraction: trainer.featureStats().deadMask(deadWindow, dead) / width,
+    seconds,
+    tokensPerSec: (done * cfg.batchSize) / Math.max(seconds, 1e-9),
+  };
+  if (!interrupted) await writeFileAtomic(path.join(opts.out, 'summary.json'), JSON.stringify(summary, null, 2) + '\n');
+  return summary;
+}
+
+/** On resume, drop log lines past the checkpoint's step so the log reads like one uninterrupted run. */
+async function truncateLog(file: string, step: number): Promise<void> {
+  let text: string;
+  try {
+    text = await fs.readFile(file, 'utf8');
+  } catch {
+    return;
+  }
+  const keep = text
+    .split('\n')
+    .filter((l) => l.trim())
+    .filter((l) => {
+      try {
+        return (JSON.parse(l) as { step: number }).step <= step;
+      } catch {
+        return false;
+      }
+    });
+  await writeFileAtomic(file, keep.map((l) => l + '\n').join(''));
+}
