@@ -1,0 +1,460 @@
+import { promises as fs } from 'node:fs';
+import * as path from 'node:path';
+import { ByteWriter, ParquetWriter } from 'hyparquet-writer';
+import type { ColumnSource } from 'hyparquet-writer';
+import type { KeyValue, SchemaElement } from 'hyparquet';
+import { UserError } from '../util/errors.js';
+import { describeFsError, writeFileAtomic } from '../util/atomic.js';
+import { isPreprocessing, preprocessRows, PREPROCESSINGS, type Preprocessing } from './preprocess.js';
+
+/**
+ * Activation shards (SPEC §10): a directory of `shard-NNNNN.parquet` files, one row per token,
+ * plus `manifest.json`, written last, whose presence means the directory is complete.
+ *
+ * Columns: activation LIST<FLOAT> (standard three-level list, so pyarrow/DuckDB read it as
+ * list<float>), token_id INT32, context_id INT32, position INT32, and with center_unit_norm
+ * raw_mean FLOAT and raw_norm FLOAT (what splice-eval needs to map a reconstruction back).
+ * context_id is INT32 rather than INT64: 2³¹ contexts of 64 tokens is far beyond any harvest this
+ * toolkit will run, and hyparquet would hand INT64 back as BigInt on every read.
+ */
+export const SHARD_FORMAT = 'sae-activations/1';
+export const MANIFEST = 'manifest.json';
+const KV_PREFIX = 'sae.';
+const EXTRA_PREFIX = 'sae.extra.';
+
+export interface ShardMeta {
+  model: string;
+  revision: string;
+  hook: string;
+  d: number;
+  /** tokens per context (0 when rows are not token contexts, e.g. synthetic data) */
+  ctx: number;
+  dtype: 'float32';
+  preprocessing: Preprocessing;
+  /** the constant factor of dataset_scale; absent otherwise */
+  scale?: number;
+  tokenizer: string;
+  /** description of the dataset slice the rows came from */
+  dataset: string;
+  /** free-form provenance (e.g. synthetic-data parameters), stored as `sae.extra.<key>` */
+  extras?: Record<string, string>;
+}
+
+export interface ShardFileEntry {
+  file: string;
+  rows: number;
+}
+
+export interface ShardManifest {
+  format: string;
+  rows: number;
+  shards: ShardFileEntry[];
+  meta: ShardMeta;
+}
+
+export function shardFileName(i: number): string {
+  return `shard-${String(i).padStart(5, '0')}.parquet`;
+}
+
+export function metaToKv(meta: ShardMeta): KeyValue[] {
+  validateMeta(meta, 'shard metadata');
+  const kv: KeyValue[] = [
+    { key: 'sae.format', value: SHARD_FORMAT },
+    { key: 'sae.model', value: meta.model },
+    { key: 'sae.revision', value: meta.revision },
+    { key: 'sae.hook', value: meta.hook },
+    { key: 'sae.d', value: String(meta.d) },
+    { key: 'sae.ctx', value: String(meta.ctx) },
+    { key: 'sae.dtype', value: meta.dtype },
+    { key: 'sae.preprocessing', value: meta.preprocessing },
+  ];
+  // String(number) round-trips a double exactly, so the reader recovers the very same scale.
+  if (meta.scale !== undefined) kv.push({ key: 'sae.scale', value: String(meta.scale) });
+  kv.push({ key: 'sae.tokenizer', value: meta.tokenizer }, { key: 'sae.dataset', value: meta.dataset });
+  for (const k of Object.keys(meta.extras ?? {}).sort()) kv.push({ key: EXTRA_PREFIX + k, value: meta.extras![k] });
+  return kv;
+}
+
+/** Parse and validate the `sae.*` key-value metadata; `where` names the file in errors. */
+export function kvToMeta(kv: readonly KeyValue[] | undefined, where: string): ShardMeta {
+  const m = new Map<string, string>();
+  for (const { key, value } of kv ?? []) if (key.startsWith(KV_PREFIX)) m.set(key, value ?? '');
+  const format = m.get('sae.format');
+  if (format === undefined) throw new UserError(`${where}: not an sae activation shard (no sae.format metadata)`);
+  if (format !== SHARD_FORMAT) throw new UserError(`${where}: unsupported shard format ${JSON.stringify(format)} (expected ${SHARD_FORMAT})`);
+  const need = (key: string): string => {
+    const v = m.get(`sae.${key}`);
+    if (v === undefined) throw new UserError(`${where}: metadata lacks sae.${key}`);
+    return v;
+  };
+  const int = (key: string): number => {
+    const s = need(key);
+    const v = Number(s);
+    if (!/^\d+$/.test(s) || !Number.isSafeInteger(v)) throw new UserError(`${where}: metadata sae.${key}=${JSON.stringify(s)} is not a non-negative integer`);
+    return v;
+  };
+  const extras: Record<string, string> = {};
+  for (const [k, v] of m) if (k.startsWith(EXTRA_PREFIX)) extras[k.slice(EXTRA_PREFIX.length)] = v;
+  const meta: ShardMeta = {
+    model: need('model'),
+    revision: need('revision'),
+    hook: need('hook'),
+    d: int('d'),
+    ctx: int('ctx'),
+    dtype: need('dtype') as 'float32',
+    preprocessing: need('preprocessing') as Preprocessing,
+    tokenizer: need('tokenizer'),
+    dataset: need('dataset'),
+  };
+  if (m.has('sae.scale')) meta.scale = Number(m.get('sae.scale'));
+  if (Object.keys(extras).length) meta.extras = extras;
+  validateMeta(meta, where);
+  return meta;
+}
+
+export function validateMeta(meta: ShardMeta, where: string): void {
+  const bad = (why: string): never => {
+    throw new UserError(`${where}: ${why}`);
+  };
+  if (!Number.isSafeInteger(meta.d) || meta.d < 1) bad(`d must be a positive integer, got ${meta.d}`);
+  if (!Number.isSafeInteger(meta.ctx) || meta.ctx < 0) bad(`ctx must be a non-negative integer, got ${meta.ctx}`);
+  if (meta.dtype !== 'float32') bad(`unsupported dtype ${JSON.stringify(meta.dtype)} (only float32)`);
+  if (!isPreprocessing(meta.preprocessing)) {
+    bad(`unknown preprocessing ${JSON.stringify(meta.preprocessing)} (one of ${PREPROCESSINGS.join(', ')})`);
+  }
+  if (meta.preprocessing === 'dataset_scale') {
+    if (meta.scale === undefined || !Number.isFinite(meta.scale) || meta.scale <= 0) {
+      bad(`dataset_scale preprocessing needs a positive scale, got ${meta.scale}`);
+    }
+  } else if (meta.scale !== undefined) {
+    bad(`scale is only meaningful with dataset_scale preprocessing (preprocessing is ${meta.preprocessing})`);
+  }
+  for (const k of ['model', 'revision', 'hook', 'tokenizer', 'dataset'] as const) {
+    if (typeof meta[k] !== 'string') bad(`${k} must be a string`);
+  }
+  for (const [k, v] of Object.entries(meta.extras ?? {})) {
+    if (typeof v !== 'string') bad(`extra ${k} must be a string`);
+  }
+}
+
+/** Whether this metadata implies the raw_mean/raw_norm columns. */
+export function hasRawStats(meta: ShardMeta): boolean {
+  return meta.preprocessing === 'center_unit_norm';
+}
+
+export function shardSchema(meta: ShardMeta): SchemaElement[] {
+  const raw = hasRawStats(meta);
+  const schema: SchemaElement[] = [
+    { name: 'root', num_children: raw ? 6 : 4 },
+    { name: 'activation', repetition_type: 'REQUIRED', converted_type: 'LIST', num_children: 1 },
+    { name: 'list', repetition_type: 'REPEATED', num_children: 1 },
+    { name: 'element', type: 'FLOAT', repetition_type: 'REQUIRED' },
+    { name: 'token_id', type: 'INT32', repetition_type: 'REQUIRED' },
+    { name: 'context_id', type: 'INT32', repetition_type: 'REQUIRED' },
+    { name: 'position', type: 'INT32', repetition_type: 'REQUIRED' },
+  ];
+  if (raw) {
+    schema.push(
+      { name: 'raw_mean', type: 'FLOAT', repetition_type: 'REQUIRED' },
+      { name: 'raw_norm', type: 'FLOAT', repetition_type: 'REQUIRED' },
+    );
+  }
+  return schema;
+}
+
+/**
+ * Row groups of about a million floats: small enough that a reader decodes one at a time without
+ * a large heap (hyparquet materialises a list column as JS arrays), large enough that the footer
+ * stays small.
+ */
+export function defaultRowGroupRows(d: number, rowsPerShard: number): number {
+  return Math.max(1, Math.min(rowsPerShard, Math.floor(1_048_576 / d)));
+}
+
+export interface ShardWriterOptions {
+  /** rows per shard file (default 65536) */
+  rowsPerShard?: number;
+  /** rows per Parquet row group (default: about a million floats) */
+  rowGroupRows?: number;
+  /**
+   * Apply meta.preprocessing to incoming raw rows before writing. Without it the rows must
+   * already be preprocessed, and center_unit_norm rows must come with their raw mean and norm.
+   */
+  preprocess?: boolean;
+  /** replace shards and manifest already in the directory instead of refusing */
+  overwrite?: boolean;
+  /** Parquet compression (default UNCOMPRESSED: float activations barely compress) */
+  codec?: 'UNCOMPRESSED' | 'SNAPPY';
+}
+
+/**
+ * ByteWriter that drains to an open file after each row group, so that a shard never has to sit
+ * in memory whole.
+ */
+class FileSink extends ByteWriter {
+  constructor(private readonly fh: fs.FileHandle) {
+    super(1 << 20);
+  }
+  async flush(): Promise<void> {
+    if (this.index === 0) return;
+    await this.fh.write(new Uint8Array(this.buffer, 0, this.index));
+    this.index = 0;
+  }
+  override async finish(): Promise<void> {
+    await this.flush();
+  }
+}
+
+interface OpenShard {
+  tmp: string;
+  fh: fs.FileHandle;
+  sink: FileSink;
+  pq: ParquetWriter;
+  rows: number;
+}
+
+export class ShardWriter {
+  private readonly d: number;
+  private readonly raw: boolean;
+  private readonly rowsPerShard: number;
+  private readonly groupRows: number;
+  private readonly preprocess: boolean;
+  private readonly codec: 'UNCOMPRESSED' | 'SNAPPY';
+  private readonly schema: SchemaElement[];
+  private readonly kv: KeyValue[];
+  // One row group is staged here and handed to the Parquet encoder when full.
+  private readonly gAct: Float32Array;
+  private readonly gTok: Int32Array;
+  private readonly gCtx: Int32Array;
+  private readonly gPos: Int32Array;
+  private readonly gMean: Float32Array;
+  private readonly gNorm: Float32Array;
+  private gRows = 0;
+  private current: OpenShard | null = null;
+  private readonly done: ShardFileEntry[] = [];
+  private total = 0;
+  private closed = false;
+
+  private constructor(
+    readonly dir: string,
+    readonly meta: ShardMeta,
+    opts: ShardWriterOptions,
+  ) {
+    this.d = meta.d;
+    this.raw = hasRawStats(meta);
+    this.rowsPerShard = opts.rowsPerShard ?? 65536;
+    this.groupRows = Math.min(opts.rowGroupRows ?? defaultRowGroupRows(this.d, this.rowsPerShard), this.rowsPerShard);
+    this.preprocess = opts.preprocess ?? false;
+    this.codec = opts.codec ?? 'UNCOMPRESSED';
+    this.schema = shardSchema(meta);
+    this.kv = metaToKv(meta);
+    this.gAct = new Float32Array(this.groupRows * this.d);
+    this.gTok = new Int32Array(this.groupRows);
+    this.gCtx = new Int32Array(this.groupRows);
+    this.gPos = new Int32Array(this.groupRows);
+    this.gMean = new Float32Array(this.raw ? this.groupRows : 0);
+    this.gNorm = new Float32Array(this.raw ? this.groupRows : 0);
+  }
+
+  static async create(dir: string, meta: ShardMeta, opts: ShardWriterOptions = {}): Promise<ShardWriter> {
+    validateMeta(meta, 'shard metadata');
+    const rps = opts.rowsPerShard ?? 65536;
+    if (!Number.isSafeInteger(rps) || rps < 1) throw new UserError(`rows per shard must be a positive integer, got ${rps}`);
+    if (opts.rowGroupRows !== undefined && (!Number.isSafeInteger(opts.rowGroupRows) || opts.rowGroupRows < 1)) {
+      throw new UserError(`rows per row group must be a positive integer, got ${opts.rowGroupRows}`);
+    }
+    try {
+      await fs.mkdir(dir, { recursive: true });
+    } catch (err) {
+      throw describeFsError(err, `creating ${dir}`);
+    }
+    let names: string[];
+    try {
+      names = await fs.readdir(dir);
+    } catch (err) {
+      throw describeFsError(err, `reading ${dir}`);
+    }
+    const existing = names.filter((n) => n === MANIFEST || /^shard-\d+\.parquet$/.test(n));
+    if (existing.length) {
+      if (!opts.overwrite) throw new UserError(`${dir} already contains activation shards (${existing[0]}); remove it or choose another output`);
+      // The manifest goes first so that the directory never looks complete while half-deleted.
+      existing.sort((a, b) => (a === MANIFEST ? -1 : b === MANIFEST ? 1 : 0));
+      for (const n of existing) await fs.rm(path.join(dir, n), { force: true });
+    }
+    return new ShardWriter(dir, meta, opts);
+  }
+
+  get rowsWritten(): number {
+    return this.total + (this.current?.rows ?? 0) + this.gRows;
+  }
+
+  /**
+   * Append n rows (n×d, row-major). Optional per-row columns default to token_id −1, context_id
+   * = global row index, position 0. `raw` carries the recorded mean/norm of rows that were
+   * preprocessed with center_unit_norm elsewhere (required then, ignored with `preprocess`).
+   */
+  async append(
+    acts: Float32Array,
+    n: number,
+    tokenIds?: Int32Array,
+    contextIds?: Int32Array,
+    positions?: Int32Array,
+    raw?: { mean: Float32Array; norm: Float32Array },
+  ): Promise<void> {
+    if (this.closed) throw new Error('ShardWriter.append after close');
+    const d = this.d;
+    if (!Number.isSafeInteger(n) || n < 0) throw new UserError(`append: bad row count ${n}`);
+    if (acts.length !== n * d) {
+      throw new UserError(`activation rows have the wrong length: got ${acts.length} values for ${n} rows of d=${d}`);
+    }
+    for (const [name, col] of [
+      ['token_id', tokenIds],
+      ['context_id', contextIds],
+      ['position', positions],
+    ] as const) {
+      if (col && col.length < n) throw new UserError(`append: ${name} has ${col.length} entries for ${n} rows`);
+    }
+    const needRaw = this.raw && !this.preprocess;
+    if (needRaw && (!raw || raw.mean.length < n || raw.norm.length < n)) {
+      throw new Error('ShardWriter.append: center_unit_norm rows that are already preprocessed need their raw mean and norm');
+    }
+    // Validate everything before staging anything, so that a rejected append leaves no partial rows.
+    for (let i = 0; i < n * d; i++) {
+      const v = acts[i];
+      if (v - v !== 0) {
+        const r = Math.floor(i / d);
+        throw new UserError(`row ${this.rowsWritten + r}: activation contains ${Number.isNaN(v) ? 'NaN' : 'Inf'}`);
+      }
+    }
+    let done = 0;
+    while (done < n) {
+      const take = Math.min(n - done, this.groupLimit() - this.gRows);
+      const g0 = this.gRows;
+      this.gAct.set(acts.subarray(done * d, (done + take) * d), g0 * d);
+      const base = this.rowsWritten;
+      for (let i = 0; i < take; i++) {
+        this.gTok[g0 + i] = tokenIds ? tokenIds[done + i] : -1;
+        this.gCtx[g0 + i] = contextIds ? contextIds[done + i] : base + i;
+        this.gPos[g0 + i] = positions ? positions[done + i] : 0;
+      }
+      if (this.preprocess) {
+        const view = this.gAct.subarray(g0 * d, (g0 + take) * d);
+        preprocessRows(
+          view,
+          take,
+          d,
+          this.meta.preprocessing,
+          this.meta.scale,
+          this.raw ? this.gMean.subarray(g0, g0 + take) : undefined,
+          this.raw ? this.gNorm.subarray(g0, g0 + take) : undefined,
+        );
+      } else if (needRaw) {
+        this.gMean.set(raw!.mean.subarray(done, done + take), g0);
+        this.gNorm.set(raw!.norm.subarray(done, done + take), g0);
+      }
+      this.gRows += take;
+      done += take;
+      if (this.gRows === this.groupLimit()) await this.flushGroup();
+    }
+  }
+
+  /** A row group never straddles two shards, so the last group of a shard may be short. */
+  private groupLimit(): number {
+    return Math.min(this.groupRows, this.rowsPerShard - (this.current?.rows ?? 0));
+  }
+
+  private async openShard(): Promise<OpenShard> {
+    const name = shardFileName(this.done.length);
+    const tmp = path.join(this.dir, `.${name}.tmp-${process.pid}`);
+    let fh: fs.FileHandle;
+    try {
+      fh = await fs.open(tmp, 'w');
+    } catch (err) {
+      throw describeFsError(err, `writing ${tmp}`);
+    }
+    const sink = new FileSink(fh);
+    const pq = new ParquetWriter({
+      writer: sink,
+      schema: this.schema,
+      codec: this.codec,
+      statistics: false,
+      kvMetadata: this.kv,
+      createdBy: 'sae (hyparquet-writer)',
+    });
+    return { tmp, fh, sink, pq, rows: 0 };
+  }
+
+  private async flushGroup(): Promise<void> {
+    const n = this.gRows;
+    if (n === 0) return;
+    if (!this.current) this.current = await this.openShard();
+    const cur = this.current;
+    const d = this.d;
+    // hyparquet-writer's list encoder wants plain arrays, one per row.
+    const rows: number[][] = new Array(n);
+    for (let r = 0; r < n; r++) {
+      const row = new Array<number>(d);
+      const o = r * d;
+      for (let j = 0; j < d; j++) row[j] = this.gAct[o + j];
+      rows[r] = row;
+    }
+    const columnData: ColumnSource[] = [
+      { name: 'activation', data: rows },
+      { name: 'token_id', data: this.gTok.slice(0, n) },
+      { name: 'context_id', data: this.gCtx.slice(0, n) },
+      { name: 'position', data: this.gPos.slice(0, n) },
+    ];
+    if (this.raw) {
+      columnData.push({ name: 'raw_mean', data: this.gMean.slice(0, n) }, { name: 'raw_norm', data: this.gNorm.slice(0, n) });
+    }
+    try {
+      await cur.pq.write({ columnData, rowGroupSize: n });
+    } catch (err) {
+      await this.abort();
+      throw describeFsError(err, `writing ${path.join(this.dir, shardFileName(this.done.length))}`);
+    }
+    cur.rows += n;
+    this.gRows = 0;
+    if (cur.rows >= this.rowsPerShard) await this.finishShard();
+  }
+
+  private async finishShard(): Promise<void> {
+    const cur = this.current;
+    if (!cur) return;
+    const name = shardFileName(this.done.length);
+    const final = path.join(this.dir, name);
+    try {
+      await cur.pq.finish();
+      await cur.fh.sync();
+      await cur.fh.close();
+      await fs.rename(cur.tmp, final);
+    } catch (err) {
+      await this.abort();
+      throw describeFsError(err, `writing ${final}`);
+    }
+    this.done.push({ file: name, rows: cur.rows });
+    this.total += cur.rows;
+    this.current = null;
+  }
+
+  /** Drop the shard in progress (its temp file); completed shards stay. */
+  async abort(): Promise<void> {
+    const cur = this.current;
+    this.current = null;
+    this.closed = true;
+    if (!cur) return;
+    await cur.fh.close().catch(() => undefined);
+    await fs.rm(cur.tmp, { force: true }).catch(() => undefined);
+  }
+
+  /** Flush the last rows, then publish manifest.json, which marks the directory complete. */
+  async close(): Promise<ShardManifest> {
+    if (this.closed) throw new Error('ShardWriter.close called twice');
+    await this.flushGroup();
+    await this.finishShard();
+    this.closed = true;
+    const manifest: ShardManifest = { format: SHARD_FORMAT, rows: this.total, shards: [...this.done], meta: this.meta };
+    await writeFileAtomic(path.join(this.dir, MANIFEST), JSON.stringify(manifest, null, 2) + '\n');
+    return manifest;
+  }
+}

@@ -1,0 +1,459 @@
+import { describe, it, expect, beforeAll, afterAll } from 'vitest';
+import { promises as fs } from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { parquetWriteBuffer } from 'hyparquet-writer';
+import { ShardWriter, metaToKv, kvToMeta, shardSchema, type ShardMeta, type ShardWriterOptions } from '../src/store/shards.js';
+import { openShards, checkCompatible, readRows, readChunks, BatchStream, type ShardSet, type DataPosition } from '../src/store/reader.js';
+import { preprocessRows } from '../src/store/preprocess.js';
+import { UserError } from '../src/util/errors.js';
+
+let root: string;
+let counter = 0;
+beforeAll(async () => {
+  root = await fs.mkdtemp(path.join(os.tmpdir(), 'sae-store-'));
+});
+afterAll(async () => {
+  await fs.rm(root, { recursive: true, force: true });
+});
+const fresh = () => path.join(root, `d${counter++}`);
+
+function meta(over: Partial<ShardMeta> = {}): ShardMeta {
+  return {
+    model: 'gpt2',
+    revision: 'main',
+    hook: 'blocks.6.hook_resid_pre',
+    d: 4,
+    ctx: 64,
+    dtype: 'float32',
+    preprocessing: 'none',
+    tokenizer: 'gpt2',
+    dataset: 'test[0:100]',
+    ...over,
+  };
+}
+
+/** Row r is [r·10, r·10+1, …]: exact in float32 and identifiable from its first value. */
+function rows(n: number, d: number, first = 0): Float32Array {
+  const x = new Float32Array(n * d);
+  for (let r = 0; r < n; r++) for (let j = 0; j < d; j++) x[r * d + j] = (first + r) * 10 + j;
+  return x;
+}
+
+async function writeSet(dir: string, n: number, m: ShardMeta = meta(), opts: ShardWriterOptions = {}): Promise<void> {
+  const w = await ShardWriter.create(dir, m, { rowsPerShard: 100, rowGroupRows: 32, ...opts });
+  // Uneven appends, so that rows cross row-group and shard boundaries inside one call.
+  const steps = [7, 150, 1, 90];
+  for (let s = 0, done = 0; done < n; s++) {
+    const k = Math.min(steps[s % steps.length], n - done);
+    const tok = Int32Array.from({ length: k }, (_, i) => 1000 + done + i);
+    const ctxs = Int32Array.from({ length: k }, (_, i) => Math.floor((done + i) / 64));
+    const pos = Int32Array.from({ length: k }, (_, i) => (done + i) % 64);
+    await w.append(rows(k, m.d, done), k, tok, ctxs, pos);
+    done += k;
+  }
+  await w.close();
+}
+
+async function userErrorOf(p: Promise<unknown> | (() => unknown)): Promise<UserError> {
+  let err: unknown = null;
+  try {
+    await (typeof p === 'function' ? p() : p);
+  } catch (e) {
+    err = e;
+  }
+  expect(err).toBeInstanceOf(UserError);
+  expect((err as Error).message).not.toContain('\n');
+  return err as UserError;
+}
+
+/** Write a Parquet file with the shard schema but arbitrary (possibly invalid) rows. */
+async function writeRawShard(file: string, m: ShardMeta, acts: number[][]): Promise<void> {
+  const n = acts.length;
+  const buf = parquetWriteBuffer({
+    schema: shardSchema(m),
+    columnData: [
+      { name: 'activation', data: acts },
+      { name: 'token_id', data: new Int32Array(n) },
+      { name: 'context_id', data: new Int32Array(n) },
+      { name: 'position', data: new Int32Array(n) },
+    ],
+    codec: 'UNCOMPRESSED',
+    statistics: false,
+    kvMetadata: metaToKv(m),
+  });
+  await fs.writeFile(file, new Uint8Array(buf));
+}
+
+async function allRows(set: ShardSet): Promise<Float32Array> {
+  const out = new Float32Array(set.rows * set.meta.d);
+  let at = 0;
+  for await (const c of readChunks(set)) {
+    out.set(c.acts, at);
+    at += c.acts.length;
+  }
+  return out;
+}
+
+async function drain(s: BatchStream, batches: number): Promise<number[]> {
+  const out = new Float32Array(s.batchSize * s.d);
+  const ids: number[] = [];
+  for (let b = 0; b < batches; b++) {
+    if (!(await s.next(out))) break;
+    for (let i = 0; i < s.batchSize; i++) ids.push(out[i * s.d] / 10);
+  }
+  return ids;
+}
+
+describe('shard writer and reader', () => {
+  it('round-trips activations, token ids, context ids, positions and metadata', async () => {
+    const dir = fresh();
+    const m = meta({ extras: { note: 'x=1', seed: '7' } });
+    await writeSet(dir, 250, m);
+    const set = await openShards(dir);
+    expect(set.rows).toBe(250);
+    expect(set.meta).toEqual(m);
+    expect(Array.from(await allRows(set))).toEqual(Array.from(rows(250, 4)));
+    const c = await readRows(set, 1, 10, 20);
+    expect(Array.from(c.tokenIds)).toEqual(Array.from({ length: 10 }, (_, i) => 1110 + i));
+    expect(Array.from(c.positions)).toEqual(Array.from({ length: 10 }, (_, i) => (110 + i) % 64));
+    expect(Array.from(c.contextIds)).toEqual(Array.from({ length: 10 }, (_, i) => Math.floor((110 + i) / 64)));
+  });
+
+  it('splits rows into shard-NNNNN.parquet files of rowsPerShard rows', async () => {
+    const dir = fresh();
+    await writeSet(dir, 250);
+    const names = (await fs.readdir(dir)).sort();
+    expect(names).toEqual(['manifest.json', 'shard-00000.parquet', 'shard-00001.parquet', 'shard-00002.parquet']);
+    const set = await openShards(dir);
+    expect(set.files.map((f) => f.rows)).toEqual([100, 100, 50]);
+    // rowGroupRows 32 does not divide 100: the last group of a shard is short instead of spilling.
+    expect(set.files[0].rowGroups).toEqual([32, 32, 32, 4]);
+  });
+
+  it('writes manifest.json last, listing shards, row counts, total and metadata', async () => {
+    const dir = fresh();
+    const m = meta();
+    const w = await ShardWriter.create(dir, m, { rowsPerShard: 100, rowGroupRows: 32 });
+    await w.append(rows(150, 4), 150);
+    expect((await fs.readdir(dir)).includes('manifest.json')).toBe(false);
+    const manifest = await w.close();
+    const onDisk = JSON.parse(await fs.readFile(path.join(dir, 'manifest.json'), 'utf8'));
+    expect(onDisk).toEqual(manifest);
+    expect(manifest).toEqual({
+      format: 'sae-activations/1',
+      rows: 150,
+      shards: [
+        { file: 'shard-00000.parquet', rows: 100 },
+        { file: 'shard-00001.parquet', rows: 50 },
+      ],
+      meta: m,
+    });
+    expect((await fs.readdir(dir)).filter((n) => n.startsWith('.'))).toEqual([]);
+  });
+
+  it('opens a directory of .parquet files without a manifest, and a single file', async () => {
+    const dir = fresh();
+    await writeSet(dir, 250);
+    await fs.rm(path.join(dir, 'manifest.json'));
+    expect((await openShards(dir)).rows).toBe(250);
+    const one = await openShards(path.join(dir, 'shard-00001.parquet'));
+    expect(one.rows).toBe(100);
+    expect((await allRows(one))[0]).toBe(1000);
+  });
+
+  it('stores the sae.* key-value metadata in every shard', async () => {
+    const dir = fresh();
+    await writeSet(dir, 10, meta({ preprocessing: 'dataset_scale', scale: 0.1 + 0.2 }));
+    const set = await openShards(path.join(dir, 'shard-00000.parquet'));
+    expect(set.meta.scale).toBe(0.1 + 0.2);
+    expect(set.meta.preprocessing).toBe('dataset_scale');
+    const kv = metaToKv(set.meta);
+    expect(kv.find((e) => e.key === 'sae.format')?.value).toBe('sae-activations/1');
+    expect(kv.find((e) => e.key === 'sae.d')?.value).toBe('4');
+  });
+
+  it('refuses to write into a directory that already holds shards unless asked to overwrite', async () => {
+    const dir = fresh();
+    await writeSet(dir, 10);
+    expect((await userErrorOf(ShardWriter.create(dir, meta()))).message).toMatch(/already contains activation shards/);
+    await writeSet(dir, 5, meta(), { overwrite: true });
+    expect((await openShards(dir)).rows).toBe(5);
+  });
+
+  it('rejects appended rows containing NaN or Inf, or of the wrong length', async () => {
+    const w = await ShardWriter.create(fresh(), meta());
+    const x = rows(3, 4);
+    x[6] = NaN;
+    expect((await userErrorOf(w.append(x, 3))).message).toMatch(/row 1: activation contains NaN/);
+    x[6] = -Infinity;
+    expect((await userErrorOf(w.append(x, 3))).message).toMatch(/row 1: activation contains Inf/);
+    expect((await userErrorOf(w.append(rows(3, 4), 2))).message).toMatch(/wrong length/);
+  });
+
+  it('rejects metadata with a missing key or a bad value', async () => {
+    const kv = metaToKv(meta());
+    expect((await userErrorOf(() => kvToMeta(kv.filter((e) => e.key !== 'sae.hook'), 'f.parquet'))).message).toBe(
+      'f.parquet: metadata lacks sae.hook',
+    );
+    const badD = kv.map((e) => (e.key === 'sae.d' ? { key: e.key, value: '-3' } : e));
+    expect((await userErrorOf(() => kvToMeta(badD, 'f.parquet'))).message).toMatch(/sae\.d="-3" is not a non-negative integer/);
+    const badP = kv.map((e) => (e.key === 'sae.preprocessing' ? { key: e.key, value: 'whiten' } : e));
+    expect((await userErrorOf(() => kvToMeta(badP, 'f.parquet'))).message).toMatch(/unknown preprocessing "whiten"/);
+  });
+});
+
+describe('shard validation', () => {
+  it('checkCompatible names a d mismatch', async () => {
+    const e = await userErrorOf(() => checkCompatible(meta({ d: 512 }), { d: 768 }));
+    expect(e.message).toBe('shards have d=512 but the run expects d=768');
+  });
+
+  it('checkCompatible names a preprocessing or hook mismatch', async () => {
+    expect((await userErrorOf(() => checkCompatible(meta(), { preprocessing: 'center_unit_norm' }))).message).toBe(
+      'shards have preprocessing=none but the run expects preprocessing=center_unit_norm',
+    );
+    expect((await userErrorOf(() => checkCompatible(meta(), { hook: 'blocks.0.hook_resid_pre' }))).message).toMatch(/hook=blocks\.6/);
+    expect(() => checkCompatible(meta(), { d: 4, preprocessing: 'none', hook: 'blocks.6.hook_resid_pre' })).not.toThrow();
+  });
+
+  it('rejects shards whose metadata disagree', async () => {
+    const a = fresh();
+    const b = fresh();
+    await writeSet(a, 10);
+    await writeSet(b, 10, meta({ d: 8 }));
+    await fs.rm(path.join(a, 'manifest.json'));
+    await fs.copyFile(path.join(b, 'shard-00000.parquet'), path.join(a, 'shard-00001.parquet'));
+    expect((await userErrorOf(openShards(a))).message).toMatch(/shard-00001\.parquet: metadata disagrees with .*shard-00000\.parquet \(d=4 vs 8\)/);
+  });
+
+  it('rejects a truncated Parquet file with a one-line error naming it', async () => {
+    const dir = fresh();
+    await writeSet(dir, 150);
+    const f = path.join(dir, 'shard-00001.parquet');
+    const bytes = await fs.readFile(f);
+    await fs.writeFile(f, bytes.subarray(0, Math.floor(bytes.length / 2)));
+    expect((await userErrorOf(openShards(dir))).message).toMatch(/shard-00001\.parquet: .*truncated/);
+  });
+
+  it('rejects a manifest whose row counts disagree with the files', async () => {
+    const dir = fresh();
+    await writeSet(dir, 150);
+    const mf = path.join(dir, 'manifest.json');
+    const m = JSON.parse(await fs.readFile(mf, 'utf8'));
+    m.shards[1].rows = 60;
+    await fs.writeFile(mf, JSON.stringify(m));
+    expect((await userErrorOf(openShards(dir))).message).toMatch(/shard-00001\.parquet: has 50 rows but manifest\.json lists 60/);
+  });
+
+  it('rejects a manifest shard that is missing', async () => {
+    const dir = fresh();
+    await writeSet(dir, 150);
+    await fs.rm(path.join(dir, 'shard-00001.parquet'));
+    expect((await userErrorOf(openShards(dir))).message).toMatch(/shard-00001\.parquet: no such file/);
+  });
+
+  it('rejects an empty file', async () => {
+    const dir = fresh();
+    await fs.mkdir(dir);
+    await fs.writeFile(path.join(dir, 'x.parquet'), '');
+    expect((await userErrorOf(openShards(dir))).message).toMatch(/x\.parquet: empty file/);
+  });
+
+  it('rejects a Parquet file that is not an activation shard', async () => {
+    const dir = fresh();
+    await fs.mkdir(dir);
+    const buf = parquetWriteBuffer({ columnData: [{ name: 'a', data: [1, 2, 3], type: 'INT32' }] });
+    await fs.writeFile(path.join(dir, 'other.parquet'), new Uint8Array(buf));
+    expect((await userErrorOf(openShards(dir))).message).toMatch(/other\.parquet: not an sae activation shard/);
+  });
+
+  it('rejects input with no activations', async () => {
+    const empty = fresh();
+    await fs.mkdir(empty);
+    expect((await userErrorOf(openShards(empty))).message).toMatch(/^no activations in /);
+    const zero = fresh();
+    await (await ShardWriter.create(zero, meta())).close();
+    expect((await userErrorOf(openShards(zero))).message).toMatch(/^no activations in /);
+  });
+
+  it('reports NaN in a shard with the file and the row within it', async () => {
+    const dir = fresh();
+    await writeSet(dir, 4000, meta(), { rowsPerShard: 1000, rowGroupRows: 256 });
+    await fs.rm(path.join(dir, 'manifest.json'));
+    const acts = Array.from({ length: 1500 }, (_, r) => [r, r, r, r]);
+    acts[1234][2] = NaN;
+    await writeRawShard(path.join(dir, 'shard-00003.parquet'), meta(), acts);
+    const set = await openShards(dir);
+    const s = new BatchStream(set, { batchSize: 100, seed: 1, loop: false });
+    expect((await userErrorOf(drain(s, 1000))).message).toMatch(/shard-00003\.parquet row 1234: activation contains NaN$/);
+  });
+
+  it('reports a row of the wrong length with the file and row', async () => {
+    const dir = fresh();
+    await fs.mkdir(dir);
+    const acts = Array.from({ length: 10 }, () => [1, 2, 3, 4]);
+    acts[7] = [1, 2, 3];
+    await writeRawShard(path.join(dir, 'shard-00000.parquet'), meta(), acts);
+    const set = await openShards(dir);
+    expect((await userErrorOf(readRows(set, 0, 0, 10))).message).toMatch(/shard-00000\.parquet row 7: activation has 3 values, expected d=4/);
+  });
+});
+
+describe('preprocessing through the writer', () => {
+  it('applies center_unit_norm once and records mean and norm to map rows back', async () => {
+    const dir = fresh();
+    const m = meta({ preprocessing: 'center_unit_norm', d: 6 });
+    const raw = new Float32Array(50 * 6);
+    for (let i = 0; i < raw.length; i++) raw[i] = Math.sin(i * 1.7) * 3 + (i % 6 === 0 ? 5 : 0) + Math.floor(i / 6);
+    const w = await ShardWriter.create(dir, m, { preprocess: true, rowGroupRows: 16 });
+    await w.append(raw.slice(), 50);
+    await w.close();
+    const set = await openShards(dir);
+    expect(set.meta.preprocessing).toBe('center_unit_norm');
+    const c = await readRows(set, 0, 0, 50);
+    for (let r = 0; r < 50; r++) {
+      const row = c.acts.subarray(r * 6, r * 6 + 6);
+      const mean = row.reduce((a, b) => a + b, 0) / 6;
+      const norm = Math.hypot(...row);
+      expect(Math.abs(mean)).toBeLessThan(1e-6);
+      expect(norm).toBeCloseTo(1, 5);
+      for (let j = 0; j < 6; j++) expect(row[j] * c.rawNorm![r] + c.rawMean![r]).toBeCloseTo(raw[r * 6 + j], 4);
+    }
+  });
+
+  it('applies dataset_scale exactly once, and reading does not re-apply it', async () => {
+    const dir = fresh();
+    const m = meta({ preprocessing: 'dataset_scale', scale: 2 });
+    const w = await ShardWriter.create(dir, m, { preprocess: true });
+    await w.append(rows(20, 4), 20);
+    await w.close();
+    const set = await openShards(dir);
+    const got = await allRows(set);
+    const want = rows(20, 4);
+    preprocessRows(want, 20, 4, 'dataset_scale', 2);
+    expect(Array.from(got)).toEqual(Array.from(want));
+    const s = new BatchStream(set, { batchSize: 20, seed: 0, loop: false });
+    const out = new Float32Array(80);
+    await s.next(out);
+    expect(Array.from(out).sort((a, b) => a - b)).toEqual(Array.from(want).sort((a, b) => a - b));
+  });
+
+  it('does not touch the caller\'s buffer when preprocessing', async () => {
+    const w = await ShardWriter.create(fresh(), meta({ preprocessing: 'center_unit_norm' }), { preprocess: true });
+    const x = rows(5, 4);
+    await w.append(x, 5);
+    expect(Array.from(x)).toEqual(Array.from(rows(5, 4)));
+  });
+});
+
+describe('BatchStream', () => {
+  let set: ShardSet;
+  const N = 1000;
+  beforeAll(async () => {
+    const dir = fresh();
+    // 7 shards (last short) with row groups that straddle windows.
+    await writeSet(dir, N, meta(), { rowsPerShard: 150, rowGroupRows: 40 });
+    set = await openShards(dir);
+  });
+
+  it('serves every row exactly once per epoch and drops the final partial batch', async () => {
+    const s = new BatchStream(set, { batchSize: 64, windowRows: 200, seed: 3, loop: false });
+    const ids = await drain(s, 1e6);
+    expect(ids.length).toBe(Math.floor(N / 64) * 64);
+    expect(new Set(ids).size).toBe(ids.length);
+    const s2 = new BatchStream(set, { batchSize: 50, windowRows: 130, seed: 3, loop: false });
+    expect((await drain(s2, 1e6)).sort((a, b) => a - b)).toEqual(Array.from({ length: N }, (_, i) => i));
+  });
+
+  it('gives the same order for the same seed', async () => {
+    const a = await drain(new BatchStream(set, { batchSize: 50, windowRows: 130, seed: 11, loop: true }), 45);
+    const b = await drain(new BatchStream(set, { batchSize: 50, windowRows: 130, seed: 11, loop: true }), 45);
+    expect(a).toEqual(b);
+  });
+
+  it('gives a different order for a different seed', async () => {
+    const a = await drain(new BatchStream(set, { batchSize: 50, windowRows: 130, seed: 11, loop: false }), 20);
+    const b = await drain(new BatchStream(set, { batchSize: 50, windowRows: 130, seed: 12, loop: false }), 20);
+    expect(a).not.toEqual(b);
+    expect([...a].sort((x, y) => x - y)).toEqual([...b].sort((x, y) => x - y));
+  });
+
+  it('reshuffles each epoch when looping, still serving every row once per epoch', async () => {
+    const ids = await drain(new BatchStream(set, { batchSize: 50, windowRows: 130, seed: 5, loop: true }), 40);
+    const e0 = ids.slice(0, N);
+    const e1 = ids.slice(N, 2 * N);
+    expect(e1).not.toEqual(e0);
+    expect([...e1].sort((x, y) => x - y)).toEqual([...e0].sort((x, y) => x - y));
+    expect(new Set(e1).size).toBe(N);
+  });
+
+  it('mixes rows from across the data within a window, not just neighbours', async () => {
+    const ids = await drain(new BatchStream(set, { batchSize: 100, windowRows: 500, seed: 2, loop: false }), 1);
+    const spread = Math.max(...ids) - Math.min(...ids);
+    expect(spread).toBeGreaterThan(300);
+  });
+
+  it('resumes from position() mid-epoch with bit-identical batches', async () => {
+    const opts = { batchSize: 48, windowRows: 130, seed: 9, loop: true };
+    const ref = new BatchStream(set, opts);
+    await drain(ref, 7);
+    const pos: DataPosition = JSON.parse(JSON.stringify(ref.position()));
+    expect(pos.offset).toBeGreaterThan(0);
+    const resumed = new BatchStream(set, opts, pos);
+    const outA = new Float32Array(48 * 4);
+    const outB = new Float32Array(48 * 4);
+    for (let b = 0; b < 30; b++) {
+      expect(await ref.next(outA)).toBe(true);
+      expect(await resumed.next(outB)).toBe(true);
+      expect(Buffer.from(outB.buffer).equals(Buffer.from(outA.buffer))).toBe(true);
+    }
+    expect(resumed.position()).toEqual(ref.position());
+  });
+
+  it('resumes across an epoch boundary with bit-identical batches', async () => {
+    const opts = { batchSize: 48, windowRows: 130, seed: 9, loop: true };
+    const ref = new BatchStream(set, opts);
+    await drain(ref, 20); // 960 rows: the next batch spans epochs 0 and 1
+    const pos = ref.position();
+    expect(pos.epoch).toBe(0);
+    const expected = await drain(ref, 15);
+    expect(ref.position().epoch).toBe(1);
+    const got = await drain(new BatchStream(set, opts, pos), 15);
+    expect(got).toEqual(expected);
+  });
+
+  it('resumes at the end of the data and reports the end when not looping', async () => {
+    const opts = { batchSize: 100, windowRows: 250, seed: 1, loop: false };
+    const ref = new BatchStream(set, opts);
+    await drain(ref, 10);
+    const resumed = new BatchStream(set, opts, ref.position());
+    expect(await resumed.next(new Float32Array(400))).toBe(false);
+  });
+
+  it('refuses to resume with a different seed or window', async () => {
+    const ref = new BatchStream(set, { batchSize: 48, windowRows: 130, seed: 9, loop: true });
+    await drain(ref, 3);
+    const pos = ref.position();
+    expect((await userErrorOf(() => new BatchStream(set, { batchSize: 48, windowRows: 130, seed: 8, loop: true }, pos))).message).toMatch(
+      /saved with seed=9 but now seed=8/,
+    );
+    expect((await userErrorOf(() => new BatchStream(set, { batchSize: 48, windowRows: 140, seed: 9, loop: true }, pos))).message).toMatch(
+      /shuffle window rows=130/,
+    );
+  });
+
+  it('counts rows served, including those before a resume', async () => {
+    const ref = new BatchStream(set, { batchSize: 48, windowRows: 130, seed: 9, loop: true });
+    await drain(ref, 3);
+    const resumed = new BatchStream(set, { batchSize: 48, windowRows: 130, seed: 9, loop: true }, ref.position());
+    await drain(resumed, 2);
+    expect(resumed.rowsServed).toBe(5 * 48);
+  });
+
+  it('rejects a window smaller than the batch', async () => {
+    expect((await userErrorOf(() => new BatchStream(set, { batchSize: 64, windowRows: 32, seed: 0, loop: false }))).message).toMatch(
+      /at least the batch size/,
+    );
+  });
+});
