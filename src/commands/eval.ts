@@ -1,0 +1,67 @@
+import { Flags } from '@oclif/core';
+import { SaeCommand } from '../util/command.js';
+import { loadCheckpoint } from '../sae/checkpoint.js';
+import { findCheckpoint } from '../sae/train.js';
+import { selectionForCheckpoint } from '../sae/inference.js';
+import { openShards, checkCompatible } from '../store/reader.js';
+import { evaluateSae } from '../eval/evaluate.js';
+import { featureRecovery } from '../eval/recovery.js';
+import { loadDictionary } from '../synth/synth.js';
+import { kernelFactory, type KernelName } from '../kernels/index.js';
+
+export default class Eval extends SaeCommand {
+  static override description = 'Evaluate an SAE on activation shards: L0 and its histogram, MSE, FVU, dead %, and feature recovery against a synthetic dictionary (SPEC §9, §11). Prints JSON on stdout.';
+
+  static override examples = ['<%= config.bin %> eval --checkpoint runs/mc/final --data synth/ --dictionary synth/'];
+
+  static override flags = {
+    checkpoint: Flags.string({ description: 'checkpoint folder or run directory', required: true }),
+    data: Flags.string({ description: 'activation shards to evaluate on', required: true }),
+    dictionary: Flags.string({ description: 'a `sae synth` output directory: also report recovery of its true features' }),
+    'batch-size': Flags.integer({ description: 'tokens per batch for batch selections (default: the training batch size)' }),
+    'max-rows': Flags.integer({ description: 'evaluate at most this many rows' }),
+    threshold: Flags.string({ description: 'cosine threshold for a recovered feature', default: '0.9' }),
+    kernels: Flags.string({ description: 'auto | reference | native', default: 'auto', options: ['auto', 'reference', 'native'] }),
+  };
+
+  async run(): Promise<void> {
+    const { flags } = await this.parse(Eval);
+    const ck = await loadCheckpoint(await findCheckpoint(flags.checkpoint), { withState: false });
+    const full = ck.cfg.sae_train ? await loadCheckpoint(ck.dir, { withState: true }).catch(() => ck) : ck;
+    const set = await openShards(flags.data);
+    checkCompatible(set.meta, { d: ck.cfg.d_in });
+    const threshold = Number(flags.threshold);
+    if (!(threshold > -1 && threshold <= 1)) this.error('--threshold must be a cosine in (-1, 1]', { exit: 2 });
+    const batchSize = flags['batch-size'] ?? (ck.cfg.sae_train?.config.batchSize as number | undefined) ?? 1536;
+    if (batchSize < 1) this.error('--batch-size must be ≥ 1', { exit: 2 });
+    const res = await evaluateSae(ck.params, set, selectionForCheckpoint(full), {
+      batchSize,
+      maxRows: flags['max-rows'],
+      kernels: kernelFactory(flags.kernels as KernelName),
+    });
+    const out: Record<string, unknown> = {
+      checkpoint: ck.dir,
+      data: flags.data,
+      architecture: ck.cfg.architecture,
+      d: ck.cfg.d_in,
+      width: ck.cfg.d_sae,
+      rows: res.rows,
+      l0: res.l0,
+      l0Histogram: res.l0Histogram,
+      mse: res.mse,
+      fvu: res.fvu,
+      explainedVariance: 1 - res.fvu,
+      deadFraction: res.deadFraction,
+    };
+    let line = `${ck.cfg.architecture} F=${ck.cfg.d_sae}: L0 ${res.l0.toFixed(2)}, FVU ${res.fvu.toFixed(4)}, dead ${(100 * res.deadFraction).toFixed(2)}%`;
+    if (flags.dictionary) {
+      const dict = await loadDictionary(flags.dictionary);
+      if (dict.d !== ck.cfg.d_in) this.error(`dictionary has d=${dict.d} but the SAE has d=${ck.cfg.d_in}`, { exit: 2 });
+      const rec = featureRecovery(dict.G, dict.fTrue, ck.params.Wdec, ck.cfg.d_sae, dict.d, threshold);
+      out.recovery = rec;
+      line += `, recovery: mean max cos ${rec.meanMaxCos.toFixed(3)}, ${(100 * rec.fractionRecovered).toFixed(1)}% of true features ≥ ${threshold}`;
+    }
+    this.info(line);
+    process.stdout.write(JSON.stringify(out) + '\n');
+  }
+}

@@ -1,0 +1,51 @@
+import { Flags } from '@oclif/core';
+import { SaeCommand } from '../util/command.js';
+import { UserError } from '../util/errors.js';
+import { loadCheckpoint, saveCheckpoint, type SaeCfgJson } from '../sae/checkpoint.js';
+import { findCheckpoint } from '../sae/train.js';
+import { calibrateThresholds, selectionForCheckpoint } from '../sae/inference.js';
+import { checkCompatible, openShards } from '../store/reader.js';
+import { kernelFactory, type KernelName } from '../kernels/index.js';
+
+export default class Export extends SaeCommand {
+  static override description =
+    'Export a Mutual/Feature Choice (or any batch-selection) SAE as a JumpReLU SAE for single-token inference, with thresholds calibrated on activation shards (appendix B, SPEC §5).';
+
+  static override examples = ['<%= config.bin %> export --checkpoint runs/mc/final --data shards/ --out runs/mc/jumprelu'];
+
+  static override flags = {
+    checkpoint: Flags.string({ description: 'training checkpoint folder or run directory', required: true }),
+    data: Flags.string({ description: 'calibration shards', required: true }),
+    out: Flags.string({ description: 'output checkpoint folder', required: true }),
+    batches: Flags.integer({ description: 'calibration batches', default: 32 }),
+    'batch-size': Flags.integer({ description: 'calibration batch size (default: the training batch size)' }),
+    global: Flags.boolean({ description: 'one global threshold (BatchTopK style) instead of one per feature' }),
+    kernels: Flags.string({ description: 'auto | reference | native', default: 'auto', options: ['auto', 'reference', 'native'] }),
+  };
+
+  async run(): Promise<void> {
+    const { flags } = await this.parse(Export);
+    if (flags.batches < 1) throw new UserError('--batches must be ≥ 1');
+    const ck = await loadCheckpoint(await findCheckpoint(flags.checkpoint), { withState: true });
+    if (ck.threshold) throw new UserError(`checkpoint ${ck.dir} is already a JumpReLU SAE`);
+    const set = await openShards(flags.data);
+    checkCompatible(set.meta, { d: ck.cfg.d_in });
+    const batchSize = flags['batch-size'] ?? (ck.cfg.sae_train?.config.batchSize as number | undefined) ?? 1536;
+    if (batchSize < 1) throw new UserError('--batch-size must be ≥ 1');
+    const cal = await calibrateThresholds(ck.params, set, selectionForCheckpoint(ck), {
+      batchSize,
+      batches: flags.batches,
+      kernels: kernelFactory(flags.kernels as KernelName),
+    });
+    const threshold = flags.global ? new Float32Array(ck.cfg.d_sae).fill(cal.globalThreshold) : cal.threshold;
+    const cfg: SaeCfgJson = {
+      ...ck.cfg,
+      architecture: 'jumprelu',
+      activation_fn_kwargs: {},
+      calibration: { from: ck.dir, data: flags.data, batches: cal.batches, batchSize, global: flags.global, globalThreshold: cal.globalThreshold, batchL0: cal.batchL0 },
+    };
+    await saveCheckpoint(flags.out, cfg, ck.params, { threshold });
+    this.info(`exported JumpReLU SAE (${flags.global ? 'global' : 'per-feature'} thresholds from ${cal.batches} batches; batch L0 ${cal.batchL0.toFixed(2)})`);
+    process.stdout.write(flags.out + '\n');
+  }
+}

@@ -1,0 +1,23 @@
+// Library entry: every stage is usable without the CLI.
+export * from './kernels/types.js';
+export { createReferenceKernels } from './kernels/reference.js';
+export { kernelFactory, type KernelName } from './kernels/index.js';
+export * from './sae/selection.js';
+export * from './sae/zipf.js';
+export { FeatureStats } from './sae/density.js';
+export { lossAndGrad, nfmLosses, allocWorkspace, type ObjectiveSpec, type LossTerms, type AuxLossSpec } from './sae/objective.js';
+export { resolveConfig, resolveWidth, defaultLr, learningRate, DEFAULTS, ACTIVATIONS, type TrainConfig, type Activation, type PhaseConfig } from './sae/config.js';
+export { Trainer, type StepReport, type TrainerSnapshot } from './sae/trainer.js';
+export { train, type TrainOptions, type TrainSummary } from './sae/train.js';
+export { saveCheckpoint, loadCheckpoint, type LoadedCheckpoint, type SaeCfgJson } from './sae/checkpoint.js';
+export { selectionForCheckpoint, calibrateThresholds } from './sae/inference.js';
+export { allocParams, initParams } from './sae/params.js';
+export * from './store/preprocess.js';
+export * from './store/shards.js';
+export { openShards, checkCompatible, BatchStream, type ShardSet, type DataPosition } from './store/reader.js';
+export * from './synth/synth.js';
+export { featureRecovery } from './eval/recovery.js';
+export { evaluateSae, type EvalResult } from './eval/evaluate.js';
+export { Rng } from './util/rng.js';
+export { UserError } from './util/errors.js';
+export { readSafetensors, writeSafetensors } from './util/safetensors.js';
