@@ -8,12 +8,12 @@ import { UserError } from './errors.js';
 export abstract class SaeCommand extends Command {
   protected override async catch(err: Error & { exitCode?: number; oclif?: { exit?: number } }): Promise<unknown> {
     if (err instanceof UserError) {
-      process.stderr.write(`sae: error: ${err.message}\n`);
+      process.stderr.write(`sae: error: ${oneLine(err.message)}\n`);
       this.exit(err.exitCode);
     }
     // oclif's own flag/arg parsing errors are user errors too.
     if (err instanceof Errors.CLIError && !(err instanceof Errors.ExitError)) {
-      process.stderr.write(`sae: error: ${err.message.split('\n')[0]}\n`);
+      process.stderr.write(`sae: error: ${oneLine(err.message)}\n`);
       this.exit(err.oclif?.exit ?? 2);
     }
     return super.catch(err);
@@ -23,4 +23,13 @@ export abstract class SaeCommand extends Command {
   protected info(line: string): void {
     process.stderr.write(line + '\n');
   }
+}
+
+/** oclif's parse errors span lines ("Parsing --k", the reason, "See more help…"): fold them into one. */
+export function oneLine(message: string): string {
+  return message
+    .split('\n')
+    .map((l) => l.trim())
+    .filter((l) => l && !/^See more help/i.test(l))
+    .join(': ');
 }
