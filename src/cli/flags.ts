@@ -1,5 +1,6 @@
 import { Flags } from '@oclif/core';
 import type { TrainConfig } from '../sae/config.js';
+import { UserError } from '../util/errors.js';
 
 /**
  * CLI flags for the training config, generated from one table so that every config key has
@@ -55,7 +56,7 @@ export const configFlags = Object.fromEntries(
 
 function parseNumber(s: string, name: string): number {
   const v = Number(s);
-  if (s.trim() === '' || !Number.isFinite(v)) throw new Error(`--${name} expects a number, got "${s}"`);
+  if (s.trim() === '' || !Number.isFinite(v)) throw new UserError(`--${name} expects a number, got "${s}"`);
   return v;
 }
 

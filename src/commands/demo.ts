@@ -46,7 +46,7 @@ export default class Demo extends SaeCommand {
     for (const run of RUNS) {
       const progress = new Progress(run.name.padEnd(15));
       const scale = flags.steps / 2000;
-      const config = { width: 192, k: 3, batchSize: 256, lr: 3e-3, steps: flags.steps, seed: flags.seed, logEvery: 100, checkpointEvery: 100_000, ...run.config };
+      const config: Record<string, unknown> = { width: 192, k: 3, batchSize: 256, lr: 3e-3, steps: flags.steps, seed: flags.seed, logEvery: 100, checkpointEvery: 100_000, ...run.config };
       if (run.config.phases) {
         config.steps = Math.round(1500 * scale);
         config.phases = [{ activation: 'feature', steps: Math.max(1, Math.round(500 * scale)) }];

@@ -30,6 +30,6 @@ export function oneLine(message: string): string {
   return message
     .split('\n')
     .map((l) => l.trim())
-    .filter((l) => l && !/^See more help/i.test(l))
-    .join(': ');
+    .filter((l) => l && !/^See more help/i.test(l) && !/^The following errors? occurred:?$/i.test(l))
+    .reduce((acc, l) => (!acc ? l : acc.endsWith(':') ? `${acc} ${l}` : `${acc}: ${l}`), '');
 }
