@@ -6,6 +6,7 @@ import { Progress } from '../util/progress.js';
 import { train } from '../sae/train.js';
 import { ACTIVATIONS } from '../sae/config.js';
 import { configFlags, flagsToConfig } from '../cli/flags.js';
+import { kernelFactory, type KernelName } from '../kernels/index.js';
 
 export default class Train extends SaeCommand {
   static override description = 'Train a sparse autoencoder on activation shards (SPEC §8): relu, topk, batchtopk, mutual (MC), feature (FC), phased MC→FC';
@@ -25,6 +26,7 @@ export default class Train extends SaeCommand {
     'finetune-steps': Flags.integer({ description: 'append the paper’s phase 2: Feature Choice (Zipf) without auxiliary losses for this many steps' }),
     json: Flags.boolean({ description: 'print the run summary as JSON on stdout' }),
     quiet: Flags.boolean({ description: 'no progress or log lines on stderr' }),
+    kernels: Flags.string({ description: 'hot-path implementation: auto | reference | native', default: 'auto', options: ['auto', 'reference', 'native'] }),
     ...configFlags,
   };
 
@@ -69,6 +71,7 @@ export default class Train extends SaeCommand {
         config,
         resume: flags.resume,
         initFrom: flags['init-from'],
+        kernels: kernelFactory(flags.kernels as KernelName),
         signal: controller.signal,
         onNote: (m) => progress.line(`note: ${m}`),
         onStep: (s, total) => progress.tick(s, total),
