@@ -1,4 +1,4 @@
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { promises as fs } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -91,4 +91,34 @@ describe('bad input gets one line and a non-zero exit', () => {
 
   it('shards with another preprocessing than the run expects', () =>
     expectUserError(sae(...base(), '--expect-preprocessing', 'none'), /preprocessing/));
+});
+
+describe('interrupting a run', () => {
+  it('Ctrl-C writes a resumable checkpoint, exits 130, and resuming matches an uninterrupted run bit for bit', async () => {
+    const args = ['--data', data, '--activation', 'mutual', '--width', '64', '--k', '2', '--batch-size', '64', '--steps', '400', '--log-every', '1', '--checkpoint-every', '1000', '--rank-interval', '7'];
+    const cut = path.join(root, 'sigint');
+    const child = spawn(process.execPath, [bin, 'train', '--out', cut, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let err = '';
+    const code = await new Promise<number | null>((resolve) => {
+      child.stderr.on('data', (b: Buffer) => {
+        err += b.toString();
+        if (/step 5 /.test(err) && !child.killed) child.kill('SIGINT');
+      });
+      child.on('close', (c) => resolve(c));
+    });
+    expect(code).toBe(130);
+    expect(err).toMatch(/interrupt/);
+    const state = JSON.parse(await fs.readFile(path.join(cut, 'checkpoint', 'state.json'), 'utf8'));
+    expect(state.step).toBeGreaterThanOrEqual(5);
+    expect(state.step).toBeLessThan(400);
+    await expect(fs.stat(path.join(cut, 'final'))).rejects.toThrow();
+
+    const resumed = sae('train', '--out', cut, '--resume', cut, '--data', data, '--quiet');
+    expect(resumed.code).toBe(0);
+    const whole = sae('train', '--out', path.join(root, 'uncut'), ...args, '--quiet');
+    expect(whole.code).toBe(0);
+    const a = await fs.readFile(path.join(cut, 'final', 'sae.safetensors'));
+    const b = await fs.readFile(path.join(root, 'uncut', 'final', 'sae.safetensors'));
+    expect(a.equals(b)).toBe(true);
+  });
 });
