@@ -45,7 +45,11 @@ export function ensureCapacity(codes: SparseCodes, capacity: number): void {
 export function topK(pre: FloatArray, B: number, F: number, k: number, out: SparseCodes): void {
   checkShape(pre, B, F);
   checkCount('k', k);
-  const kk = Math.min(k, F);
+  perTokenTopK(pre, B, F, Math.min(k, F), null, out);
+}
+
+/** The per-token TopK shared by token choice and the aux selections; mask null = every feature. */
+function perTokenTopK(pre: FloatArray, B: number, F: number, kk: number, mask: Uint8Array | null, out: SparseCodes): void {
   const best = new KeepBest(kk);
   const chosen = new Float64Array(B * kk);
   let n = 0;
@@ -54,7 +58,7 @@ export function topK(pre: FloatArray, B: number, F: number, k: number, out: Spar
     const row = b * F;
     for (let j = 0; j < F; j++) {
       const v = pre[row + j];
-      if (v > 0) best.offer(v, j);
+      if (v > 0 && (mask === null || mask[j] !== 0)) best.offer(v, j);
     }
     for (let e = 0; e < best.size; e++) chosen[n++] = row + best.keys[e];
   }
@@ -169,20 +173,7 @@ export function maskedTopK(
   if (mask.length !== F) throw new RangeError(`maskedTopK: mask has ${mask.length} entries, expected F=${F}`);
   let eligible = 0;
   for (let j = 0; j < F; j++) if (mask[j] !== 0) eligible++;
-  const kk = Math.min(k, eligible);
-  const best = new KeepBest(kk);
-  const chosen = new Float64Array(B * kk);
-  let n = 0;
-  for (let b = 0; b < B; b++) {
-    best.clear();
-    const row = b * F;
-    for (let j = 0; j < F; j++) {
-      const v = pre[row + j];
-      if (mask[j] !== 0 && v > 0) best.offer(v, j);
-    }
-    for (let e = 0; e < best.size; e++) chosen[n++] = row + best.keys[e];
-  }
-  emitFlat(pre, B, F, chosen.subarray(0, n), out);
+  perTokenTopK(pre, B, F, Math.min(k, eligible), mask, out);
 }
 
 /** Dispatch on the Selection kinds of SPEC §5 (capacities and thresholds already resolved). */
