@@ -5,13 +5,21 @@ import { UserError } from '../util/errors.js';
 
 export type KernelName = 'auto' | 'reference' | 'native';
 
-/** auto = the native kernels when they were built, else the reference kernels. */
+export const KERNEL_NAMES: readonly KernelName[] = ['auto', 'reference', 'native'];
+
+/**
+ * The kernels for a name: 'reference' = plain TypeScript loops (the oracle), 'native' = the C++
+ * addon (build/sae_kernels.node; float32, multithreaded), 'auto' = native when it was built and
+ * loads, else reference.
+ */
 export function kernelFactory(name: KernelName): KernelFactory {
   switch (name) {
     case 'reference':
       return createReferenceKernels;
     case 'native':
-      if (!nativeAvailable()) throw new UserError(`native kernels unavailable (${nativeLoadError()}); build them with \`npm run build:native\``);
+      if (!nativeAvailable()) {
+        throw new UserError(`native kernels unavailable (${nativeLoadError()}); build them with \`node scripts/build-native.mjs\` (needs g++ and Node's headers), or use --kernels reference`);
+      }
       return createNativeKernels;
     case 'auto':
       return nativeAvailable() ? createNativeKernels : createReferenceKernels;

@@ -1,52 +1,282 @@
+/**
+ * The native kernels (issue 3): `SaeKernels` backed by the Node-API addon built from native/*.cc
+ * into build/sae_kernels.node by scripts/build-native.mjs. Float32 only: when any tensor of a call
+ * is a Float64Array (the finite-difference gradient tests), the call goes to the reference kernels
+ * instead, so the two implementations are interchangeable everywhere.
+ *
+ * Environment: SAE_THREADS (worker threads, default: the CPUs this process may use), SAE_ISA
+ * (avx512 | avx2 | sse2, default: the best the CPU has), SAE_NATIVE_DISABLE=1 (behave as if the
+ * addon were not built).
+ */
 import { createRequire } from 'node:module';
 import { existsSync } from 'node:fs';
-import * as path from 'node:path';
+import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { KernelFactory, KernelShape, SaeKernels } from './types.js';
+import type { FloatArray } from '../util/arrays.js';
+import { ensureCapacity } from '../sae/selection.js';
+import { createReferenceKernels } from './reference.js';
+import type {
+  AdamWHyper,
+  AuxRequest,
+  EncodeOutput,
+  KernelFactory,
+  KernelShape,
+  SaeKernels,
+  SaeParams,
+  Selection,
+  SparseCodes,
+} from './types.js';
 
-// Loader for the native addon (build/sae_kernels.node, built by scripts/build-native.mjs).
+/** Must equal kApiVersion in native/sae_kernels.cc. */
+const API_VERSION = 1;
 
-function packageRoot(): string {
-  let dir = path.dirname(fileURLToPath(import.meta.url));
-  while (!existsSync(path.join(dir, 'package.json'))) {
-    const up = path.dirname(dir);
-    if (up === dir) throw new Error('package root not found');
-    dir = up;
-  }
-  return dir;
+type Handle = object & { readonly __native: unique symbol };
+
+/** The addon's surface (see the N-API glue at the end of native/sae_kernels.cc). */
+interface Addon {
+  info(): { apiVersion: number; threads: number; isa: string; isas: string[] };
+  create(d: number, F: number, maxB: number, isa: string | null): Handle;
+  encode(
+    h: Handle, WencT: Float32Array, bEnc: Float32Array, bDec: Float32Array, x: Float32Array, B: number, xc: Float32Array,
+    kind: number, num: number, arr: Float32Array | Int32Array | null, auxMasks: Uint8Array[], auxKs: number[],
+    outs: Array<Int32Array | Float32Array>,
+  ): number[];
+  selectDense(
+    h: Handle, z: Float32Array, B: number, kind: number, num: number, arr: Float32Array | Int32Array | null,
+    auxMasks: Uint8Array[], auxKs: number[], outs: Array<Int32Array | Float32Array>,
+  ): number[];
+  emit(h: Handle, which: number, rowPtr: Int32Array, index: Int32Array, value: Float32Array): number;
+  decode(h: Handle, Wdec: Float32Array, bDec: Float32Array | null, rowPtr: Int32Array, index: Int32Array, value: Float32Array, B: number, out: Float32Array): void;
+  decodeBackward(h: Handle, Wdec: Float32Array, rowPtr: Int32Array, index: Int32Array, value: Float32Array, B: number, dOut: Float32Array, gWdec: Float32Array, dz: Float32Array): void;
+  encoderBackward(h: Handle, WencT: Float32Array, xc: Float32Array, rowPtr: Int32Array, index: Int32Array, B: number, dz: Float32Array, gWencT: Float32Array, gBenc: Float32Array, gBdec: Float32Array): void;
+  sumSquares(h: Handle, a: Float32Array): number;
+  adamw(h: Handle, p: Float32Array, g: Float32Array, m: Float32Array, v: Float32Array, lr: number, beta1: number, beta2: number, eps: number, weightDecay: number, step: number, gradScale: number, decay: boolean): void;
+  projectDecoderGrad(h: Handle, Wdec: Float32Array, gWdec: Float32Array, F: number, d: number): void;
+  normalizeDecoderRows(h: Handle, Wdec: Float32Array, F: number, d: number): void;
 }
 
-type Addon = { create(shape: KernelShape): SaeKernels };
-let addon: Addon | null | undefined;
+/** Selection kinds as the addon numbers them (enum SelKind). */
+const KIND = { none: 0, dense: 1, topk: 2, mutual: 3, feature: 4, relu: 5, jumprelu: 6, globalThreshold: 7 } as const;
+
+let addon: Addon | null = null;
 let loadError: string | null = null;
+let loaded = false;
+
+/** The package root: the nearest directory above this module with a package.json (src/ or dist/). */
+function packageRoot(): string {
+  let dir = path.dirname(fileURLToPath(import.meta.url));
+  for (;;) {
+    if (existsSync(path.join(dir, 'package.json'))) return dir;
+    const up = path.dirname(dir);
+    if (up === dir) throw new Error(`no package.json above ${fileURLToPath(import.meta.url)}`);
+    dir = up;
+  }
+}
+
+/** Where the addon is expected (build/sae_kernels.node under the package root). */
+export function nativeAddonPath(): string {
+  return path.join(packageRoot(), 'build', 'sae_kernels.node');
+}
 
 function load(): Addon | null {
-  if (addon !== undefined) return addon;
-  const file = path.join(packageRoot(), 'build', 'sae_kernels.node');
-  if (!existsSync(file)) {
-    loadError = `${file} not built`;
-    return (addon = null);
+  if (loaded) return addon;
+  loaded = true;
+  if (process.env.SAE_NATIVE_DISABLE === '1') {
+    loadError = 'disabled by SAE_NATIVE_DISABLE=1';
+    return null;
   }
   try {
-    addon = createRequire(import.meta.url)(file) as Addon;
-  } catch (err) {
-    loadError = (err as Error).message.split('\n')[0];
-    addon = null;
+    const file = nativeAddonPath();
+    if (!existsSync(file)) {
+      loadError = `${file} does not exist`;
+      return null;
+    }
+    const mod = createRequire(import.meta.url)(file) as Addon;
+    const v = typeof mod.info === 'function' ? mod.info().apiVersion : undefined;
+    if (v !== API_VERSION) {
+      loadError = `${file} is a stale build (API version ${v}, expected ${API_VERSION})`;
+      return null;
+    }
+    addon = mod;
+  } catch (e) {
+    loadError = e instanceof Error ? e.message.split('\n')[0] : String(e);
   }
   return addon;
 }
 
+/** True when build/sae_kernels.node exists, loads and matches this code. */
 export function nativeAvailable(): boolean {
   return load() !== null;
 }
 
+/** Why the native kernels are unavailable (null when they are available). */
 export function nativeLoadError(): string | null {
   load();
   return loadError;
 }
 
-export const createNativeKernels: KernelFactory = (shape) => {
+/** Threads, instruction set in use and those available (null when the addon is unavailable). */
+export function nativeInfo(): { threads: number; isa: string; isas: string[] } | null {
   const a = load();
-  if (!a) throw new Error(`native kernels unavailable: ${loadError}`);
-  return a.create(shape);
-};
+  if (!a) return null;
+  const { threads, isa, isas } = a.info();
+  return { threads, isa, isas };
+}
+
+function required(): Addon {
+  const a = load();
+  if (!a) throw new Error(`native kernels unavailable: ${loadError}; build them with \`node scripts/build-native.mjs\``);
+  return a;
+}
+
+const isF32 = (a: unknown): a is Float32Array => a instanceof Float32Array;
+const allF32 = (...xs: unknown[]): boolean => xs.every(isF32);
+const paramsF32 = (p: SaeParams): boolean => allF32(p.WencT, p.bEnc, p.Wdec, p.bDec);
+const codesF32 = (c: SparseCodes): boolean => isF32(c.value) && c.rowPtr instanceof Int32Array && c.index instanceof Int32Array;
+
+function prepareRows(codes: SparseCodes, B: number): void {
+  codes.B = B;
+  if (codes.rowPtr.length < B + 1) codes.rowPtr = new Int32Array(B + 1);
+}
+
+/** Native kernels with the default instruction set. */
+export const createNativeKernels: KernelFactory = (shape: KernelShape) => createNativeKernelsWith(shape, null);
+
+/** A factory pinned to one instruction set ('avx512' | 'avx2' | 'sse2'; tests check each one). */
+export function nativeKernelsFor(isa: string): KernelFactory {
+  return (shape) => createNativeKernelsWith(shape, isa);
+}
+
+function createNativeKernelsWith(shape: KernelShape, isa: string | null): SaeKernels {
+  const A = required();
+  const { d, F, maxB } = shape;
+  const h = A.create(d, F, maxB, isa);
+  let ref: SaeKernels | null = null;
+  const reference = (): SaeKernels => (ref ??= createReferenceKernels(shape));
+
+  function selectionArgs(sel: Selection): [number, number, Float32Array | Int32Array | null] | null {
+    switch (sel.kind) {
+      case 'relu':
+        return [KIND.relu, 0, null];
+      case 'topk':
+        return [KIND.topk, sel.k, null];
+      case 'mutual':
+        return [KIND.mutual, sel.M, null];
+      case 'feature':
+        return [KIND.feature, 0, sel.capacity];
+      case 'jumprelu':
+        return isF32(sel.threshold) ? [KIND.jumprelu, 0, sel.threshold] : null;
+      case 'globalThreshold':
+        return [KIND.globalThreshold, sel.threshold, null];
+      default:
+        return null;
+    }
+  }
+
+  /** Hand the addon's results to the SparseCodes, growing arrays that were too small. */
+  function collect(res: number[], codes: SparseCodes[], B: number): void {
+    for (let o = 0; o < codes.length; o++) {
+      const c = codes[o];
+      const nnz = res[2 * o];
+      c.B = B;
+      c.nnz = nnz;
+      if (res[2 * o + 1] !== 1) {
+        ensureCapacity(c, nnz);
+        A.emit(h, o, c.rowPtr, c.index, c.value as Float32Array);
+      }
+    }
+  }
+
+  function outsOf(codes: SparseCodes[]): Array<Int32Array | Float32Array> {
+    const outs: Array<Int32Array | Float32Array> = [];
+    for (const c of codes) outs.push(c.rowPtr, c.index, c.value as Float32Array);
+    return outs;
+  }
+
+  const kernels: SaeKernels & NativeExtras = {
+    name: isa ? `native-${isa}` : 'native',
+
+    encodeSelect(p: SaeParams, x: FloatArray, B: number, sel: Selection, aux: readonly AuxRequest[], out: EncodeOutput): void {
+      const args = selectionArgs(sel);
+      const outCodes = [out.codes, ...out.aux.slice(0, aux.length)];
+      if (!args || !paramsF32(p) || !allF32(x, out.xc) || !outCodes.every(codesF32) || out.aux.length < aux.length) {
+        reference().encodeSelect(p, x, B, sel, aux, out);
+        return;
+      }
+      for (const c of outCodes) prepareRows(c, B);
+      const res = A.encode(
+        h, p.WencT as Float32Array, p.bEnc as Float32Array, p.bDec as Float32Array, x as Float32Array, B, out.xc as Float32Array,
+        args[0], args[1], args[2], aux.map((a) => a.mask), aux.map((a) => a.k), outsOf(outCodes),
+      );
+      collect(res, outCodes, B);
+    },
+
+    decode(p: SaeParams, codes: SparseCodes, out: FloatArray, withBias: boolean): void {
+      if (!paramsF32(p) || !codesF32(codes) || !isF32(out)) return reference().decode(p, codes, out, withBias);
+      A.decode(h, p.Wdec as Float32Array, withBias ? (p.bDec as Float32Array) : null, codes.rowPtr, codes.index, codes.value as Float32Array, codes.B, out);
+    },
+
+    decodeBackward(p: SaeParams, codes: SparseCodes, dOut: FloatArray, gWdec: FloatArray, dz: FloatArray): void {
+      if (!paramsF32(p) || !codesF32(codes) || !allF32(dOut, gWdec, dz)) return reference().decodeBackward(p, codes, dOut, gWdec, dz);
+      A.decodeBackward(h, p.Wdec as Float32Array, codes.rowPtr, codes.index, codes.value as Float32Array, codes.B, dOut as Float32Array, gWdec as Float32Array, dz as Float32Array);
+    },
+
+    encoderBackward(p: SaeParams, xc: FloatArray, codes: SparseCodes, dz: FloatArray, g: SaeParams): void {
+      if (!paramsF32(p) || !paramsF32(g) || !codesF32(codes) || !allF32(xc, dz)) return reference().encoderBackward(p, xc, codes, dz, g);
+      A.encoderBackward(h, p.WencT as Float32Array, xc as Float32Array, codes.rowPtr, codes.index, codes.B, dz as Float32Array, g.WencT as Float32Array, g.bEnc as Float32Array, g.bDec as Float32Array);
+    },
+
+    sumSquares(a: FloatArray): number {
+      return isF32(a) ? A.sumSquares(h, a) : reference().sumSquares(a);
+    },
+
+    adamw(param: FloatArray, grad: FloatArray, m: FloatArray, v: FloatArray, hp: AdamWHyper, decay: boolean): void {
+      if (!allF32(param, grad, m, v)) return reference().adamw(param, grad, m, v, hp, decay);
+      A.adamw(h, param as Float32Array, grad as Float32Array, m as Float32Array, v as Float32Array, hp.lr, hp.beta1, hp.beta2, hp.eps, hp.weightDecay, hp.step, hp.gradScale, decay);
+    },
+
+    projectDecoderGrad(Wdec: FloatArray, gWdec: FloatArray, Fr: number, dr: number): void {
+      if (!allF32(Wdec, gWdec)) return reference().projectDecoderGrad(Wdec, gWdec, Fr, dr);
+      A.projectDecoderGrad(h, Wdec as Float32Array, gWdec as Float32Array, Fr, dr);
+    },
+
+    normalizeDecoderRows(Wdec: FloatArray, Fr: number, dr: number): void {
+      if (!isF32(Wdec)) return reference().normalizeDecoderRows(Wdec, Fr, dr);
+      A.normalizeDecoderRows(h, Wdec, Fr, dr);
+    },
+
+    affinities(p: SaeParams, x: Float32Array, B: number, xc: Float32Array, out: Float32Array | null): void {
+      if (!paramsF32(p)) throw new TypeError('affinities: float32 parameters only');
+      A.encode(h, p.WencT as Float32Array, p.bEnc as Float32Array, p.bDec as Float32Array, x, B, xc, out ? KIND.dense : KIND.none, 0, out, [], [], []);
+    },
+
+    selectFrom(z: Float32Array, B: number, sel: Selection, aux: readonly AuxRequest[], codes: SparseCodes, auxCodes: SparseCodes[]): void {
+      const args = selectionArgs(sel);
+      if (!args) throw new TypeError('selectFrom: float32 thresholds only');
+      const outCodes = [codes, ...auxCodes.slice(0, aux.length)];
+      for (const c of outCodes) prepareRows(c, B);
+      const res = A.selectDense(h, z, B, args[0], args[1], args[2], aux.map((a) => a.mask), aux.map((a) => a.k), outsOf(outCodes));
+      collect(res, outCodes, B);
+    },
+  };
+  return kernels;
+}
+
+/** Extra entry points of the native kernels, for tests and benchmarks (not part of SaeKernels). */
+export interface NativeExtras {
+  /**
+   * The encoder alone: xc = x − b_dec and z' = xc·W_enc + b_enc with the same GEMM as
+   * encodeSelect, written densely to `out` (B×F), or computed and dropped when `out` is null
+   * (the GEMM floor of a training step).
+   */
+  affinities(p: SaeParams, x: Float32Array, B: number, xc: Float32Array, out: Float32Array | null): void;
+  /** The selection stage of encodeSelect on given affinities z' (B×F), e.g. with ties on purpose. */
+  selectFrom(z: Float32Array, B: number, sel: Selection, aux: readonly AuxRequest[], codes: SparseCodes, auxCodes: SparseCodes[]): void;
+}
+
+/** Narrow a SaeKernels made by createNativeKernels / nativeKernelsFor to its extra entry points. */
+export function nativeExtras(k: SaeKernels): NativeExtras {
+  const e = k as Partial<NativeExtras>;
+  if (typeof e.affinities !== 'function' || typeof e.selectFrom !== 'function') throw new TypeError(`${k.name} kernels are not native`);
+  return e as NativeExtras;
+}

@@ -1,0 +1,392 @@
+// The instruction-set-specific half of the native kernels. sae_kernels.cc includes this file three
+// times, each time inside a different `#pragma GCC target` region and with SAE_ISA_NS and
+// SAE_ISA_LEVEL (512 = AVX-512F/BW/DQ/VL + FMA, 256 = AVX2 + FMA, 128 = baseline SSE2) defined,
+// so every function here is compiled once per ISA; the dispatcher picks one table at run time
+// with __builtin_cpu_supports. No include guard on purpose.
+//
+// Keep standard-library templates out of this file: an instantiation made inside a target region
+// could be emitted with AVX-512 instructions and then shared (as a COMDAT) with baseline code.
+
+namespace SAE_ISA_NS {
+
+using namespace ::sae;
+
+static inline int imin(int a, int b) { return a < b ? a : b; }
+
+#if SAE_ISA_LEVEL == 512
+typedef __m512 V;
+constexpr int VL = 16;
+constexpr int MR = 14;
+static inline V vload(const float* p) { return _mm512_load_ps(p); }
+static inline V vloadu(const float* p) { return _mm512_loadu_ps(p); }
+static inline void vstore(float* p, V a) { _mm512_store_ps(p, a); }
+static inline V vset1(float s) { return _mm512_set1_ps(s); }
+static inline V vzero() { return _mm512_setzero_ps(); }
+static inline V vadd(V a, V b) { return _mm512_add_ps(a, b); }
+static inline V vfma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+static inline uint32_t vgt(V a, V b) { return (uint32_t)_mm512_cmp_ps_mask(a, b, _CMP_GT_OQ); }
+static const char kName[] = "avx512";
+#elif SAE_ISA_LEVEL == 256
+typedef __m256 V;
+constexpr int VL = 8;
+constexpr int MR = 6;
+static inline V vload(const float* p) { return _mm256_load_ps(p); }
+static inline V vloadu(const float* p) { return _mm256_loadu_ps(p); }
+static inline void vstore(float* p, V a) { _mm256_store_ps(p, a); }
+static inline V vset1(float s) { return _mm256_set1_ps(s); }
+static inline V vzero() { return _mm256_setzero_ps(); }
+static inline V vadd(V a, V b) { return _mm256_add_ps(a, b); }
+static inline V vfma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+static inline uint32_t vgt(V a, V b) { return (uint32_t)_mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_GT_OQ)); }
+static const char kName[] = "avx2";
+#else
+typedef __m128 V;
+constexpr int VL = 4;
+constexpr int MR = 6;
+static inline V vload(const float* p) { return _mm_load_ps(p); }
+static inline V vloadu(const float* p) { return _mm_loadu_ps(p); }
+static inline void vstore(float* p, V a) { _mm_store_ps(p, a); }
+static inline V vset1(float s) { return _mm_set1_ps(s); }
+static inline V vzero() { return _mm_setzero_ps(); }
+static inline V vadd(V a, V b) { return _mm_add_ps(a, b); }
+static inline V vfma(V a, V b, V c) { return _mm_add_ps(_mm_mul_ps(a, b), c); }
+static inline uint32_t vgt(V a, V b) { return (uint32_t)_mm_movemask_ps(_mm_cmpgt_ps(a, b)); }
+static const char kName[] = "sse2";
+#endif
+
+constexpr int NR = 2 * VL;  // tokens per tile (two vectors)
+
+// ----------------------------------------------------------------------------------- packing
+
+static size_t packedXFloats(int ntok, int d) { return (size_t)((ntok + NR - 1) / NR) * NR * (size_t)d; }
+static size_t packedWFloats(int nb, int d) { return (size_t)nb * ((size_t)MR * d + MR); }
+
+// xc = x − b_dec for tokens [tok0, tok0+ntok): written row-major to xcOut (the caller's buffer) and
+// as panels of NR tokens, panel p = [k][NR], for the micro-kernel. Missing tokens are zero.
+static void packX(const float* x, const float* bDec, float* xcOut, int tok0, int ntok, int d, float* Xp) {
+  const int np = (ntok + NR - 1) / NR;
+  for (int p = 0; p < np; p++) {
+    float* __restrict dst = Xp + (size_t)p * NR * d;
+    const int nvt = imin(NR, ntok - p * NR);
+    for (int t = 0; t < NR; t++) {
+      if (t < nvt) {
+        const int64_t b = tok0 + p * NR + t;
+        const float* __restrict src = x + b * d;
+        float* __restrict xr = xcOut + b * d;
+        for (int k = 0; k < d; k++) {
+          const float v = src[k] - bDec[k];
+          xr[k] = v;
+          dst[(size_t)k * NR + t] = v;
+        }
+      } else {
+        for (int k = 0; k < d; k++) dst[(size_t)k * NR + t] = 0.0f;
+      }
+    }
+  }
+}
+
+// Features [f0, f0+nf) of WencT as micro-panels of MR rows, panel = [k][MR] then MR biases.
+// Rows past the end are zero (their outputs are never consumed).
+static void packW(const float* W, const float* bEnc, int f0, int nf, int d, float* Wp) {
+  const int nmp = (nf + MR - 1) / MR;
+  for (int mp = 0; mp < nmp; mp++) {
+    float* __restrict dst = Wp + (size_t)mp * ((size_t)MR * d + MR);
+    const int rows = imin(MR, nf - mp * MR);
+    const float* src[MR];
+    for (int r = 0; r < MR; r++) src[r] = W + (size_t)(f0 + mp * MR + (r < rows ? r : 0)) * d;
+    if (rows == MR) {
+      for (int k = 0; k < d; k++) {
+#pragma GCC unroll 16
+        for (int r = 0; r < MR; r++) dst[(size_t)k * MR + r] = src[r][k];
+      }
+    } else {
+      for (int k = 0; k < d; k++) {
+        for (int r = 0; r < MR; r++) dst[(size_t)k * MR + r] = r < rows ? src[r][k] : 0.0f;
+      }
+    }
+    for (int r = 0; r < MR; r++) dst[(size_t)MR * d + r] = r < rows ? bEnc[f0 + mp * MR + r] : 0.0f;
+  }
+}
+
+// ------------------------------------------------------------------------------ micro-kernel
+
+// tile[r][t] = Σ_k wp[k][r]·xp[k][t] + bias[r] over the whole K: an MR×NR block of z' that
+// stays in registers until it is complete, then goes to an L1 scratch tile.
+static inline void kernel(const float* __restrict wp, const float* __restrict xp, int K, float* __restrict tile) {
+  V a0[MR], a1[MR];
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; r++) {
+    a0[r] = vzero();
+    a1[r] = vzero();
+  }
+  for (int k = 0; k < K; k++) {
+    const V x0 = vload(xp);
+    const V x1 = vload(xp + VL);
+#if SAE_ISA_LEVEL >= 256
+    _mm_prefetch((const char*)(xp + 8 * NR), _MM_HINT_T0);
+#endif
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; r++) {
+      const V w = vset1(wp[r]);
+      a0[r] = vfma(w, x0, a0[r]);
+      a1[r] = vfma(w, x1, a1[r]);
+    }
+    wp += MR;
+    xp += NR;
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; r++) {
+    const V b = vset1(wp[r]);
+    vstore(tile + r * NR, vadd(a0[r], b));
+    vstore(tile + r * NR + VL, vadd(a1[r], b));
+  }
+}
+
+static inline uint32_t gtVec(const float* row, const float* thr) {
+  return vgt(vload(row), vloadu(thr)) | (vgt(vload(row + VL), vloadu(thr + VL)) << VL);
+}
+static inline uint32_t gtScalar(const float* row, float s) {
+  const V t = vset1(s);
+  return vgt(vload(row), t) | (vgt(vload(row + VL), t) << VL);
+}
+
+// Hand a finished tile to the selections: a vector compare per row against the running
+// thresholds; the (rare, once thresholds have risen) survivors go to the scalar handlers.
+static inline void consume(const float* tile, int rows, int j0, int tl0, uint32_t valid, Consumer& c) {
+  for (int r = 0; r < rows; r++) {
+    const float* row = tile + r * NR;
+    const int j = j0 + r;
+    uint32_t m = 0;
+    switch (c.mode) {
+      case kModeToken:
+        m = gtVec(row, c.tokThr + tl0) & valid;
+        break;
+      case kModeFeature:
+        m = gtScalar(row, c.featThr[j]) & valid;
+        break;
+      case kModeGlobal:
+        m = gtScalar(row, *c.globalThr) & valid;
+        break;
+      case kModeDense: {
+        float* out = c.denseOut + (int64_t)(c.tok0 + tl0) * c.F + j;
+        for (int t = 0; t < NR; t++)
+          if (valid >> t & 1u) out[(int64_t)t * c.F] = row[t];
+        break;
+      }
+      default:
+        break;
+    }
+    if (m) c.onMain(c.st, j, m, row, tl0);
+    for (int a = 0; a < c.nAux; a++) {
+      if (c.auxMask[a][j]) {
+        const uint32_t ma = gtVec(row, c.auxThr[a] + tl0) & valid;
+        if (ma) c.onAux(c.st, a, j, ma, row, tl0);
+      }
+    }
+  }
+}
+
+// One thread's encoder pass: feature blocks of nb·MR features (packed once, L2-resident), for
+// each panel of NR tokens (L2), every micro-panel of the block; each MR×NR tile of z' is consumed
+// as soon as it is complete, so no more than a tile of the B×F matrix ever exists. Within a
+// thread, a token's features arrive in ascending order and a feature's tokens in ascending order.
+static void scan(const ScanJob& s) {
+  const int d = s.d;
+  const int F = s.F;
+  const int Nc = MR * s.nb;
+  const int np = (s.ntok + NR - 1) / NR;
+  Consumer& c = *s.c;
+  for (int f0 = 0; f0 < F; f0 += Nc) {
+    const int nf = imin(Nc, F - f0);
+    const int nmp = (nf + MR - 1) / MR;
+    if (s.W) packW(s.W, s.bEnc, f0, nf, d, s.Wp);
+    for (int p = 0; p < np; p++) {
+      const int tl0 = p * NR;
+      const int nvt = imin(NR, s.ntok - tl0);
+      const uint32_t valid = nvt >= 32 ? 0xffffffffu : ((1u << nvt) - 1u);
+      const float* xp = s.W ? s.Xp + (size_t)p * NR * d : nullptr;
+      for (int mp = 0; mp < nmp; mp++) {
+        const int rows = imin(MR, nf - mp * MR);
+        const int j0 = f0 + mp * MR;
+        if (s.W) {
+          kernel(s.Wp + (size_t)mp * ((size_t)MR * d + MR), xp, d, s.tile);
+        } else {
+          for (int r = 0; r < MR; r++)
+            for (int t = 0; t < NR; t++)
+              s.tile[r * NR + t] = (r < rows && t < nvt) ? s.dense[(int64_t)(s.tok0 + tl0 + t) * F + j0 + r] : 0.0f;
+        }
+        consume(s.tile, rows, j0, tl0, valid, c);
+      }
+    }
+  }
+}
+
+// ------------------------------------------------------------------------ sparse and streaming
+
+// Σ a[i]·b[i] with 16 fixed lanes, then a fixed-order sum: the same association on every ISA.
+static inline float dot16(const float* __restrict a, const float* __restrict b, int d) {
+  float acc[16] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+  int i = 0;
+  for (; i + 16 <= d; i += 16) {
+#pragma GCC unroll 16
+    for (int l = 0; l < 16; l++) acc[l] += a[i + l] * b[i + l];
+  }
+  for (int l = 0; i < d; i++, l++) acc[l] += a[i] * b[i];
+  float s8[8];
+  for (int l = 0; l < 8; l++) s8[l] = acc[l] + acc[l + 8];
+  float s4[4];
+  for (int l = 0; l < 4; l++) s4[l] = s8[l] + s8[l + 4];
+  return (s4[0] + s4[2]) + (s4[1] + s4[3]);
+}
+
+static inline void axpy(float* __restrict o, const float* __restrict w, float a, int d) {
+  for (int i = 0; i < d; i++) o[i] += a * w[i];
+}
+
+// out[b] = bias + Σ_e value[e]·Wdec[index[e]] for tokens [b0, b1).
+static void decodeRows(const float* Wdec, const float* bias, const int32_t* rowPtr, const int32_t* index,
+                       const float* value, int b0, int b1, int d, float* out) {
+  for (int b = b0; b < b1; b++) {
+    float* __restrict o = out + (int64_t)b * d;
+    if (bias) {
+      for (int i = 0; i < d; i++) o[i] = bias[i];
+    } else {
+      for (int i = 0; i < d; i++) o[i] = 0.0f;
+    }
+    const int e1 = rowPtr[b + 1];
+    for (int e = rowPtr[b]; e < e1; e++) {
+      if (e + 2 < e1) {
+        const char* nx = (const char*)(Wdec + (int64_t)index[e + 2] * d);
+        for (int i = 0; i < d * 4; i += 256) __builtin_prefetch(nx + i);
+      }
+      axpy(o, Wdec + (int64_t)index[e] * d, value[e], d);
+    }
+  }
+}
+
+// Features [j0, j1): gWdec[j] += Σ z·dOut[b], dz[e] = dOut[b]·Wdec[j], entries in token order.
+static void decodeBackwardCols(const float* Wdec, const int32_t* colPtr, const int32_t* colEnt, const int32_t* colTok,
+                               const float* value, const float* dOut, int j0, int j1, int d, float* gWdec, float* dz) {
+  for (int j = j0; j < j1; j++) {
+    const int p0 = colPtr[j], p1 = colPtr[j + 1];
+    if (p0 == p1) continue;
+    const float* w = Wdec + (int64_t)j * d;
+    float* g = gWdec + (int64_t)j * d;
+    for (int p = p0; p < p1; p++) {
+      const int e = colEnt[p];
+      const float* dr = dOut + (int64_t)colTok[p] * d;
+      dz[e] = dot16(dr, w, d);
+      axpy(g, dr, value[e], d);
+    }
+  }
+}
+
+// Features [j0, j1) (j0 a multiple of chunk): gWencT[j] += Σ dz·xc[b], gBenc[j] += Σ dz, and
+// partial[j/chunk] = Σ_j (Σ dz)·WencT[j] (the b_dec gradient, summed over chunks in order later).
+static void encoderBackwardCols(const float* WencT, const float* xc, const int32_t* colPtr, const int32_t* colEnt,
+                                const int32_t* colTok, const float* dz, int j0, int j1, int d, int chunk,
+                                float* gWencT, float* gBenc, float* partial) {
+  for (int j = j0; j < j1; j++) {
+    float* pc = partial + (int64_t)(j / chunk) * d;
+    if (j % chunk == 0) {
+      for (int i = 0; i < d; i++) pc[i] = 0.0f;
+    }
+    const int p0 = colPtr[j], p1 = colPtr[j + 1];
+    if (p0 == p1) continue;
+    float* g = gWencT + (int64_t)j * d;
+    float s = 0.0f;
+    for (int p = p0; p < p1; p++) {
+      const float gz = dz[colEnt[p]];
+      s += gz;
+      axpy(g, xc + (int64_t)colTok[p] * d, gz, d);
+    }
+    gBenc[j] += s;
+    axpy(pc, WencT + (int64_t)j * d, s, d);
+  }
+}
+
+static double sumSquares(const float* a, size_t n) {
+  double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+#pragma GCC unroll 8
+    for (int l = 0; l < 8; l++) {
+      const double x = a[i + l];
+      acc[l] += x * x;
+    }
+  }
+  for (int l = 0; i < n; i++, l++) acc[l] += (double)a[i] * a[i];
+  return ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
+}
+
+// coef: gradScale, beta1, 1−beta1, beta2, 1−beta2, 1/c1, 1/c2, lr, eps, shrink
+static void adamw(float* __restrict p, float* __restrict g, float* __restrict m, float* __restrict v, size_t n,
+                  const float* coef) {
+  const float gs = coef[0], b1 = coef[1], ob1 = coef[2], b2 = coef[3], ob2 = coef[4], ic1 = coef[5], ic2 = coef[6],
+              lr = coef[7], eps = coef[8], shrink = coef[9];
+  for (size_t i = 0; i < n; i++) {
+    const float gg = g[i] * gs;
+    const float mm = b1 * m[i] + ob1 * gg;
+    const float vv = b2 * v[i] + ob2 * (gg * gg);
+    m[i] = mm;
+    v[i] = vv;
+    const float mh = mm * ic1;
+    const float vh = vv * ic2;
+    p[i] = p[i] * shrink - (lr * mh) / (__builtin_sqrtf(vh) + eps);
+    g[i] = 0.0f;
+  }
+}
+
+static inline void rowStats(const float* __restrict w, const float* __restrict g, int d, double* dotOut, double* nnOut) {
+  float ad[16] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+  float an[16] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+  int i = 0;
+  for (; i + 16 <= d; i += 16) {
+#pragma GCC unroll 16
+    for (int l = 0; l < 16; l++) {
+      ad[l] += w[i + l] * g[i + l];
+      an[l] += w[i + l] * w[i + l];
+    }
+  }
+  for (int l = 0; i < d; i++, l++) {
+    ad[l] += w[i] * g[i];
+    an[l] += w[i] * w[i];
+  }
+  double sd = 0, sn = 0;
+  for (int l = 0; l < 16; l++) {
+    sd += ad[l];
+    sn += an[l];
+  }
+  *dotOut = sd;
+  *nnOut = sn;
+}
+
+static void projectRows(const float* W, float* gW, int r0, int r1, int d) {
+  for (int r = r0; r < r1; r++) {
+    const float* __restrict w = W + (int64_t)r * d;
+    float* __restrict g = gW + (int64_t)r * d;
+    double dt, nn;
+    rowStats(w, g, d, &dt, &nn);
+    if (nn == 0) continue;
+    const float c = (float)(dt / nn);
+    for (int i = 0; i < d; i++) g[i] -= c * w[i];
+  }
+}
+
+static void normalizeRows(float* W, int r0, int r1, int d) {
+  for (int r = r0; r < r1; r++) {
+    float* __restrict w = W + (int64_t)r * d;
+    double dt, nn;
+    rowStats(w, w, d, &dt, &nn);
+    if (nn == 0) continue;
+    const float inv = (float)(1.0 / __builtin_sqrt(nn));
+    for (int i = 0; i < d; i++) w[i] *= inv;
+  }
+}
+
+static const IsaOps kOps = {
+    kName,      MR,    NR,         packedXFloats,       packedWFloats,  packX,       scan,
+    decodeRows, decodeBackwardCols, encoderBackwardCols, sumSquares, adamw, projectRows, normalizeRows,
+};
+
+}  // namespace SAE_ISA_NS
