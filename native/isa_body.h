@@ -85,6 +85,35 @@ static void packX(const float* x, const float* bDec, float* xcOut, int tok0, int
   }
 }
 
+#if SAE_ISA_LEVEL == 512
+// In-register transpose of 16 vectors of 16 floats: r[i][c] → r[c][i].
+static inline void transpose16(__m512 r[16]) {
+  __m512 t[16];
+  for (int i = 0; i < 8; i++) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; i++) {
+    r[4 * i + 0] = _mm512_shuffle_ps(t[4 * i + 0], t[4 * i + 2], 0x44);
+    r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i + 0], t[4 * i + 2], 0xEE);
+    r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+    r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+  }
+  for (int c = 0; c < 4; c++) {
+    t[c] = _mm512_shuffle_f32x4(r[c], r[4 + c], 0x88);
+    t[4 + c] = _mm512_shuffle_f32x4(r[c], r[4 + c], 0xDD);
+    t[8 + c] = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0x88);
+    t[12 + c] = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0xDD);
+  }
+  for (int c = 0; c < 4; c++) {
+    r[c] = _mm512_shuffle_f32x4(t[c], t[8 + c], 0x88);
+    r[8 + c] = _mm512_shuffle_f32x4(t[c], t[8 + c], 0xDD);
+    r[4 + c] = _mm512_shuffle_f32x4(t[4 + c], t[12 + c], 0x88);
+    r[12 + c] = _mm512_shuffle_f32x4(t[4 + c], t[12 + c], 0xDD);
+  }
+}
+#endif
+
 // Features [f0, f0+nf) of WencT as micro-panels of MR rows, panel = [k][MR] then MR biases.
 // Rows past the end are zero (their outputs are never consumed).
 static void packW(const float* W, const float* bEnc, int f0, int nf, int d, float* Wp) {
@@ -94,13 +123,23 @@ static void packW(const float* W, const float* bEnc, int f0, int nf, int d, floa
     const int rows = imin(MR, nf - mp * MR);
     const float* src[MR];
     for (int r = 0; r < MR; r++) src[r] = W + (size_t)(f0 + mp * MR + (r < rows ? r : 0)) * d;
+    int k0 = 0;
+#if SAE_ISA_LEVEL == 512
+    // 16 columns at a time through a register transpose; 14-wide masked stores
+    for (; k0 + 16 <= d; k0 += 16) {
+      __m512 r[16];
+      for (int i = 0; i < 16; i++) r[i] = i < rows ? _mm512_loadu_ps(src[i < MR ? i : 0] + k0) : _mm512_setzero_ps();
+      transpose16(r);
+      for (int c = 0; c < 16; c++) _mm512_mask_storeu_ps(dst + (size_t)(k0 + c) * MR, (__mmask16)((1u << MR) - 1), r[c]);
+    }
+#endif
     if (rows == MR) {
-      for (int k = 0; k < d; k++) {
+      for (int k = k0; k < d; k++) {
 #pragma GCC unroll 16
         for (int r = 0; r < MR; r++) dst[(size_t)k * MR + r] = src[r][k];
       }
     } else {
-      for (int k = 0; k < d; k++) {
+      for (int k = k0; k < d; k++) {
         for (int r = 0; r < MR; r++) dst[(size_t)k * MR + r] = r < rows ? src[r][k] : 0.0f;
       }
     }
@@ -200,6 +239,17 @@ static void scan(const ScanJob& s) {
     const int nf = imin(Nc, F - f0);
     const int nmp = (nf + MR - 1) / MR;
     if (s.W) packW(s.W, s.bEnc, f0, nf, d, s.Wp);
+    // While this block computes, pull the next block of WencT (one contiguous range) into L2.
+    const char* pf = nullptr;
+    const char* pfEnd = nullptr;
+    size_t pfStep = 0;
+    if (s.W && f0 + Nc < F) {
+      pf = (const char*)(s.W + (size_t)(f0 + Nc) * d);
+      pfEnd = (const char*)(s.W + (size_t)imin(F, f0 + 2 * Nc) * d);
+      const size_t lines = (size_t)(pfEnd - pf) / 64 + 1;
+      const size_t calls = (size_t)np * nmp;
+      pfStep = (lines + calls - 1) / calls;
+    }
     for (int p = 0; p < np; p++) {
       const int tl0 = p * NR;
       const int nvt = imin(NR, s.ntok - tl0);
@@ -210,6 +260,7 @@ static void scan(const ScanJob& s) {
         const int j0 = f0 + mp * MR;
         if (s.W) {
           kernel(s.Wp + (size_t)mp * ((size_t)MR * d + MR), xp, d, s.tile);
+          for (size_t q = 0; q < pfStep && pf < pfEnd; q++, pf += 64) _mm_prefetch(pf, _MM_HINT_T1);
         } else {
           for (int r = 0; r < MR; r++)
             for (int t = 0; t < NR; t++)
@@ -221,22 +272,94 @@ static void scan(const ScanJob& s) {
   }
 }
 
+// ---------------------------------------------------------------------------- k-th largest
+
+// Number of v[i] whose bit pattern is ≥ c (as unsigned; v[i] ≥ 0 so that orders like the value).
+static inline size_t countGE(const float* v, size_t n, uint32_t c) {
+  size_t cnt = 0;
+  size_t i = 0;
+#if SAE_ISA_LEVEL == 512
+  const __m512i cc = _mm512_set1_epi32((int)c);
+  for (; i + 16 <= n; i += 16)
+    cnt += (size_t)__builtin_popcount(_mm512_cmpge_epu32_mask(_mm512_loadu_si512((const void*)(v + i)), cc));
+  if (i < n) {
+    const __mmask16 m = (__mmask16)((1u << (n - i)) - 1u);
+    cnt += (size_t)__builtin_popcount(_mm512_mask_cmpge_epu32_mask(m, _mm512_maskz_loadu_epi32(m, v + i), cc));
+  }
+  return cnt;
+#elif SAE_ISA_LEVEL == 256
+  const __m256i cc = _mm256_set1_epi32((int)(c - 1));  // x ≥ c ⟺ x > c − 1 (all < 2^31)
+  for (; i + 8 <= n; i += 8) {
+    const __m256i x = _mm256_loadu_si256((const __m256i*)(v + i));
+    cnt += (size_t)__builtin_popcount(_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(x, cc))));
+  }
+#else
+  const __m128i cc = _mm_set1_epi32((int)(c - 1));
+  for (; i + 4 <= n; i += 4) {
+    const __m128i x = _mm_loadu_si128((const __m128i*)(v + i));
+    cnt += (size_t)__builtin_popcount(_mm_movemask_ps(_mm_castsi128_ps(_mm_cmpgt_epi32(x, cc))));
+  }
+#endif
+  for (; i < n; i++) {
+    uint32_t x;
+    __builtin_memcpy(&x, v + i, 4);
+    cnt += x >= c ? 1 : 0;
+  }
+  return cnt;
+}
+
+// The k-th largest (1 ≤ k ≤ n) of n non-negative floats, found bit by bit from the top: the
+// largest t with #{v ≥ t} ≥ k. Branch-free vector counting, no data movement.
+static float kthLargest(const float* v, size_t n, size_t k) {
+  uint32_t p = 0;
+  for (int bit = 30; bit >= 0; bit--) {
+    const uint32_t c = p | (1u << bit);
+    if (countGE(v, n, c) >= k) p = c;
+  }
+  float r;
+  __builtin_memcpy(&r, &p, 4);
+  return r;
+}
+
 // ------------------------------------------------------------------------ sparse and streaming
 
-// Σ a[i]·b[i] with 16 fixed lanes, then a fixed-order sum: the same association on every ISA.
-static inline float dot16(const float* __restrict a, const float* __restrict b, int d) {
-  float acc[16] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+#if SAE_ISA_LEVEL == 512
+static inline float hsum(V v) { return _mm512_reduce_add_ps(v); }
+#elif SAE_ISA_LEVEL == 256
+static inline float hsum(V v) {
+  __m128 x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+  x = _mm_add_ss(x, _mm_shuffle_ps(x, x, 1));
+  return _mm_cvtss_f32(x);
+}
+#else
+static inline float hsum(V v) {
+  __m128 x = _mm_add_ps(v, _mm_movehl_ps(v, v));
+  x = _mm_add_ss(x, _mm_shuffle_ps(x, x, 1));
+  return _mm_cvtss_f32(x);
+}
+#endif
+
+// Σ a[i]·b[i] with four independent vector accumulators (the FMA latency stays hidden); a fixed
+// association for a given instruction set.
+static inline float dotv(const float* __restrict a, const float* __restrict b, int d) {
+  V s0 = vzero(), s1 = vzero(), s2 = vzero(), s3 = vzero();
   int i = 0;
-  for (; i + 16 <= d; i += 16) {
-#pragma GCC unroll 16
-    for (int l = 0; l < 16; l++) acc[l] += a[i + l] * b[i + l];
+  for (; i + 4 * VL <= d; i += 4 * VL) {
+    s0 = vfma(vloadu(a + i), vloadu(b + i), s0);
+    s1 = vfma(vloadu(a + i + VL), vloadu(b + i + VL), s1);
+    s2 = vfma(vloadu(a + i + 2 * VL), vloadu(b + i + 2 * VL), s2);
+    s3 = vfma(vloadu(a + i + 3 * VL), vloadu(b + i + 3 * VL), s3);
   }
-  for (int l = 0; i < d; i++, l++) acc[l] += a[i] * b[i];
-  float s8[8];
-  for (int l = 0; l < 8; l++) s8[l] = acc[l] + acc[l + 8];
-  float s4[4];
-  for (int l = 0; l < 4; l++) s4[l] = s8[l] + s8[l + 4];
-  return (s4[0] + s4[2]) + (s4[1] + s4[3]);
+  for (; i + VL <= d; i += VL) s0 = vfma(vloadu(a + i), vloadu(b + i), s0);
+  float r = hsum(vadd(vadd(s0, s1), vadd(s2, s3)));
+  for (; i < d; i++) r += a[i] * b[i];
+  return r;
+}
+
+static inline void prefetchRow(const float* p, int d) {
+  const char* c = (const char*)p;
+  for (int i = 0; i < d * 4; i += 64) _mm_prefetch(c + i, _MM_HINT_T0);
 }
 
 static inline void axpy(float* __restrict o, const float* __restrict w, float a, int d) {
@@ -267,15 +390,26 @@ static void decodeRows(const float* Wdec, const float* bias, const int32_t* rowP
 // Features [j0, j1): gWdec[j] += Σ z·dOut[b], dz[e] = dOut[b]·Wdec[j], entries in token order.
 static void decodeBackwardCols(const float* Wdec, const int32_t* colPtr, const int32_t* colEnt, const int32_t* colTok,
                                const float* value, const float* dOut, int j0, int j1, int d, float* gWdec, float* dz) {
+  int next = j0;
   for (int j = j0; j < j1; j++) {
     const int p0 = colPtr[j], p1 = colPtr[j + 1];
     if (p0 == p1) continue;
+    // pull in the rows of the next feature with entries while this one computes
+    if (next <= j) {
+      next = j + 1;
+      while (next < j1 && colPtr[next] == colPtr[next + 1]) next++;
+      if (next < j1) {
+        prefetchRow(Wdec + (int64_t)next * d, d);
+        prefetchRow(gWdec + (int64_t)next * d, d);
+      }
+    }
     const float* w = Wdec + (int64_t)j * d;
     float* g = gWdec + (int64_t)j * d;
     for (int p = p0; p < p1; p++) {
       const int e = colEnt[p];
       const float* dr = dOut + (int64_t)colTok[p] * d;
-      dz[e] = dot16(dr, w, d);
+      if (p + 1 < colPtr[j1]) prefetchRow(dOut + (int64_t)colTok[p + 1] * d, d);
+      dz[e] = dotv(dr, w, d);
       axpy(g, dr, value[e], d);
     }
   }
@@ -286,6 +420,7 @@ static void decodeBackwardCols(const float* Wdec, const int32_t* colPtr, const i
 static void encoderBackwardCols(const float* WencT, const float* xc, const int32_t* colPtr, const int32_t* colEnt,
                                 const int32_t* colTok, const float* dz, int j0, int j1, int d, int chunk,
                                 float* gWencT, float* gBenc, float* partial) {
+  int next = j0;
   for (int j = j0; j < j1; j++) {
     float* pc = partial + (int64_t)(j / chunk) * d;
     if (j % chunk == 0) {
@@ -293,10 +428,19 @@ static void encoderBackwardCols(const float* WencT, const float* xc, const int32
     }
     const int p0 = colPtr[j], p1 = colPtr[j + 1];
     if (p0 == p1) continue;
+    if (next <= j) {
+      next = j + 1;
+      while (next < j1 && colPtr[next] == colPtr[next + 1]) next++;
+      if (next < j1) {
+        prefetchRow(WencT + (int64_t)next * d, d);
+        prefetchRow(gWencT + (int64_t)next * d, d);
+      }
+    }
     float* g = gWencT + (int64_t)j * d;
     float s = 0.0f;
     for (int p = p0; p < p1; p++) {
       const float gz = dz[colEnt[p]];
+      if (p + 1 < colPtr[j1]) prefetchRow(xc + (int64_t)colTok[p + 1] * d, d);
       s += gz;
       axpy(g, xc + (int64_t)colTok[p] * d, gz, d);
     }
@@ -306,17 +450,20 @@ static void encoderBackwardCols(const float* WencT, const float* xc, const int32
 }
 
 static double sumSquares(const float* a, size_t n) {
-  double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  double acc[32];
+  for (int l = 0; l < 32; l++) acc[l] = 0.0;
   size_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-#pragma GCC unroll 8
-    for (int l = 0; l < 8; l++) {
+  for (; i + 32 <= n; i += 32) {
+#pragma GCC unroll 32
+    for (int l = 0; l < 32; l++) {
       const double x = a[i + l];
       acc[l] += x * x;
     }
   }
   for (int l = 0; i < n; i++, l++) acc[l] += (double)a[i] * a[i];
-  return ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
+  for (int w = 16; w >= 1; w /= 2)
+    for (int l = 0; l < w; l++) acc[l] += acc[l + w];
+  return acc[0];
 }
 
 // coef: gradScale, beta1, 1−beta1, beta2, 1−beta2, 1/c1, 1/c2, lr, eps, shrink
@@ -338,24 +485,19 @@ static void adamw(float* __restrict p, float* __restrict g, float* __restrict m,
 }
 
 static inline void rowStats(const float* __restrict w, const float* __restrict g, int d, double* dotOut, double* nnOut) {
-  float ad[16] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
-  float an[16] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+  V d0 = vzero(), d1 = vzero(), n0 = vzero(), n1 = vzero();
   int i = 0;
-  for (; i + 16 <= d; i += 16) {
-#pragma GCC unroll 16
-    for (int l = 0; l < 16; l++) {
-      ad[l] += w[i + l] * g[i + l];
-      an[l] += w[i + l] * w[i + l];
-    }
+  for (; i + 2 * VL <= d; i += 2 * VL) {
+    const V w0 = vloadu(w + i), w1 = vloadu(w + i + VL);
+    d0 = vfma(w0, vloadu(g + i), d0);
+    d1 = vfma(w1, vloadu(g + i + VL), d1);
+    n0 = vfma(w0, w0, n0);
+    n1 = vfma(w1, w1, n1);
   }
-  for (int l = 0; i < d; i++, l++) {
-    ad[l] += w[i] * g[i];
-    an[l] += w[i] * w[i];
-  }
-  double sd = 0, sn = 0;
-  for (int l = 0; l < 16; l++) {
-    sd += ad[l];
-    sn += an[l];
+  double sd = hsum(vadd(d0, d1)), sn = hsum(vadd(n0, n1));
+  for (; i < d; i++) {
+    sd += (double)w[i] * g[i];
+    sn += (double)w[i] * w[i];
   }
   *dotOut = sd;
   *nnOut = sn;
@@ -385,7 +527,7 @@ static void normalizeRows(float* W, int r0, int r1, int d) {
 }
 
 static const IsaOps kOps = {
-    kName,      MR,    NR,         packedXFloats,       packedWFloats,  packX,       scan,
+    kName,      MR,    NR,         packedXFloats,       packedWFloats,  packX,       scan,       kthLargest,
     decodeRows, decodeBackwardCols, encoderBackwardCols, sumSquares, adamw, projectRows, normalizeRows,
 };
 

@@ -19,6 +19,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <functional>
 #include <limits>
 #include <string>
 
@@ -121,6 +122,8 @@ static Pool& pool() {
 
 // ------------------------------------------------------------------------ the instance
 
+using KthFn = float (*)(const float*, size_t, size_t);
+
 struct TokLists {
   int k = 0;    // keep
   int cap = 0;  // room per token
@@ -141,7 +144,8 @@ struct Thread {
   Buf<float> Xp, Wp, tile;
   TokLists main;
   TokLists aux[kMaxAux];
-  Buf<EntJ> tmpJ;
+  Buf<float> tmpV;
+  KthFn kth = nullptr;
   // Mutual Choice
   Buf<EntM> mb;
   Buf<EntM> tmpM;
@@ -151,7 +155,6 @@ struct Thread {
   bool mfull = false;
   // Feature Choice
   Buf<EntB> fb;
-  Buf<EntB> tmpB;
   Buf<int64_t> foff;
   Buf<int32_t> fcnt, fkeep, fcap;
   Buf<float> fthr;
@@ -214,37 +217,51 @@ struct AuxSpec {
   int64_t k;
 };
 
-// Keep the `keep` best of e[0..c) in their original order (so lists stay sorted by the index
-// they were appended in); returns the worst kept entry through *worst. tmp has room for c.
-template <class E, class Better>
-static void stableKeep(E* e, size_t& c, size_t keep, E* tmp, Better better, E* worst) {
-  std::memcpy(tmp, e, c * sizeof(E));
-  std::nth_element(tmp, tmp + (keep - 1), tmp + c, better);
-  const E w = tmp[keep - 1];
+// Lists kept in key order (per-token lists in feature order, per-feature lists in token order):
+// keep the `keep` best in place and in order, ties at the boundary to the earlier entries; returns
+// the value of the worst kept entry. tmpv has room for c floats.
+// (Every value in these lists is > 0.)
+
+template <class E>
+static float keepOrdered(E* e, size_t& c, size_t keep, float* tmpv, KthFn kth) {
+  for (size_t i = 0; i < c; i++) tmpv[i] = e[i].v;
+  const float vk = kth(tmpv, c, keep);
+  size_t above = 0;
+  for (size_t i = 0; i < c; i++) above += tmpv[i] > vk ? 1 : 0;
+  size_t eq = keep - above;
   size_t n = 0;
-  for (size_t i = 0; i < c; i++)
-    if (!better(w, e[i])) e[n++] = e[i];
+  for (size_t i = 0; i < c; i++) {  // branch-free in-place compaction (n ≤ i)
+    const float v = tmpv[i];
+    const size_t isEq = v == vk ? 1 : 0;
+    const size_t take = (v > vk ? 1 : 0) | (isEq & (eq > 0 ? 1 : 0));
+    e[n] = e[i];
+    n += take;
+    eq -= isEq & take;
+  }
   c = n;
-  *worst = w;
+  return vk;
 }
+
+struct BetterM {
+  bool operator()(const EntM& x, const EntM& y) const { return betterM(x, y); }
+};
 
 static size_t slackCap(int64_t keep, int64_t limit) {
   if (keep <= 0) return 0;
   if (keep >= limit) return (size_t)limit;
-  const int64_t c = keep + std::max<int64_t>(keep / 4, 16);
+  const int64_t c = keep + (keep <= 64 ? std::max<int64_t>(keep, 32) : keep / 4);
   return (size_t)std::min(c, limit);
 }
 
 // ------------------------------------------------------------------------ handlers
 
-static inline void tokPush(TokLists& L, EntJ* tmp, int tl, float v, int j) {
+static inline void tokPush(TokLists& L, float* tmp, KthFn kth, int tl, float v, int j) {
   EntJ* e = L.ent.data() + (size_t)tl * L.cap;
   size_t c = (size_t)L.cnt[tl];
   e[c++] = EntJ{v, j};
   if (c == (size_t)L.cap && c > (size_t)L.k) {
-    EntJ w;
-    stableKeep(e, c, (size_t)L.k, tmp, betterJ, &w);
-    L.thr[tl] = w.v;  // later features have larger j: only strictly larger values can beat w
+    // later features have larger j: only strictly larger values can beat the worst kept
+    L.thr[tl] = keepOrdered(e, c, (size_t)L.k, tmp, kth);
   }
   L.cnt[tl] = (int32_t)c;
 }
@@ -257,7 +274,7 @@ static void onTopK(void* sp, int j, uint32_t m, const float* row, int tl0) {
     m &= m - 1;
     const int tl = tl0 + t;
     const float v = row[t];
-    if (v > L.thr[tl]) tokPush(L, h.tmpJ.data(), tl, v, j);
+    if (v > L.thr[tl]) tokPush(L, h.tmpV.data(), h.kth, tl, v, j);
   }
 }
 
@@ -269,8 +286,43 @@ static void onAux(void* sp, int a, int j, uint32_t m, const float* row, int tl0)
     m &= m - 1;
     const int tl = tl0 + t;
     const float v = row[t];
-    if (v > L.thr[tl]) tokPush(L, h.tmpJ.data(), tl, v, j);
+    if (v > L.thr[tl]) tokPush(L, h.tmpV.data(), h.kth, tl, v, j);
   }
+}
+
+// Mutual lists are in scan order, not flat order: keep the `keep` best by (value, flat index);
+// returns the worst kept entry. tmpv has room for c floats, tmp for c entries.
+static EntM keepMutual(EntM* e, size_t& c, size_t keep, float* tmpv, EntM* tmp, KthFn kth) {
+  for (size_t i = 0; i < c; i++) tmpv[i] = e[i].v;
+  const float vk = kth(tmpv, c, keep);
+  size_t above = 0, eq = 0;
+  for (size_t i = 0; i < c; i++) {
+    const float v = tmpv[i];
+    above += v > vk ? 1 : 0;
+    tmp[eq] = e[i];
+    eq += v == vk ? 1 : 0;
+  }
+  // 1 ≤ need ≤ eq: keep the `need` entries equal to vk that come first in flat order
+  const size_t need = keep - above;
+  EntM worst;
+  if (eq > need) {
+    std::nth_element(tmp, tmp + (need - 1), tmp + eq, BetterM());
+    worst = tmp[need - 1];
+  } else {
+    worst = tmp[0];
+    for (size_t i = 1; i < eq; i++)
+      if (betterM(worst, tmp[i])) worst = tmp[i];
+  }
+  size_t n = 0;
+  for (size_t i = 0; i < c; i++) {  // branch-free: v > vk, or v == vk and not after `worst`
+    const EntM x = e[i];
+    const size_t notAfter = (x.b < worst.b ? 1 : 0) | ((x.b == worst.b ? 1 : 0) & (x.j <= worst.j ? 1 : 0));
+    const size_t take = (x.v > vk ? 1 : 0) | ((x.v == vk ? 1 : 0) & notAfter);
+    e[n] = x;
+    n += take;
+  }
+  c = n;
+  return worst;
 }
 
 static void onMutual(void* sp, int j, uint32_t m, const float* row, int tl0) {
@@ -282,7 +334,7 @@ static void onMutual(void* sp, int j, uint32_t m, const float* row, int tl0) {
     if (h.mfull ? !betterM(e, h.mtau) : !(e.v > 0.0f)) continue;
     h.mb[h.mcnt++] = e;
     if (h.mcnt == h.mcap && h.mcnt > h.mkeep) {
-      stableKeep(h.mb.data(), h.mcnt, h.mkeep, h.tmpM.data(), betterM, &h.mtau);
+      h.mtau = keepMutual(h.mb.data(), h.mcnt, h.mkeep, h.tmpV.data(), h.tmpM.data(), h.kth);
       h.mfull = true;
       // v ≥ τ passes the vector filter (ties at τ are then settled by position)
       h.mthr = std::nextafter(h.mtau.v, -kInf);
@@ -302,9 +354,7 @@ static void onFeature(void* sp, int j, uint32_t m, const float* row, int tl0) {
     if (!(v > h.fthr[j])) continue;
     e[c++] = EntB{v, tl0 + t};
     if (c == cap && c > (size_t)h.fkeep[j]) {
-      EntB w;
-      stableKeep(e, c, (size_t)h.fkeep[j], h.tmpB.data(), betterB, &w);
-      h.fthr[j] = w.v;  // later tokens have larger b
+      h.fthr[j] = keepOrdered(e, c, (size_t)h.fkeep[j], h.tmpV.data(), h.kth);  // later tokens have larger b
     }
   }
   h.fcnt[j] = (int32_t)c;
@@ -372,6 +422,7 @@ class Instance {
     if (kind == kSelMutual) M = std::min<int64_t>(sel.num, (int64_t)B * F);
     for (int t = 0; t < T; t++) {
       Thread& h = th_[t];
+      h.kth = ops_->kthLargest;
       h.tok0 = (int)((int64_t)B * t / T);
       h.ntok = (int)((int64_t)B * (t + 1) / T) - h.tok0;
       const size_t padded = (size_t)((h.ntok + NR - 1) / NR) * NR + NR;
@@ -385,7 +436,7 @@ class Instance {
       c.st = &h;
       c.tok0 = h.tok0;
       c.F = F;
-      size_t tmpJ = 0;
+      size_t tmpV = 1;
       switch (kind) {
         case kSelDense:
           c.mode = kModeDense;
@@ -396,7 +447,7 @@ class Instance {
           c.onMain = onTopK;
           setupTok(h.main, std::min<int64_t>(sel.num, F), h.ntok, padded);
           c.tokThr = h.main.thr.data();
-          tmpJ = std::max<size_t>(tmpJ, (size_t)h.main.cap);
+          tmpV = std::max<size_t>(tmpV, (size_t)h.main.cap);
           break;
         }
         case kSelMutual: {
@@ -405,11 +456,12 @@ class Instance {
           const int64_t all = (int64_t)h.ntok * F;
           h.mkeep = (size_t)std::min(M, all);
           h.mcap = slackCap((int64_t)h.mkeep, all);
-          if (h.mkeep > 0 && (int64_t)h.mcap < all) h.mcap = std::max<size_t>(h.mcap, h.mkeep + std::max<size_t>(h.mkeep / 2, 4096));
+          if (h.mkeep > 0 && (int64_t)h.mcap < all) h.mcap = std::max<size_t>(h.mcap, 2 * h.mkeep + 4096);
           h.mcap = std::min<size_t>(h.mcap, (size_t)all);
           need(h.mb.reserve(std::max<size_t>(h.mcap, 1)));
           need(h.rcount.reserve((size_t)h.ntok + 1));
           need(h.tmpM.reserve(std::max<size_t>(h.mcap, 1)));
+          tmpV = std::max(tmpV, h.mcap);
           h.mcnt = 0;
           h.mfull = false;
           h.mthr = h.mkeep > 0 ? 0.0f : kInf;
@@ -441,7 +493,7 @@ class Instance {
           }
           h.foff[F] = off;
           need(h.fb.reserve(std::max<int64_t>(off, 1)));
-          need(h.tmpB.reserve(widest));
+          tmpV = std::max(tmpV, widest);
           c.featThr = h.fthr.data();
           break;
         }
@@ -467,9 +519,9 @@ class Instance {
         setupTok(h.aux[a], std::min<int64_t>(aux[a].k, F), h.ntok, padded);
         c.auxMask[a] = aux[a].mask;
         c.auxThr[a] = h.aux[a].thr.data();
-        tmpJ = std::max<size_t>(tmpJ, (size_t)h.aux[a].cap);
+        tmpV = std::max<size_t>(tmpV, (size_t)h.aux[a].cap);
       }
-      need(h.tmpJ.reserve(std::max<size_t>(tmpJ, 1)));
+      need(h.tmpV.reserve(tmpV));
     }
 
     // ---- the encoder pass
@@ -688,8 +740,7 @@ class Instance {
       for (int tl = 0; tl < h.ntok; tl++) {
         size_t c = (size_t)L.cnt[tl];
         if (c > (size_t)L.k) {
-          EntJ w;
-          stableKeep(L.ent.data() + (size_t)tl * L.cap, c, (size_t)L.k, h.tmpJ.data(), betterJ, &w);
+          keepOrdered(L.ent.data() + (size_t)tl * L.cap, c, (size_t)L.k, h.tmpV.data(), h.kth);
           L.cnt[tl] = (int32_t)c;
         }
         tot += c;
@@ -796,7 +847,7 @@ class Instance {
     need(ftmp_.reserve(std::max<int64_t>(off, 1)));
     for (int t = 0; t < T; t++) {
       need(th_[t].tokCount.reserve((size_t)B + 1));
-      need(th_[t].tmpB.reserve((size_t)std::max(B, 1)));
+      need(th_[t].tmpV.reserve((size_t)std::max(B, 1)));
     }
     // phase 1 (features split evenly): merge the threads' lists, keep the best m_j
     pool().run([&](int t) {
@@ -817,8 +868,7 @@ class Instance {
           if (keep == 0) {
             n = 0;
           } else {
-            EntB w;
-            stableKeep(dst, n, keep, h.tmpB.data(), betterB, &w);
+            keepOrdered(dst, n, keep, h.tmpV.data(), h.kth);
           }
         }
         fgcnt_[j] = (int32_t)n;
