@@ -250,7 +250,7 @@ struct IsaOps {
   size_t (*packedWFloats)(int nb, int d);
   void (*packX)(const float* x, const float* bDec, float* xcOut, int tok0, int ntok, int d, float* Xp);
   void (*scan)(const ScanJob& job);
-  float (*kthLargest)(const float* v, size_t n, size_t k);  // v[i] ≥ 0, 1 ≤ k ≤ n
+  float (*kthLargest)(const float* v, size_t n, size_t k, int bits);  // v[i] ≥ 0, 1 ≤ k ≤ n
   void (*decodeRows)(const float* Wdec, const float* bias, const int32_t* rowPtr, const int32_t* index,
                      const float* value, int b0, int b1, int d, float* out);
   void (*decodeBackwardCols)(const float* Wdec, const int32_t* colPtr, const int32_t* colEnt, const int32_t* colTok,

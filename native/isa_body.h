@@ -20,6 +20,7 @@ constexpr int MR = 14;
 static inline V vload(const float* p) { return _mm512_load_ps(p); }
 static inline V vloadu(const float* p) { return _mm512_loadu_ps(p); }
 static inline void vstore(float* p, V a) { _mm512_store_ps(p, a); }
+static inline void vstoreu(float* p, V a) { _mm512_storeu_ps(p, a); }
 static inline V vset1(float s) { return _mm512_set1_ps(s); }
 static inline V vzero() { return _mm512_setzero_ps(); }
 static inline V vadd(V a, V b) { return _mm512_add_ps(a, b); }
@@ -33,6 +34,7 @@ constexpr int MR = 6;
 static inline V vload(const float* p) { return _mm256_load_ps(p); }
 static inline V vloadu(const float* p) { return _mm256_loadu_ps(p); }
 static inline void vstore(float* p, V a) { _mm256_store_ps(p, a); }
+static inline void vstoreu(float* p, V a) { _mm256_storeu_ps(p, a); }
 static inline V vset1(float s) { return _mm256_set1_ps(s); }
 static inline V vzero() { return _mm256_setzero_ps(); }
 static inline V vadd(V a, V b) { return _mm256_add_ps(a, b); }
@@ -46,6 +48,7 @@ constexpr int MR = 6;
 static inline V vload(const float* p) { return _mm_load_ps(p); }
 static inline V vloadu(const float* p) { return _mm_loadu_ps(p); }
 static inline void vstore(float* p, V a) { _mm_store_ps(p, a); }
+static inline void vstoreu(float* p, V a) { _mm_storeu_ps(p, a); }
 static inline V vset1(float s) { return _mm_set1_ps(s); }
 static inline V vzero() { return _mm_setzero_ps(); }
 static inline V vadd(V a, V b) { return _mm_add_ps(a, b); }
@@ -309,10 +312,12 @@ static inline size_t countGE(const float* v, size_t n, uint32_t c) {
 }
 
 // The k-th largest (1 ≤ k ≤ n) of n non-negative floats, found bit by bit from the top: the
-// largest t with #{v ≥ t} ≥ k. Branch-free vector counting, no data movement.
-static float kthLargest(const float* v, size_t n, size_t k) {
+// largest t with #{v ≥ t} ≥ k. Branch-free vector counting, no data movement. With bits < 31
+// only the top `bits` bits below the sign are resolved: the result is then a lower bound t ≤ the
+// k-th largest with #{v ≥ t} ≥ k (t keeps the value to within 2^-(bits-8) relative).
+static float kthLargest(const float* v, size_t n, size_t k, int bits) {
   uint32_t p = 0;
-  for (int bit = 30; bit >= 0; bit--) {
+  for (int bit = 30; bit >= 31 - bits; bit--) {
     const uint32_t c = p | (1u << bit);
     if (countGE(v, n, c) >= k) p = c;
   }
@@ -357,9 +362,44 @@ static inline float dotv(const float* __restrict a, const float* __restrict b, i
   return r;
 }
 
+// dz = Σ x[i]·w[i] and, in the same pass over x, g[i] += a·x[i].
+static inline float dotAxpy(const float* __restrict x, const float* __restrict w, float* __restrict g, float a, int d) {
+  V s0 = vzero(), s1 = vzero(), s2 = vzero(), s3 = vzero();
+  const V av = vset1(a);
+  int i = 0;
+  for (; i + 4 * VL <= d; i += 4 * VL) {
+    const V x0 = vloadu(x + i), x1 = vloadu(x + i + VL), x2 = vloadu(x + i + 2 * VL), x3 = vloadu(x + i + 3 * VL);
+    s0 = vfma(x0, vloadu(w + i), s0);
+    s1 = vfma(x1, vloadu(w + i + VL), s1);
+    s2 = vfma(x2, vloadu(w + i + 2 * VL), s2);
+    s3 = vfma(x3, vloadu(w + i + 3 * VL), s3);
+    vstoreu(g + i, vfma(av, x0, vloadu(g + i)));
+    vstoreu(g + i + VL, vfma(av, x1, vloadu(g + i + VL)));
+    vstoreu(g + i + 2 * VL, vfma(av, x2, vloadu(g + i + 2 * VL)));
+    vstoreu(g + i + 3 * VL, vfma(av, x3, vloadu(g + i + 3 * VL)));
+  }
+  for (; i + VL <= d; i += VL) {
+    const V x0 = vloadu(x + i);
+    s0 = vfma(x0, vloadu(w + i), s0);
+    vstoreu(g + i, vfma(av, x0, vloadu(g + i)));
+  }
+  float r = hsum(vadd(vadd(s0, s1), vadd(s2, s3)));
+  for (; i < d; i++) {
+    r += x[i] * w[i];
+    g[i] += a * x[i];
+  }
+  return r;
+}
+
+#ifndef SAE_PF_HINT
+#define SAE_PF_HINT _MM_HINT_T0
+#endif
+#ifndef SAE_PF_DIST
+#define SAE_PF_DIST 3
+#endif
 static inline void prefetchRow(const float* p, int d) {
   const char* c = (const char*)p;
-  for (int i = 0; i < d * 4; i += 64) _mm_prefetch(c + i, _MM_HINT_T0);
+  for (int i = 0; i < d * 4; i += 64) _mm_prefetch(c + i, SAE_PF_HINT);
 }
 
 static inline void axpy(float* __restrict o, const float* __restrict w, float a, int d) {
@@ -378,10 +418,7 @@ static void decodeRows(const float* Wdec, const float* bias, const int32_t* rowP
     }
     const int e1 = rowPtr[b + 1];
     for (int e = rowPtr[b]; e < e1; e++) {
-      if (e + 2 < e1) {
-        const char* nx = (const char*)(Wdec + (int64_t)index[e + 2] * d);
-        for (int i = 0; i < d * 4; i += 256) __builtin_prefetch(nx + i);
-      }
+      if (e + SAE_PF_DIST < e1) prefetchRow(Wdec + (int64_t)index[e + SAE_PF_DIST] * d, d);
       axpy(o, Wdec + (int64_t)index[e] * d, value[e], d);
     }
   }
@@ -408,9 +445,8 @@ static void decodeBackwardCols(const float* Wdec, const int32_t* colPtr, const i
     for (int p = p0; p < p1; p++) {
       const int e = colEnt[p];
       const float* dr = dOut + (int64_t)colTok[p] * d;
-      if (p + 1 < colPtr[j1]) prefetchRow(dOut + (int64_t)colTok[p + 1] * d, d);
-      dz[e] = dotv(dr, w, d);
-      axpy(g, dr, value[e], d);
+      if (p + SAE_PF_DIST < colPtr[j1]) prefetchRow(dOut + (int64_t)colTok[p + SAE_PF_DIST] * d, d);
+      dz[e] = dotAxpy(dr, w, g, value[e], d);
     }
   }
 }
@@ -440,7 +476,7 @@ static void encoderBackwardCols(const float* WencT, const float* xc, const int32
     float s = 0.0f;
     for (int p = p0; p < p1; p++) {
       const float gz = dz[colEnt[p]];
-      if (p + 1 < colPtr[j1]) prefetchRow(xc + (int64_t)colTok[p + 1] * d, d);
+      if (p + SAE_PF_DIST < colPtr[j1]) prefetchRow(xc + (int64_t)colTok[p + SAE_PF_DIST] * d, d);
       s += gz;
       axpy(g, xc + (int64_t)colTok[p] * d, gz, d);
     }

@@ -16,6 +16,7 @@
 #include <node_api.h>
 #include <sched.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -122,7 +123,7 @@ static Pool& pool() {
 
 // ------------------------------------------------------------------------ the instance
 
-using KthFn = float (*)(const float*, size_t, size_t);
+using KthFn = float (*)(const float*, size_t, size_t, int);
 
 struct TokLists {
   int k = 0;    // keep
@@ -225,7 +226,7 @@ struct AuxSpec {
 template <class E>
 static float keepOrdered(E* e, size_t& c, size_t keep, float* tmpv, KthFn kth) {
   for (size_t i = 0; i < c; i++) tmpv[i] = e[i].v;
-  const float vk = kth(tmpv, c, keep);
+  const float vk = kth(tmpv, c, keep, 31);
   size_t above = 0;
   for (size_t i = 0; i < c; i++) above += tmpv[i] > vk ? 1 : 0;
   size_t eq = keep - above;
@@ -242,6 +243,27 @@ static float keepOrdered(E* e, size_t& c, size_t keep, float* tmpv, KthFn kth) {
   return vk;
 }
 
+// During the scan a list only has to shrink, not to hold exactly `keep`: drop what lies below a
+// lower bound t of the keep-th largest value (16 bits of it, half the work of the exact search)
+// and keep every v ≥ t — at least `keep` entries; returns t. Later entries need v > t (lists in
+// key order: the ≥ keep entries ≥ t all come first). Falls back to the exact cut when ties at t
+// would leave the list too full to make progress.
+template <class E>
+static float keepLoose(E* e, size_t& c, size_t keep, size_t cap, float* tmpv, KthFn kth) {
+  for (size_t i = 0; i < c; i++) tmpv[i] = e[i].v;
+  const float t = kth(tmpv, c, keep, 16);
+  size_t n = 0;
+  for (size_t i = 0; i < c; i++) n += tmpv[i] >= t ? 1 : 0;
+  if (n > keep + (cap - keep) / 2) return keepOrdered(e, c, keep, tmpv, kth);
+  n = 0;
+  for (size_t i = 0; i < c; i++) {
+    e[n] = e[i];
+    n += tmpv[i] >= t ? 1 : 0;
+  }
+  c = n;
+  return t;
+}
+
 struct BetterM {
   bool operator()(const EntM& x, const EntM& y) const { return betterM(x, y); }
 };
@@ -249,7 +271,7 @@ struct BetterM {
 static size_t slackCap(int64_t keep, int64_t limit) {
   if (keep <= 0) return 0;
   if (keep >= limit) return (size_t)limit;
-  const int64_t c = keep + (keep <= 64 ? std::max<int64_t>(keep, 32) : keep / 4);
+  const int64_t c = keep + (keep <= 64 ? std::max<int64_t>(3 * keep, 32) : keep / 4);
   return (size_t)std::min(c, limit);
 }
 
@@ -260,8 +282,8 @@ static inline void tokPush(TokLists& L, float* tmp, KthFn kth, int tl, float v, 
   size_t c = (size_t)L.cnt[tl];
   e[c++] = EntJ{v, j};
   if (c == (size_t)L.cap && c > (size_t)L.k) {
-    // later features have larger j: only strictly larger values can beat the worst kept
-    L.thr[tl] = keepOrdered(e, c, (size_t)L.k, tmp, kth);
+    // later features have larger j: only strictly larger values can beat the bound
+    L.thr[tl] = keepLoose(e, c, (size_t)L.k, (size_t)L.cap, tmp, kth);
   }
   L.cnt[tl] = (int32_t)c;
 }
@@ -294,7 +316,7 @@ static void onAux(void* sp, int a, int j, uint32_t m, const float* row, int tl0)
 // returns the worst kept entry. tmpv has room for c floats, tmp for c entries.
 static EntM keepMutual(EntM* e, size_t& c, size_t keep, float* tmpv, EntM* tmp, KthFn kth) {
   for (size_t i = 0; i < c; i++) tmpv[i] = e[i].v;
-  const float vk = kth(tmpv, c, keep);
+  const float vk = kth(tmpv, c, keep, 31);
   size_t above = 0, eq = 0;
   for (size_t i = 0; i < c; i++) {
     const float v = tmpv[i];
@@ -325,20 +347,43 @@ static EntM keepMutual(EntM* e, size_t& c, size_t keep, float* tmpv, EntM* tmp, 
   return worst;
 }
 
+// Shrink a thread's mutual list. Usually by a lower bound t of its M-th largest value: every
+// entry below t has M better ones, and entries equal to t stay (their order is settled at the
+// end), so later entries need v ≥ t. With too many ties at t, cut exactly at the M-th entry in
+// (value, flat index) order instead; later entries must then beat that entry.
+static void compactMutual(Thread& h) {
+  float* tmpv = h.tmpV.data();
+  EntM* e = h.mb.data();
+  const size_t c = h.mcnt;
+  for (size_t i = 0; i < c; i++) tmpv[i] = e[i].v;
+  const float t = h.kth(tmpv, c, h.mkeep, 16);
+  size_t n = 0;
+  for (size_t i = 0; i < c; i++) n += tmpv[i] >= t ? 1 : 0;
+  if (n <= h.mkeep + (h.mcap - h.mkeep) / 2) {
+    n = 0;
+    for (size_t i = 0; i < c; i++) {
+      e[n] = e[i];
+      n += tmpv[i] >= t ? 1 : 0;
+    }
+    h.mcnt = n;
+    h.mfull = false;
+    h.mthr = std::nextafter(t, -kInf);  // v ≥ t passes
+  } else {
+    h.mtau = keepMutual(e, h.mcnt, h.mkeep, tmpv, h.tmpM.data(), h.kth);
+    h.mfull = true;
+    h.mthr = std::nextafter(h.mtau.v, -kInf);  // ties at τ are then settled by position
+  }
+}
+
 static void onMutual(void* sp, int j, uint32_t m, const float* row, int tl0) {
   Thread& h = *static_cast<Thread*>(sp);
   while (m) {
     const int t = __builtin_ctz(m);
     m &= m - 1;
     const EntM e{row[t], h.tok0 + tl0 + t, j};
-    if (h.mfull ? !betterM(e, h.mtau) : !(e.v > 0.0f)) continue;
+    if (h.mfull ? !betterM(e, h.mtau) : !(e.v > h.mthr)) continue;
     h.mb[h.mcnt++] = e;
-    if (h.mcnt == h.mcap && h.mcnt > h.mkeep) {
-      h.mtau = keepMutual(h.mb.data(), h.mcnt, h.mkeep, h.tmpV.data(), h.tmpM.data(), h.kth);
-      h.mfull = true;
-      // v ≥ τ passes the vector filter (ties at τ are then settled by position)
-      h.mthr = std::nextafter(h.mtau.v, -kInf);
-    }
+    if (h.mcnt == h.mcap && h.mcnt > h.mkeep) compactMutual(h);
   }
 }
 
@@ -354,7 +399,7 @@ static void onFeature(void* sp, int j, uint32_t m, const float* row, int tl0) {
     if (!(v > h.fthr[j])) continue;
     e[c++] = EntB{v, tl0 + t};
     if (c == cap && c > (size_t)h.fkeep[j]) {
-      h.fthr[j] = keepOrdered(e, c, (size_t)h.fkeep[j], h.tmpV.data(), h.kth);  // later tokens have larger b
+      h.fthr[j] = keepLoose(e, c, (size_t)h.fkeep[j], cap, h.tmpV.data(), h.kth);  // later tokens have larger b
     }
   }
   h.fcnt[j] = (int32_t)c;
@@ -404,6 +449,7 @@ class Instance {
     const bool gemm = W != nullptr;
     const int NR = ops_->NR;
     const int kind = sel.kind;
+    const double t0 = now();
 
     // ---- set up every thread's state (all allocation happens here, on the calling thread)
     if (kind == kSelRelu || kind == kSelJumpRelu || kind == kSelGlobal) {
@@ -525,6 +571,7 @@ class Instance {
     }
 
     // ---- the encoder pass
+    const double tSetup = now();
     pool().run([&](int t) {
       Thread& h = th_[t];
       if (kind == kSelTopK) resetTok(h.main, h.ntok);
@@ -553,6 +600,7 @@ class Instance {
     for (int t = 0; t < T; t++)
       if (th_[t].oom) fail("out of memory while collecting the selected entries");
 
+    const double tScan = now();
     // ---- emit
     int o = 0;
     if (kind >= kSelTopK) {
@@ -575,6 +623,11 @@ class Instance {
       o = 1;
     }
     for (int a = 0; a < nAux; a++) nnz[o + a] = finalizeTok(a, B, outs[o + a], res_[o + a], written[o + a]);
+    if (profile_) {
+      const double tEnd = now();
+      std::fprintf(stderr, "sae-native encode kind=%d B=%d aux=%d: setup %.2f ms, scan %.2f ms, finalize %.2f ms\n", kind, B, nAux,
+                   (tSetup - t0) * 1e3, (tScan - tSetup) * 1e3, (tEnd - tScan) * 1e3);
+    }
   }
 
   // Copy a pending result into (larger) caller arrays.
@@ -692,6 +745,10 @@ class Instance {
 
  private:
   static constexpr int kChunk = 256;
+  static double now() {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+  }
+  const bool profile_ = std::getenv("SAE_PROFILE") != nullptr;
 
   static void need(bool ok) {
     if (!ok) fail("out of memory (native kernel scratch)");
