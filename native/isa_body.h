@@ -391,15 +391,17 @@ static inline float dotAxpy(const float* __restrict x, const float* __restrict w
   return r;
 }
 
-#ifndef SAE_PF_HINT
-#define SAE_PF_HINT _MM_HINT_T0
-#endif
-#ifndef SAE_PF_DIST
-#define SAE_PF_DIST 3
-#endif
+// Rows that a sparse loop will need soon: the next few into L1, further ones into L2/L3 (the L1
+// miss queue is short; without the far prefetches these loops are latency-bound).
+constexpr int kPfNear = 2;
+constexpr int kPfFar = 8;
 static inline void prefetchRow(const float* p, int d) {
   const char* c = (const char*)p;
-  for (int i = 0; i < d * 4; i += 64) _mm_prefetch(c + i, SAE_PF_HINT);
+  for (int i = 0; i < d * 4; i += 64) _mm_prefetch(c + i, _MM_HINT_T0);
+}
+static inline void prefetchFar(const float* p, int d) {
+  const char* c = (const char*)p;
+  for (int i = 0; i < d * 4; i += 64) _mm_prefetch(c + i, _MM_HINT_T2);
 }
 
 static inline void axpy(float* __restrict o, const float* __restrict w, float a, int d) {
@@ -418,7 +420,8 @@ static void decodeRows(const float* Wdec, const float* bias, const int32_t* rowP
     }
     const int e1 = rowPtr[b + 1];
     for (int e = rowPtr[b]; e < e1; e++) {
-      if (e + SAE_PF_DIST < e1) prefetchRow(Wdec + (int64_t)index[e + SAE_PF_DIST] * d, d);
+      if (e + kPfFar < e1) prefetchFar(Wdec + (int64_t)index[e + kPfFar] * d, d);
+      if (e + kPfNear < e1) prefetchRow(Wdec + (int64_t)index[e + kPfNear] * d, d);
       axpy(o, Wdec + (int64_t)index[e] * d, value[e], d);
     }
   }
@@ -440,12 +443,16 @@ static void decodeBackwardCols(const float* Wdec, const int32_t* colPtr, const i
         prefetchRow(gWdec + (int64_t)next * d, d);
       }
     }
+    if (j + 4 < j1 && colPtr[j + 4] != colPtr[j + 5]) {
+      prefetchFar(Wdec + (int64_t)(j + 4) * d, d);
+      prefetchFar(gWdec + (int64_t)(j + 4) * d, d);
+    }
     const float* w = Wdec + (int64_t)j * d;
     float* g = gWdec + (int64_t)j * d;
     for (int p = p0; p < p1; p++) {
       const int e = colEnt[p];
       const float* dr = dOut + (int64_t)colTok[p] * d;
-      if (p + SAE_PF_DIST < colPtr[j1]) prefetchRow(dOut + (int64_t)colTok[p + SAE_PF_DIST] * d, d);
+      if (p + kPfNear < colPtr[j1]) prefetchRow(dOut + (int64_t)colTok[p + kPfNear] * d, d);
       dz[e] = dotAxpy(dr, w, g, value[e], d);
     }
   }
@@ -472,11 +479,15 @@ static void encoderBackwardCols(const float* WencT, const float* xc, const int32
         prefetchRow(gWencT + (int64_t)next * d, d);
       }
     }
+    if (j + 4 < j1 && colPtr[j + 4] != colPtr[j + 5]) {
+      prefetchFar(WencT + (int64_t)(j + 4) * d, d);
+      prefetchFar(gWencT + (int64_t)(j + 4) * d, d);
+    }
     float* g = gWencT + (int64_t)j * d;
     float s = 0.0f;
     for (int p = p0; p < p1; p++) {
       const float gz = dz[colEnt[p]];
-      if (p + SAE_PF_DIST < colPtr[j1]) prefetchRow(xc + (int64_t)colTok[p + SAE_PF_DIST] * d, d);
+      if (p + kPfNear < colPtr[j1]) prefetchRow(xc + (int64_t)colTok[p + kPfNear] * d, d);
       s += gz;
       axpy(g, xc + (int64_t)colTok[p] * d, gz, d);
     }
