@@ -311,15 +311,20 @@ static inline size_t countGE(const float* v, size_t n, uint32_t c) {
   return cnt;
 }
 
-// The k-th largest (1 ≤ k ≤ n) of n non-negative floats, found bit by bit from the top: the
-// largest t with #{v ≥ t} ≥ k. Branch-free vector counting, no data movement. With bits < 31
-// only the top `bits` bits below the sign are resolved: the result is then a lower bound t ≤ the
-// k-th largest with #{v ≥ t} ≥ k (t keeps the value to within 2^-(bits-8) relative).
+// A threshold for the k largest (1 ≤ k ≤ n) of n non-negative floats, found bit by bit from the
+// top: the largest t with #{v ≥ t} ≥ k, i.e. the k-th largest value — except that the search
+// stops as soon as exactly k values are ≥ t (then {v ≥ t} are the k largest, and t ≤ the k-th
+// largest). With bits < 31 only the top `bits` bits below the sign are resolved: t is then a
+// lower bound of the k-th largest with #{v ≥ t} ≥ k. Branch-free vector counting, no data movement.
 static float kthLargest(const float* v, size_t n, size_t k, int bits) {
   uint32_t p = 0;
   for (int bit = 30; bit >= 31 - bits; bit--) {
     const uint32_t c = p | (1u << bit);
-    if (countGE(v, n, c) >= k) p = c;
+    const size_t cnt = countGE(v, n, c);
+    if (cnt >= k) {
+      p = c;
+      if (cnt == k) break;
+    }
   }
   float r;
   __builtin_memcpy(&r, &p, 4);

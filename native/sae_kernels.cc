@@ -324,22 +324,33 @@ static EntM keepMutual(EntM* e, size_t& c, size_t keep, float* tmpv, EntM* tmp, 
     tmp[eq] = e[i];
     eq += v == vk ? 1 : 0;
   }
-  // 1 ≤ need ≤ eq: keep the `need` entries equal to vk that come first in flat order
+  // need ≤ eq: keep the `need` entries equal to vk that come first in flat order (need = 0 when
+  // exactly `keep` entries are > vk)
   const size_t need = keep - above;
   EntM worst;
-  if (eq > need) {
+  if (eq > need && need > 0) {
     std::nth_element(tmp, tmp + (need - 1), tmp + eq, BetterM());
     worst = tmp[need - 1];
-  } else {
+  } else if (need > 0) {
     worst = tmp[0];
     for (size_t i = 1; i < eq; i++)
       if (betterM(worst, tmp[i])) worst = tmp[i];
+  } else {
+    // the worst of the kept (all > vk): smallest value, then largest flat index
+    bool any = false;
+    for (size_t i = 0; i < c; i++) {
+      if (e[i].v > vk && (!any || betterM(worst, e[i]))) {
+        worst = e[i];
+        any = true;
+      }
+    }
   }
+  const size_t eqOk = need > 0 ? 1 : 0;
   size_t n = 0;
   for (size_t i = 0; i < c; i++) {  // branch-free: v > vk, or v == vk and not after `worst`
     const EntM x = e[i];
     const size_t notAfter = (x.b < worst.b ? 1 : 0) | ((x.b == worst.b ? 1 : 0) & (x.j <= worst.j ? 1 : 0));
-    const size_t take = (x.v > vk ? 1 : 0) | ((x.v == vk ? 1 : 0) & notAfter);
+    const size_t take = (x.v > vk ? 1 : 0) | ((x.v == vk ? 1 : 0) & notAfter & eqOk);
     e[n] = x;
     n += take;
   }
@@ -836,15 +847,36 @@ class Instance {
     EntM tau{kInf, -1, -1};  // with M = 0 nothing is better-or-equal
     if (M == 0) all = false;
     if (!all && M > 0) {
-      // the M-th best of every thread's candidates (each thread holds its own top-M and more)
-      need(mtmp_.reserve(N));
+      // The M-th best of every thread's candidates (each holds its own top M and more): its value
+      // by a vectorised search over all candidate values, then, among the entries with exactly
+      // that value, the boundary in flat order.
+      need(mval_.reserve(N));
       size_t o = 0;
       for (int t = 0; t < T; t++) {
-        std::memcpy(mtmp_.data() + o, th_[t].mb.data(), sizeof(EntM) * th_[t].mcnt);
-        o += th_[t].mcnt;
+        const Thread& h = th_[t];
+        for (size_t i = 0; i < h.mcnt; i++) mval_[o + i] = h.mb[i].v;
+        o += h.mcnt;
       }
-      std::nth_element(mtmp_.data(), mtmp_.data() + (M - 1), mtmp_.data() + N, betterM);
-      tau = mtmp_[M - 1];
+      const float vk = ops_->kthLargest(mval_.data(), N, (size_t)M, 31);
+      size_t above = 0, eq = 0;
+      for (size_t i = 0; i < N; i++) {
+        above += mval_[i] > vk ? 1 : 0;
+        eq += mval_[i] == vk ? 1 : 0;
+      }
+      need(mtmp_.reserve(std::max<size_t>(eq, 1)));
+      eq = 0;
+      for (int t = 0; t < T; t++) {
+        const Thread& h = th_[t];
+        for (size_t i = 0; i < h.mcnt; i++)
+          if (h.mb[i].v == vk) mtmp_[eq++] = h.mb[i];
+      }
+      const size_t needEq = (size_t)M - above;  // ≤ eq; 0 when exactly M values are > vk
+      if (needEq > 0) {
+        std::nth_element(mtmp_.data(), mtmp_.data() + (needEq - 1), mtmp_.data() + eq, BetterM());
+        tau = mtmp_[needEq - 1];
+      } else {
+        tau = EntM{vk, INT32_MAX, INT32_MAX};  // selects exactly the values > vk
+      }
     }
     pool().run([&](int t) {
       Thread& h = th_[t];
@@ -1047,6 +1079,7 @@ class Instance {
   Result res_[1 + kMaxAux];
   Buf<float> cut_;
   Buf<EntM> mtmp_;
+  Buf<float> mval_;
   Buf<EntB> ftmp_;
   Buf<int64_t> fgoff_;
   Buf<int32_t> fgcnt_;

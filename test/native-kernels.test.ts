@@ -192,7 +192,7 @@ describe.skipIf(skip)('native encodeSelect', () => {
   for (const isa of isas) {
     it(`selection stage on given affinities with ties everywhere equals the reference (${isa})`, () => {
       const rng = new Rng(13);
-      for (const [, F, B] of [...SHAPES, [0, 40, 1] as [number, number, number], [0, 300, 200] as [number, number, number]]) {
+      for (const [, F, B] of [...SHAPES, [0, 40, 1], [0, 300, 200], [0, 1500, 120]] as Array<[number, number, number]>) {
         const z = new Float32Array(B * F);
         for (let i = 0; i < z.length; i++) z[i] = [-1, 0, -0, 0.5, 1, 1, 2, 3][rng.int(8)];
         const ext = nativeExtras(nativeKernelsFor(isa)({ d: 1, F, maxB: B }));
