@@ -13,7 +13,8 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.resolve(here, '..');
-const dist = path.join(root, 'dist');
+// SAE_BENCH_DIST: benchmark another build of the package (e.g. to try a change to the trainer)
+const dist = process.env.SAE_BENCH_DIST ? path.resolve(process.env.SAE_BENCH_DIST) : path.join(root, 'dist');
 const d = 768;
 const K = 32;
 
