@@ -202,12 +202,14 @@ enum MainMode : int {
   kModeToken = 2,   // per-token running thresholds (TopK)
   kModeFeature = 3, // per-feature thresholds (Feature Choice, ReLU, JumpReLU, global threshold)
   kModeGlobal = 4,  // one running threshold (Mutual Choice)
+  kModeTile = 5,    // whole tiles to onTile (sampling z' at given entries)
 };
 
 // Handlers get the row of the tile (NR tokens, token t at row[t]), the feature j, the bit mask of
 // tokens that passed the vector filter and the thread-local index of the tile's first token.
 using MainHandler = void (*)(void* st, int j, uint32_t mask, const float* row, int tl0);
 using AuxHandler = void (*)(void* st, int a, int j, uint32_t mask, const float* row, int tl0);
+using TileHandler = void (*)(void* st, const float* tile, int rows, int j0, int tl0, uint32_t valid);
 
 struct Consumer {
   int mode = kModeNone;
@@ -222,7 +224,31 @@ struct Consumer {
   float* auxThr[kMaxAux] = {};
   MainHandler onMain = nullptr;
   AuxHandler onAux = nullptr;
+  TileHandler onTile = nullptr;
   void* st = nullptr;
+};
+
+// One thread's share of a dense accumulation Out[c] += Σ_k S(k, c)·Dense[k] (see denseAccum).
+// S is given by column (colPtr/colK/colEnt: column c's entries in k order) or, with kPtr set, by
+// k (kPtr/kCols: k's entries in column order, values val[p]); then colSum[c] += Σ_k S(k, c) too.
+struct AccumJob {
+  int d = 0;
+  int K = 0;
+  int c0 = 0, c1 = 0;
+  int kc = 256;
+  const int32_t* colPtr = nullptr;
+  const int32_t* colK = nullptr;
+  const int32_t* colEnt = nullptr;
+  const float* val = nullptr;
+  const int32_t* kPtr = nullptr;
+  const int32_t* kCols = nullptr;
+  float* colSum = nullptr;
+  const float* dense = nullptr;
+  float* out = nullptr;
+  float* Ap = nullptr;  // (d/MR + 1)·(kc·MR + MR) floats
+  float* Bp = nullptr;  // kc·NR floats, 64-byte aligned
+  float* tile = nullptr;
+  int32_t* cur = nullptr;  // max(c1 − c0, kc)
 };
 
 // One thread's share of an encoder pass.
@@ -262,6 +288,8 @@ struct IsaOps {
   void (*adamw)(float* p, float* g, float* m, float* v, size_t n, const float* coef);
   void (*projectRows)(const float* W, float* g, int r0, int r1, int d);
   void (*normalizeRows)(float* W, int r0, int r1, int d);
+  void (*denseAccum)(const AccumJob& job);
+  void (*weightedRowSum)(const float* W, const float* s, int j0, int j1, int d, int chunk, float* partial);
 };
 
 }  // namespace sae

@@ -64,30 +64,6 @@ constexpr int NR = 2 * VL;  // tokens per tile (two vectors)
 static size_t packedXFloats(int ntok, int d) { return (size_t)((ntok + NR - 1) / NR) * NR * (size_t)d; }
 static size_t packedWFloats(int nb, int d) { return (size_t)nb * ((size_t)MR * d + MR); }
 
-// xc = x − b_dec for tokens [tok0, tok0+ntok): written row-major to xcOut (the caller's buffer) and
-// as panels of NR tokens, panel p = [k][NR], for the micro-kernel. Missing tokens are zero.
-static void packX(const float* x, const float* bDec, float* xcOut, int tok0, int ntok, int d, float* Xp) {
-  const int np = (ntok + NR - 1) / NR;
-  for (int p = 0; p < np; p++) {
-    float* __restrict dst = Xp + (size_t)p * NR * d;
-    const int nvt = imin(NR, ntok - p * NR);
-    for (int t = 0; t < NR; t++) {
-      if (t < nvt) {
-        const int64_t b = tok0 + p * NR + t;
-        const float* __restrict src = x + b * d;
-        float* __restrict xr = xcOut + b * d;
-        for (int k = 0; k < d; k++) {
-          const float v = src[k] - bDec[k];
-          xr[k] = v;
-          dst[(size_t)k * NR + t] = v;
-        }
-      } else {
-        for (int k = 0; k < d; k++) dst[(size_t)k * NR + t] = 0.0f;
-      }
-    }
-  }
-}
-
 #if SAE_ISA_LEVEL == 512
 // In-register transpose of 16 vectors of 16 floats: r[i][c] → r[c][i].
 static inline void transpose16(__m512 r[16]) {
@@ -116,6 +92,50 @@ static inline void transpose16(__m512 r[16]) {
   }
 }
 #endif
+
+// xc = x − b_dec for tokens [tok0, tok0+ntok): written row-major to xcOut (the caller's buffer;
+// may be null) and as panels of NR tokens, panel p = [k][NR], for the micro-kernel. Missing tokens
+// are zero; bDec may be null (nothing subtracted).
+static void packX(const float* x, const float* bDec, float* xcOut, int tok0, int ntok, int d, float* Xp) {
+  const int np = (ntok + NR - 1) / NR;
+  for (int p = 0; p < np; p++) {
+    float* __restrict dst = Xp + (size_t)p * NR * d;
+    const int nvt = imin(NR, ntok - p * NR);
+    int k0 = 0;
+#if SAE_ISA_LEVEL == 512
+    if (nvt == NR) {
+      // 16 tokens × 16 features through a register transpose, both halves of the panel
+      for (; k0 + 16 <= d; k0 += 16) {
+        for (int h = 0; h < 2; h++) {
+          __m512 r[16];
+          for (int t = 0; t < 16; t++) {
+            const int64_t b = tok0 + p * NR + h * 16 + t;
+            __m512 v = _mm512_loadu_ps(x + b * d + k0);
+            if (bDec) v = _mm512_sub_ps(v, _mm512_loadu_ps(bDec + k0));
+            if (xcOut) _mm512_storeu_ps(xcOut + b * d + k0, v);
+            r[t] = v;
+          }
+          transpose16(r);
+          for (int c = 0; c < 16; c++) _mm512_store_ps(dst + (size_t)(k0 + c) * NR + h * 16, r[c]);
+        }
+      }
+    }
+#endif
+    for (int t = 0; t < NR; t++) {
+      if (t < nvt) {
+        const int64_t b = tok0 + p * NR + t;
+        const float* __restrict src = x + b * d;
+        for (int k = k0; k < d; k++) {
+          const float v = bDec ? src[k] - bDec[k] : src[k];
+          if (xcOut) xcOut[b * d + k] = v;
+          dst[(size_t)k * NR + t] = v;
+        }
+      } else {
+        for (int k = k0; k < d; k++) dst[(size_t)k * NR + t] = 0.0f;
+      }
+    }
+  }
+}
 
 // Features [f0, f0+nf) of WencT as micro-panels of MR rows, panel = [k][MR] then MR biases.
 // Rows past the end are zero (their outputs are never consumed).
@@ -146,7 +166,7 @@ static void packW(const float* W, const float* bEnc, int f0, int nf, int d, floa
         for (int r = 0; r < MR; r++) dst[(size_t)k * MR + r] = r < rows ? src[r][k] : 0.0f;
       }
     }
-    for (int r = 0; r < MR; r++) dst[(size_t)MR * d + r] = r < rows ? bEnc[f0 + mp * MR + r] : 0.0f;
+    for (int r = 0; r < MR; r++) dst[(size_t)MR * d + r] = r < rows && bEnc ? bEnc[f0 + mp * MR + r] : 0.0f;
   }
 }
 
@@ -195,6 +215,10 @@ static inline uint32_t gtScalar(const float* row, float s) {
 // Hand a finished tile to the selections: a vector compare per row against the running
 // thresholds; the (rare, once thresholds have risen) survivors go to the scalar handlers.
 static inline void consume(const float* tile, int rows, int j0, int tl0, uint32_t valid, Consumer& c) {
+  if (c.mode == kModeTile) {
+    c.onTile(c.st, tile, rows, j0, tl0, valid);
+    return;
+  }
   for (int r = 0; r < rows; r++) {
     const float* row = tile + r * NR;
     const int j = j0 + r;
@@ -481,16 +505,19 @@ static void encoderBackwardCols(const float* WencT, const float* xc, const int32
       while (next < j1 && colPtr[next] == colPtr[next + 1]) next++;
       if (next < j1) {
         prefetchRow(WencT + (int64_t)next * d, d);
-        prefetchRow(gWencT + (int64_t)next * d, d);
+        if (xc) prefetchRow(gWencT + (int64_t)next * d, d);
       }
     }
-    if (j + 4 < j1 && colPtr[j + 4] != colPtr[j + 5]) {
+    if (xc && j + 4 < j1 && colPtr[j + 4] != colPtr[j + 5]) {
       prefetchFar(WencT + (int64_t)(j + 4) * d, d);
       prefetchFar(gWencT + (int64_t)(j + 4) * d, d);
     }
     float* g = gWencT + (int64_t)j * d;
     float s = 0.0f;
-    for (int p = p0; p < p1; p++) {
+    if (!xc) {  // gWencT done elsewhere (dense path): only Σ dz
+      for (int p = p0; p < p1; p++) s += dz[colEnt[p]];
+    }
+    for (int p = p0; xc && p < p1; p++) {
       const float gz = dz[colEnt[p]];
       if (p + kPfNear < colPtr[j1]) prefetchRow(xc + (int64_t)colTok[p + kPfNear] * d, d);
       s += gz;
@@ -578,9 +605,130 @@ static void normalizeRows(float* W, int r0, int r1, int d) {
   }
 }
 
+// partial[j/chunk] = Σ_{j in chunk} s[j]·W[j] for features [j0, j1) (j0 a multiple of chunk).
+static void weightedRowSum(const float* W, const float* s, int j0, int j1, int d, int chunk, float* partial) {
+  for (int j = j0; j < j1; j++) {
+    float* pc = partial + (int64_t)(j / chunk) * d;
+    if (j % chunk == 0) {
+      for (int i = 0; i < d; i++) pc[i] = 0.0f;
+    }
+    if (s[j] != 0.0f) axpy(pc, W + (int64_t)j * d, s[j], d);
+  }
+}
+
+// ------------------------------------------------------------- dense accumulation (dense codes)
+
+// Out[c] += Σ_k S(k, c)·Dense[k] for the columns c in [c0, c1), where column c's nonzeros are the
+// entries p in [colPtr[c], colPtr[c+1]) at k = colK[p] (ascending) with value val[colEnt[p]] (or
+// val[p] without colEnt). The same packed micro-kernel as the encoder: Dense rows of a k-block
+// are packed once as MR-wide panels (A), each NR-column panel of S is scattered densely (B), and
+// every tile is added to Out. Used when the codes are dense enough (ReLU early in training) that
+// a GEMM beats touching a row of Dense per entry.
+static void denseAccum(const AccumJob& J) {
+  const int d = J.d;
+  const int nrp = (d + MR - 1) / MR;
+  const int kc = J.kc;
+  const bool byK = J.kPtr != nullptr;
+  if (!byK)
+    for (int c = J.c0; c < J.c1; c++) J.cur[c - J.c0] = J.colPtr[c];
+  for (int k0 = 0; k0 < J.K; k0 += kc) {
+    const int kb = imin(kc, J.K - k0);
+    if (byK) {
+      // each k's first entry in this thread's columns
+      for (int k = 0; k < kb; k++) {
+        int lo = J.kPtr[k0 + k], hi = J.kPtr[k0 + k + 1];
+        while (lo < hi) {
+          const int mid = (lo + hi) >> 1;
+          if (J.kCols[mid] < J.c0) lo = mid + 1;
+          else hi = mid;
+        }
+        J.cur[k] = lo;
+      }
+    }
+    const size_t pstride = (size_t)kb * MR + MR;
+    // A: rows k0 .. k0+kb of Dense as [rp][k][MR] (+ MR zero "biases")
+    for (int rp = 0; rp < nrp; rp++) {
+      float* __restrict a = J.Ap + (size_t)rp * pstride;
+      const int i0 = rp * MR;
+      const int rows = imin(MR, d - i0);
+#if SAE_ISA_LEVEL == 512
+      const __mmask16 lm = (__mmask16)((1u << rows) - 1u);
+      for (int k = 0; k < kb; k++) {
+        const __m512 v = _mm512_maskz_loadu_ps(lm, J.dense + (int64_t)(k0 + k) * d + i0);
+        _mm512_mask_storeu_ps(a + (size_t)k * MR, (__mmask16)((1u << MR) - 1u), v);
+      }
+#else
+      for (int k = 0; k < kb; k++) {
+        const float* src = J.dense + (int64_t)(k0 + k) * d + i0;
+        for (int r = 0; r < MR; r++) a[(size_t)k * MR + r] = r < rows ? src[r] : 0.0f;
+      }
+#endif
+      for (int r = 0; r < MR; r++) a[(size_t)kb * MR + r] = 0.0f;
+    }
+    for (int tp = J.c0; tp < J.c1; tp += NR) {
+      const int nt = imin(NR, J.c1 - tp);
+      float* __restrict bp = J.Bp;
+      for (size_t q = 0; q < (size_t)kb * NR; q++) bp[q] = 0.0f;
+      bool any = false;
+      if (byK) {
+        for (int k = 0; k < kb; k++) {
+          int p = J.cur[k];
+          const int end = J.kPtr[k0 + k + 1];
+          while (p < end && J.kCols[p] < tp + nt) {
+            const float v = J.val[p];
+            bp[(size_t)k * NR + (J.kCols[p] - tp)] = v;
+            if (J.colSum) J.colSum[J.kCols[p]] += v;
+            p++;
+            any = true;
+          }
+          J.cur[k] = p;
+        }
+      } else {
+        for (int t = 0; t < nt; t++) {
+          const int c = tp + t;
+          int p = J.cur[c - J.c0];
+          const int end = J.colPtr[c + 1];
+          while (p < end && J.colK[p] < k0 + kb) {
+            bp[(size_t)(J.colK[p] - k0) * NR + t] = J.val[J.colEnt ? J.colEnt[p] : p];
+            p++;
+            any = true;
+          }
+          J.cur[c - J.c0] = p;
+        }
+      }
+      if (!any) continue;
+      for (int rp = 0; rp < nrp; rp++) {
+        kernel(J.Ap + (size_t)rp * pstride, bp, kb, J.tile);
+        const int i0 = rp * MR;
+        const int rows = imin(MR, d - i0);
+#if SAE_ISA_LEVEL == 512
+        // tile[r][t] → Out[t][r]: two 16×16 register transposes, then masked row updates
+        const __mmask16 om = (__mmask16)((1u << rows) - 1u);
+        for (int h = 0; h < 2 && h * 16 < nt; h++) {
+          __m512 r16[16];
+          for (int r = 0; r < 16; r++) r16[r] = r < MR ? _mm512_load_ps(J.tile + r * NR + h * 16) : _mm512_setzero_ps();
+          transpose16(r16);
+          const int tn = imin(16, nt - h * 16);
+          for (int t = 0; t < tn; t++) {
+            float* o = J.out + (int64_t)(tp + h * 16 + t) * d + i0;
+            _mm512_mask_storeu_ps(o, om, _mm512_add_ps(_mm512_maskz_loadu_ps(om, o), r16[t]));
+          }
+        }
+#else
+        for (int t = 0; t < nt; t++) {
+          float* o = J.out + (int64_t)(tp + t) * d + i0;
+          for (int r = 0; r < rows; r++) o[r] += J.tile[r * NR + t];
+        }
+#endif
+      }
+    }
+  }
+}
+
 static const IsaOps kOps = {
     kName,      MR,    NR,         packedXFloats,       packedWFloats,  packX,       scan,       kthLargest,
-    decodeRows, decodeBackwardCols, encoderBackwardCols, sumSquares, adamw, projectRows, normalizeRows,
+    decodeRows, decodeBackwardCols, encoderBackwardCols, sumSquares, adamw, projectRows, normalizeRows, denseAccum,
+    weightedRowSum,
 };
 
 }  // namespace SAE_ISA_NS
