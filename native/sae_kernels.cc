@@ -1411,13 +1411,15 @@ static CodesArg codesArg(napi_env env, napi_value* a, int F, int maxB, bool need
   atLeast(c.rowPtr.len, B + 1, "codes.rowPtr");
   const int32_t* rp = c.rowPtr.data;
   if (rp[0] < 0) failRange("codes.rowPtr[0] is negative");
-  for (int64_t b = 0; b < B; b++)
-    if (rp[b] > rp[b + 1]) failRange("codes.rowPtr is not non-decreasing");
+  uint32_t bad = 0;  // branch-free scans (these run on every call, over every entry)
+  for (int64_t b = 0; b < B; b++) bad |= rp[b] > rp[b + 1] ? 1u : 0u;
+  if (bad) failRange("codes.rowPtr is not non-decreasing");
   const int64_t end = rp[B];
   atLeast(c.index.len, end, "codes.index");
   if (needValue) atLeast(c.value.len, end, "codes.value");
-  for (int64_t e = rp[0]; e < end; e++)
-    if ((uint32_t)c.index.data[e] >= (uint32_t)F) failRange("codes.index holds a feature outside [0, F)");
+  const uint32_t* ix = reinterpret_cast<const uint32_t*>(c.index.data);
+  for (int64_t e = rp[0]; e < end; e++) bad |= ix[e] >= (uint32_t)F ? 1u : 0u;
+  if (bad) failRange("codes.index holds a feature outside [0, F)");
   return c;
 }
 
