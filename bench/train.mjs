@@ -47,7 +47,7 @@ function parseArgs(argv) {
     } else if (a === '--json') o.json = true;
     else if (a === '--child') o.child = JSON.parse(next());
     else if (a === '--help' || a === '-h') {
-      console.log('usage: node bench/train.mjs [--shapes FxB,...] [--acts topk,mutual,mutual+aux,feature,relu] [--steps N] [--warmup N] [--no-reference] [--quick] [--json]');
+      console.log('usage: node bench/train.mjs [--shapes FxB,...] [--acts topk,mutual,mutual+aux,feature,feature-uniform,relu] [--steps N] [--warmup N] [--no-reference] [--quick] [--json]');
       process.exit(0);
     } else throw new Error(`unknown argument ${a}`);
   }
@@ -109,7 +109,8 @@ async function child(c) {
   const { Trainer } = await imp('sae/trainer.js');
   const { F, B, act, steps, warmup, kernels } = c;
   const aux = act === 'mutual+aux';
-  const activation = aux ? 'mutual' : act;
+  const uniform = act === 'feature-uniform';
+  const activation = aux ? 'mutual' : uniform ? 'feature' : act;
   // aux off unless asked for: the torch bench has none. With aux on, the dead window is one batch
   // (features silent for a whole batch count as dead) and ranks (hence the dying set of
   // aux_zipf) are recomputed every 3 steps, so both aux selections are active while timing.
@@ -124,6 +125,7 @@ async function child(c) {
     auxZipfCoef: aux ? 1 / 32 : 0,
     rankInterval: aux ? 3 : 100,
     lrDecay: 'none',
+    capacities: uniform ? 'uniform' : 'zipf',
   });
   const acc = {};
   const base = kernels === 'reference' ? createReferenceKernels : createNativeKernels;

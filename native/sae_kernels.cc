@@ -276,6 +276,9 @@ struct BetterM {
   bool operator()(const EntM& x, const EntM& y) const { return betterM(x, y); }
 };
 
+// Feature Choice lists this short are kept sorted instead of compacted in bulk.
+constexpr int kSmallKeep = 8;
+
 static size_t slackCap(int64_t keep, int64_t limit) {
   if (keep <= 0) return 0;
   if (keep >= limit) return (size_t)limit;
@@ -411,6 +414,26 @@ static void onFeature(void* sp, int j, uint32_t m, const float* row, int tl0) {
   EntB* e = h.fb.data() + h.foff[j];
   size_t c = (size_t)h.fcnt[j];
   const size_t cap = (size_t)h.fcap[j];
+  const size_t keep = (size_t)h.fkeep[j];
+  if (keep <= (size_t)kSmallKeep) {
+    // small capacities: the list is exactly this thread's best `keep` so far, sorted by value
+    // (equal values in token order), so the threshold rises with every insertion
+    while (m) {
+      const int t = __builtin_ctz(m);
+      m &= m - 1;
+      const float v = row[t];
+      if (!(v > h.fthr[j])) continue;
+      size_t i = c < keep ? c++ : keep - 1;  // when full, the worst kept makes room
+      while (i > 0 && e[i - 1].v < v) {
+        e[i] = e[i - 1];
+        i--;
+      }
+      e[i] = EntB{v, tl0 + t};
+      if (c == keep) h.fthr[j] = e[keep - 1].v;  // later tokens lose ties
+    }
+    h.fcnt[j] = (int32_t)c;
+    return;
+  }
   while (m) {
     const int t = __builtin_ctz(m);
     m &= m - 1;
@@ -568,7 +591,7 @@ class Instance {
             const int64_t keepAll = std::min<int64_t>(std::max<int32_t>(sel.cap[j], 0), B);
             if (t == 0) featKeepTotal += keepAll;
             const int64_t keep = std::min<int64_t>(keepAll, h.ntok);
-            const size_t cap = keep <= 0 ? 0 : (keep >= h.ntok ? (size_t)h.ntok : slackCap(keep, h.ntok));
+            const size_t cap = keep <= 0 ? 0 : keep <= kSmallKeep ? (size_t)keep : (keep >= h.ntok ? (size_t)h.ntok : slackCap(keep, h.ntok));
             h.fkeep[j] = (int32_t)keep;
             h.fcap[j] = (int32_t)cap;
             h.fcnt[j] = 0;
