@@ -49,6 +49,8 @@ export interface Workspace {
   xhat: FloatArray;
   dOut: FloatArray;
   ehat: FloatArray;
+  /** the detached residual e = x − x̂ the aux losses explain, kept in float64 as it was computed */
+  res: FloatArray;
   dz: FloatArray;
   dzAux: FloatArray[];
 }
@@ -65,6 +67,7 @@ export function allocWorkspace(d: number, maxB: number, codeCapacity: number, au
     xhat: new Ctor(maxB * d),
     dOut: new Ctor(maxB * d),
     ehat: new Ctor(maxB * d),
+    res: new Float64Array(maxB * d),
     dz: new Ctor(codeCapacity),
     dzAux,
   };
@@ -131,32 +134,35 @@ export function lossAndGrad(k: SaeKernels, p: SaeParams, g: SaeParams, x: FloatA
 
   // aux_k / aux_zipf (SPEC §7, paper §2.5, §4.2): reconstruct the detached residual e = x − x̂ from
   // the top k_aux eligible features, normalised per token by ‖e‖² as openai/sparse_autoencoder does.
+  let resReady = false;
+  const residual = (): FloatArray => {
+    if (spec.auxResidual) return spec.auxResidual;
+    if (!resReady) {
+      for (let i = 0; i < n; i++) ws.res[i] = x[i] - ws.xhat[i];
+      resReady = true;
+    }
+    return ws.res;
+  };
   const out: LossTerms = { total: 0, recon, l1, auxK: 0, auxZipf: 0, nfm: 0, nfmInf: 0, l0: codes.nnz / B, sse };
   for (let a = 0; a < spec.aux.length; a++) {
     const ac = enc.aux[a];
     if (ac.nnz === 0 || spec.aux[a].coef === 0) continue;
     k.decode(p, ac, ws.ehat, false);
-    const res = spec.auxResidual;
+    const res = residual();
     let loss = 0;
     for (let b = 0; b < B; b++) {
+      const o = b * d;
       let ee = 0;
       let diff = 0;
-      for (let i = 0; i < d; i++) {
-        const e = res ? res[b * d + i] : x[b * d + i] - ws.xhat[b * d + i];
-        ee += e * e;
-        diff += (ws.ehat[b * d + i] - e) ** 2;
+      for (let i = o; i < o + d; i++) {
+        ee += res[i] * res[i];
+        diff += (ws.ehat[i] - res[i]) ** 2;
       }
-      if (ee === 0) {
-        for (let i = 0; i < d; i++) ws.ehat[b * d + i] = 0;
-        continue;
-      }
-      loss += diff / ee;
-      const c = (2 * spec.aux[a].coef) / (B * ee);
+      // a token reconstructed exactly has nothing to explain (openai's nan_to_num)
+      const c = ee === 0 ? 0 : (2 * spec.aux[a].coef) / (B * ee);
+      if (ee > 0) loss += diff / ee;
       // ws.ehat becomes dL/dê in place
-      for (let i = 0; i < d; i++) {
-        const e = res ? res[b * d + i] : x[b * d + i] - ws.xhat[b * d + i];
-        ws.ehat[b * d + i] = c * (ws.ehat[b * d + i] - e);
-      }
+      for (let i = o; i < o + d; i++) ws.ehat[i] = c * (ws.ehat[i] - res[i]);
     }
     loss /= B;
     out[spec.aux[a].name] += loss;
