@@ -95,15 +95,23 @@ export function lossAndGrad(k: SaeKernels, p: SaeParams, g: SaeParams, x: FloatA
 
   // reconstruction: mean over the batch of ‖x − x̂‖² (SPEC §7)
   k.decode(p, codes, ws.xhat, true);
+  // one pass over B×d: the squared error, dL/dx̂ and b_dec's direct gradient Σ_b dL/dx̂_b
   let sse = 0;
   const n = B * d;
-  for (let i = 0; i < n; i++) {
-    const r = ws.xhat[i] - x[i];
-    sse += r * r;
-    ws.dOut[i] = (2 / B) * r;
+  const c2 = 2 / B;
+  const gb = new Float64Array(d);
+  for (let b = 0; b < B; b++) {
+    const o = b * d;
+    for (let i = 0; i < d; i++) {
+      const r = ws.xhat[o + i] - x[o + i];
+      sse += r * r;
+      const gr = c2 * r;
+      ws.dOut[o + i] = gr;
+      gb[i] += gr;
+    }
   }
   const recon = sse / B;
-  for (let b = 0; b < B; b++) for (let i = 0; i < d; i++) g.bDec[i] += ws.dOut[b * d + i];
+  for (let i = 0; i < d; i++) g.bDec[i] += gb[i];
   ws.dz = ensureLen(ws.dz, codes.nnz);
   k.decodeBackward(p, codes, ws.dOut, g.Wdec, ws.dz);
 

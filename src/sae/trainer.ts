@@ -238,11 +238,19 @@ function identity(n: number): Int32Array {
 
 /** Σ‖x − mean(x)‖² over the batch: the denominator of FVU (SPEC §9). */
 export function batchVariance(x: Float32Array, B: number, d: number): number {
-  const mean = new Float64Array(d);
-  for (let b = 0; b < B; b++) for (let i = 0; i < d; i++) mean[i] += x[b * d + i];
-  for (let i = 0; i < d; i++) mean[i] /= B;
+  // one pass: Σ_i (Σ_b x² − (Σ_b x)²/B), in float64
+  const s1 = new Float64Array(d);
+  const s2 = new Float64Array(d);
+  for (let b = 0; b < B; b++) {
+    const o = b * d;
+    for (let i = 0; i < d; i++) {
+      const v = x[o + i];
+      s1[i] += v;
+      s2[i] += v * v;
+    }
+  }
   let s = 0;
-  for (let b = 0; b < B; b++) for (let i = 0; i < d; i++) s += (x[b * d + i] - mean[i]) ** 2;
+  for (let i = 0; i < d; i++) s += s2[i] - (s1[i] * s1[i]) / B;
   return s;
 }
 
