@@ -26,6 +26,7 @@ export default class Train extends SaeCommand {
     'finetune-steps': Flags.integer({ description: 'append the paper’s phase 2: Feature Choice (Zipf) without auxiliary losses for this many steps' }),
     json: Flags.boolean({ description: 'print the run summary as JSON on stdout' }),
     quiet: Flags.boolean({ description: 'no progress or log lines on stderr' }),
+    prefetch: Flags.integer({ description: 'batches decoded ahead in a worker thread (0 = in the main thread)', default: 2, min: 0 }),
     kernels: Flags.string({ description: 'hot-path implementation: auto | reference | native', default: 'auto', options: ['auto', 'reference', 'native'] }),
     ...configFlags,
   };
@@ -72,6 +73,7 @@ export default class Train extends SaeCommand {
         resume: flags.resume,
         initFrom: flags['init-from'],
         kernels: kernelFactory(flags.kernels as KernelName),
+        prefetch: flags.prefetch,
         signal: controller.signal,
         onNote: (m) => progress.line(`note: ${m}`),
         onStep: (s, total) => progress.tick(s, total),

@@ -3,7 +3,8 @@ import * as path from 'node:path';
 import type { KernelFactory } from '../kernels/types.js';
 import { UserError } from '../util/errors.js';
 import { describeFsError, writeFileAtomic } from '../util/atomic.js';
-import { BatchStream, checkCompatible, openShards, type DataPosition } from '../store/reader.js';
+import { checkCompatible, openShards, type DataPosition } from '../store/reader.js';
+import { openBatchSource } from '../store/prefetch.js';
 import { resolveConfig, resolveWidth, totalSteps, allPhases, TRAINABLE, ACTIVATIONS, type TrainConfig, type Activation } from './config.js';
 import { Trainer, type StepReport } from './trainer.js';
 import { architectureName, checkpointConfig, loadCheckpoint, saveCheckpoint, type SaeCfgJson } from './checkpoint.js';
@@ -20,6 +21,8 @@ export interface TrainOptions {
   /** start from a checkpoint's weights and density statistics with a fresh optimiser */
   initFrom?: string;
   kernels?: KernelFactory;
+  /** batches decoded ahead in a worker thread (0 = decode in-thread); default 2 */
+  prefetch?: number;
   /** called every logEvery steps with the step's report */
   onLog?: (r: StepReport & { tokensPerSec: number }) => void;
   onStep?: (step: number, total: number) => void;
@@ -181,7 +184,7 @@ export async function train(opts: TrainOptions): Promise<TrainSummary> {
   await truncateLog(logFile, trainer.step);
 
   const windowRows = cfg.shuffleWindow > 0 ? cfg.shuffleWindow : 16 * cfg.batchSize;
-  const stream = new BatchStream(set, { batchSize: cfg.batchSize, windowRows: Math.max(windowRows, cfg.batchSize), seed: cfg.seed, loop: true }, position);
+  const stream = openBatchSource(set, { batchSize: cfg.batchSize, windowRows: Math.max(windowRows, cfg.batchSize), seed: cfg.seed, loop: true }, position, opts.prefetch ?? 2);
   const x = new Float32Array(cfg.batchSize * d);
   const meta = { hook: set.meta.hook, model: set.meta.model, preprocessing: set.meta.preprocessing };
 
@@ -208,30 +211,38 @@ export async function train(opts: TrainOptions): Promise<TrainSummary> {
     logLines.length = 0;
   };
 
-  while (trainer.step < total) {
-    if (!(await stream.next(x))) throw new UserError(`${opts.data}: ran out of data`);
-    if (trainer.step === 0 && !opts.resume && !opts.initFrom) trainer.init(x);
-    last = trainer.trainStep(x);
-    done++;
-    opts.onStep?.(trainer.step, total);
-    if (trainer.step % cfg.logEvery === 0 || trainer.step === total) {
-      const now = Date.now();
-      const tokensPerSec = ((trainer.tokens - tokLast) * 1000) / Math.max(1, now - tLast);
-      tLast = now;
-      tokLast = trainer.tokens;
-      const rec = { ...last, tokensPerSec };
-      logLines.push(JSON.stringify(rec) + '\n');
-      opts.onLog?.(rec);
-      await flushLog();
-    }
-    const stop = opts.signal?.aborted || (opts.stopAfterSteps !== undefined && done >= opts.stopAfterSteps);
-    if (trainer.step % cfg.checkpointEvery === 0 || (stop && trainer.step < total)) {
-      await flushLog();
-      await save(path.join(opts.out, 'checkpoint'));
-    }
-    if (stop && trainer.step < total) {
-      interrupted = true;
-      break;
+  try {
+    await trainLoop();
+  } finally {
+    await stream.close();
+  }
+
+  async function trainLoop(): Promise<void> {
+    while (trainer.step < total) {
+      if (!(await stream.next(x))) throw new UserError(`${opts.data}: ran out of data`);
+      if (trainer.step === 0 && !opts.resume && !opts.initFrom) trainer.init(x);
+      last = trainer.trainStep(x);
+      done++;
+      opts.onStep?.(trainer.step, total);
+      if (trainer.step % cfg.logEvery === 0 || trainer.step === total) {
+        const now = Date.now();
+        const tokensPerSec = ((trainer.tokens - tokLast) * 1000) / Math.max(1, now - tLast);
+        tLast = now;
+        tokLast = trainer.tokens;
+        const rec = { ...last, tokensPerSec };
+        logLines.push(JSON.stringify(rec) + '\n');
+        opts.onLog?.(rec);
+        await flushLog();
+      }
+      const stop = opts.signal?.aborted || (opts.stopAfterSteps !== undefined && done >= opts.stopAfterSteps);
+      if (trainer.step % cfg.checkpointEvery === 0 || (stop && trainer.step < total)) {
+        await flushLog();
+        await save(path.join(opts.out, 'checkpoint'));
+      }
+      if (stop && trainer.step < total) {
+        interrupted = true;
+        break;
+      }
     }
   }
   await flushLog();
