@@ -106,6 +106,17 @@ describe('checkpoints', () => {
     expect(cfg.architecture).toBe('feature');
   });
 
+  it('--init-from starts a new run from a checkpoint’s weights with a fresh step count', async () => {
+    const base = await train({ data, out: path.join(root, 'base'), config: { ...short, steps: 12 } });
+    const s = await train({ data, out: path.join(root, 'ft'), config: { ...short, activation: 'feature', steps: 1, lr: 1e-12, bDecInit: 'zero' }, initFrom: base.final! });
+    expect(s.steps).toBe(1);
+    const a = await loadCheckpoint(base.final!, { withState: false });
+    const b = await loadCheckpoint(s.final!, { withState: false });
+    let worst = 0;
+    for (let i = 0; i < a.params.Wdec.length; i++) worst = Math.max(worst, Math.abs(a.params.Wdec[i] - b.params.Wdec[i]));
+    expect(worst).toBeLessThan(1e-5);
+  });
+
   it('refuses a missing checkpoint with a one-line user error', async () => {
     await expect(train({ data, out: path.join(root, 'x'), config: {}, resume: path.join(root, 'nope') })).rejects.toThrow(UserError);
   });

@@ -26,15 +26,15 @@ export default class Eval extends SaeCommand {
 
   async run(): Promise<void> {
     const { flags } = await this.parse(Eval);
-    const ck = await loadCheckpoint(await findCheckpoint(flags.checkpoint), { withState: false });
-    const full = ck.cfg.sae_train ? await loadCheckpoint(ck.dir, { withState: true }).catch(() => ck) : ck;
+    // the state holds the density ranking that Feature Choice capacities follow
+    const ck = await loadCheckpoint(await findCheckpoint(flags.checkpoint), { withState: 'if-present' });
     const set = await openShards(flags.data);
     checkCompatible(set.meta, { d: ck.cfg.d_in });
     const threshold = Number(flags.threshold);
     if (!(threshold > -1 && threshold <= 1)) this.error('--threshold must be a cosine in (-1, 1]', { exit: 2 });
     const batchSize = flags['batch-size'] ?? (ck.cfg.sae_train?.config.batchSize as number | undefined) ?? 1536;
     if (batchSize < 1) this.error('--batch-size must be ≥ 1', { exit: 2 });
-    const res = await evaluateSae(ck.params, set, selectionForCheckpoint(full), {
+    const res = await evaluateSae(ck.params, set, selectionForCheckpoint(ck), {
       batchSize,
       maxRows: flags['max-rows'],
       kernels: kernelFactory(flags.kernels as KernelName),

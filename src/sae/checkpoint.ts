@@ -133,8 +133,11 @@ function need(t: Record<string, { shape: number[]; data: unknown }>, name: strin
   return x.data;
 }
 
-/** Load a checkpoint folder, validating every piece; `withState` requires the training state too. */
-export async function loadCheckpoint(dir: string, opts: { withState: boolean }): Promise<LoadedCheckpoint> {
+/**
+ * Load a checkpoint folder, validating every piece. withState: true requires the training state,
+ * 'if-present' loads it when the folder is a training checkpoint (a damaged state is still an error).
+ */
+export async function loadCheckpoint(dir: string, opts: { withState: boolean | 'if-present' }): Promise<LoadedCheckpoint> {
   const label = `checkpoint ${dir}`;
   const st = await fs.stat(dir).catch(() => null);
   if (!st) throw new UserError(`${label}: no such directory`);
@@ -157,6 +160,7 @@ export async function loadCheckpoint(dir: string, opts: { withState: boolean }):
   const out: LoadedCheckpoint = { dir, cfg, params };
   if (w.threshold) out.threshold = need(w, 'threshold', [F], label);
   if (!opts.withState) return out;
+  if (opts.withState === 'if-present' && (!cfg.sae_train || !(await fs.stat(path.join(dir, 'state.json')).catch(() => null)))) return out;
 
   if (!cfg.sae_train) throw new UserError(`${label}: not a training checkpoint (no sae_train in cfg.json)`);
   const state = (await readJson(path.join(dir, 'state.json'), label)) as Record<string, unknown>;

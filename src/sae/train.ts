@@ -153,7 +153,7 @@ export async function train(opts: TrainOptions): Promise<TrainSummary> {
     cfg = resumeConfig(checkpointConfig(ck), opts.config);
   } else {
     cfg = resolveConfig(opts.config);
-    if (opts.initFrom) ck = await loadCheckpoint(await findCheckpoint(opts.initFrom), { withState: false });
+    if (opts.initFrom) ck = await loadCheckpoint(await findCheckpoint(opts.initFrom), { withState: 'if-present' });
   }
   checkCompatible(set.meta, { d: ck ? ck.cfg.d_in : undefined, preprocessing: cfg.expectPreprocessing === 'any' ? undefined : cfg.expectPreprocessing });
   const F = resolveWidth(cfg, d);
@@ -171,9 +171,9 @@ export async function train(opts: TrainOptions): Promise<TrainSummary> {
   if (opts.resume && ck?.state) {
     trainer.restore(ck.state.snapshot);
     position = ck.state.dataPosition as DataPosition;
-  } else if (opts.initFrom && ck) {
-    const full = await loadCheckpoint(ck.dir, { withState: true }).catch(() => undefined);
-    if (full?.state) trainer.restore(full.state.snapshot, { optimizer: false });
+  } else if (opts.initFrom && ck?.state) {
+    // weights and density statistics (for Zipf ranks and the dying set); a fresh optimiser
+    trainer.restore(ck.state.snapshot, { optimizer: false });
   }
   if (trainer.step >= total) note(`checkpoint is already at step ${trainer.step} of ${total}`);
 
