@@ -55,6 +55,21 @@ describe('sae synth | train | eval | export', () => {
     expect(j.l0).toBeLessThan(4);
   });
 
+  it('export never overwrites the checkpoint it reads, nor a folder that is not an export', async () => {
+    const t = sae('train', '--data', data, '--out', path.join(root, 'exp'), '--activation', 'mutual', '--width', '64', '--k', '2', '--batch-size', '128', '--steps', '3', '--quiet');
+    const ckpt = t.stdout.trim();
+    expectUserError(sae('export', '--checkpoint', ckpt, '--data', data, '--out', ckpt), /must differ/);
+    const keep = path.join(root, 'precious');
+    await fs.mkdir(keep, { recursive: true });
+    await fs.writeFile(path.join(keep, 'notes.txt'), 'mine');
+    expectUserError(sae('export', '--checkpoint', ckpt, '--data', data, '--out', keep), /not an exported checkpoint/);
+    expect(await fs.readFile(path.join(keep, 'notes.txt'), 'utf8')).toBe('mine');
+    const out = path.join(root, 'exp-jr');
+    expect(sae('export', '--checkpoint', ckpt, '--data', data, '--out', out, '--batches', '2').code).toBe(0);
+    expectUserError(sae('export', '--checkpoint', ckpt, '--data', data, '--out', out, '--batches', '2'), /--force/);
+    expect(sae('export', '--checkpoint', ckpt, '--data', data, '--out', out, '--batches', '2', '--force').code).toBe(0);
+  });
+
   it('train --json prints a machine-readable summary', () => {
     const t = sae('train', '--data', data, '--out', path.join(root, 'j'), '--activation', 'topk', '--width', '64', '--k', '2', '--batch-size', '128', '--steps', '5', '--json', '--quiet');
     expect(t.code).toBe(0);

@@ -6,6 +6,7 @@ import { writeSynth, loadDictionary, type SynthDictionary } from '../src/synth/s
 import { train } from '../src/sae/train.js';
 import { featureRecovery } from '../src/eval/recovery.js';
 import { loadCheckpoint } from '../src/sae/checkpoint.js';
+import { selectionForCheckpoint } from '../src/sae/inference.js';
 import { readSafetensors } from '../src/util/safetensors.js';
 import { UserError } from '../src/util/errors.js';
 
@@ -115,6 +116,34 @@ describe('checkpoints', () => {
     let worst = 0;
     for (let i = 0; i < a.params.Wdec.length; i++) worst = Math.max(worst, Math.abs(a.params.Wdec[i] - b.params.Wdec[i]));
     expect(worst).toBeLessThan(1e-5);
+  });
+
+  it('refuses to start a new run over an existing one unless forced', async () => {
+    const out = path.join(root, 'twice');
+    await train({ data, out, config: { ...short, steps: 2 } });
+    await expect(train({ data, out, config: { ...short, steps: 2 } })).rejects.toThrow(/already holds a run.*--resume.*--force/);
+    const again = await train({ data, out, config: { ...short, steps: 3 }, force: true });
+    expect(again.steps).toBe(3);
+    const steps = (await fs.readFile(path.join(out, 'metrics.jsonl'), 'utf8')).trim().split('\n').map((l) => JSON.parse(l).step);
+    expect(steps).toEqual([3]);
+  });
+
+  it('refuses a checkpoint whose state.json lost its RNG state', async () => {
+    const s = await train({ data, out: path.join(root, 'rngless'), config: { ...short, steps: 2 } });
+    const f = path.join(s.final!, 'state.json');
+    const st = JSON.parse(await fs.readFile(f, 'utf8'));
+    st.rng = 'oops';
+    await fs.writeFile(f, JSON.stringify(st));
+    await expect(train({ data, out: path.join(root, 'rngless'), config: {}, resume: s.final! })).rejects.toThrow(/RNG state/);
+  });
+
+  it('evaluates an interrupted MC→FC run with the activation its weights were trained with', async () => {
+    const out = path.join(root, 'mid-phase');
+    const s = await train({ data, out, config: { ...short, steps: 10, phases: [{ activation: 'feature', steps: 10 }] }, stopAfterSteps: 4 });
+    expect(s.interrupted).toBe(true);
+    const ck = await loadCheckpoint(path.join(out, 'checkpoint'), { withState: true });
+    expect(ck.cfg.architecture).toBe('mutual');
+    expect(selectionForCheckpoint(ck)(128).kind).toBe('mutual');
   });
 
   it('refuses a missing checkpoint with a one-line user error', async () => {

@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { resolveConfig, learningRate, defaultLr } from '../src/sae/config.js';
 import { Trainer } from '../src/sae/trainer.js';
 import { Rng } from '../src/util/rng.js';
+import { resumeConfig } from '../src/sae/train.js';
 
 const d = 16;
 const F = 48;
@@ -108,6 +109,16 @@ describe('learning-rate schedule', () => {
   it('scales the default with width as Gao et al. (2e-4 at 16384 features)', () => {
     expect(defaultLr(16384)).toBeCloseTo(2e-4, 12);
     expect(defaultLr(65536)).toBeCloseTo(1e-4, 12);
+  });
+
+  it('gives each phase its own schedule, so a phase added on resume matches one configured up front', () => {
+    const upFront = resolveConfig({ steps: 100, lrDecayStart: 0.5, phases: [{ activation: 'feature', steps: 40 }] });
+    const mcOnly = resolveConfig({ steps: 100, lrDecayStart: 0.5 });
+    const added = resumeConfig(mcOnly, { activation: 'feature', steps: 40 });
+    for (let t = 0; t < 140; t++) expect(learningRate(added, 1, t)).toBe(learningRate(upFront, 1, t));
+    // MC decays to ~0 at its end; the fine-tune starts again from the base rate
+    expect(learningRate(upFront, 1, 99)).toBeCloseTo(0.02);
+    expect(learningRate(upFront, 1, 100)).toBe(1);
   });
 
   it('warms up linearly and decays linearly to zero over the tail', () => {

@@ -51,7 +51,7 @@ export default class Demo extends SaeCommand {
         config.steps = Math.round(1500 * scale);
         config.phases = [{ activation: 'feature', steps: Math.max(1, Math.round(500 * scale)) }];
       }
-      const s = await train({ data, out: path.join(flags.out, run.name.replace('→', '-')), config, kernels, onStep: (a, b) => progress.tick(a, b) });
+      const s = await train({ data, out: path.join(flags.out, run.name.replace('→', '-')), config, kernels, force: true, onStep: (a, b) => progress.tick(a, b) });
       progress.done();
       const ck = await loadCheckpoint(s.final!, { withState: true });
       const ev = await evaluateSae(ck.params, set, selectionForCheckpoint(ck), { batchSize: 256, maxRows: 16384, kernels });

@@ -32,7 +32,7 @@ export default class Eval extends SaeCommand {
     checkCompatible(set.meta, { d: ck.cfg.d_in });
     const threshold = Number(flags.threshold);
     if (!(threshold > -1 && threshold <= 1)) this.error('--threshold must be a cosine in (-1, 1]', { exit: 2 });
-    const batchSize = flags['batch-size'] ?? (ck.cfg.sae_train?.config.batchSize as number | undefined) ?? 1536;
+    const batchSize = flags['batch-size'] ?? (ck.cfg.sae_train?.config?.batchSize as number | undefined) ?? 1536;
     if (batchSize < 1) this.error('--batch-size must be ≥ 1', { exit: 2 });
     const res = await evaluateSae(ck.params, set, selectionForCheckpoint(ck), {
       batchSize,

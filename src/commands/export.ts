@@ -6,6 +6,18 @@ import { findCheckpoint } from '../sae/train.js';
 import { calibrateThresholds, selectionForCheckpoint } from '../sae/inference.js';
 import { checkCompatible, openShards } from '../store/reader.js';
 import { kernelFactory, type KernelName } from '../kernels/index.js';
+import { promises as fs } from 'node:fs';
+import * as path from 'node:path';
+
+/** Never overwrite the source, a run, or anything that is not one of our exported checkpoints. */
+async function checkExportTarget(out: string, source: string, force: boolean): Promise<void> {
+  if (path.resolve(out) === path.resolve(source)) throw new UserError('--out must differ from --checkpoint');
+  const entries = await fs.readdir(out).catch(() => null);
+  if (entries === null || entries.length === 0) return;
+  const ours = entries.includes('cfg.json') && entries.includes('sae.safetensors') && !entries.includes('state.json');
+  if (!ours) throw new UserError(`${out} exists and is not an exported checkpoint; choose another --out`);
+  if (!force) throw new UserError(`${out} already holds an exported checkpoint; add --force to replace it`);
+}
 
 export default class Export extends SaeCommand {
   static override description =
@@ -19,6 +31,7 @@ export default class Export extends SaeCommand {
     out: Flags.string({ description: 'output checkpoint folder', required: true }),
     batches: Flags.integer({ description: 'calibration batches', default: 32 }),
     'batch-size': Flags.integer({ description: 'calibration batch size (default: the training batch size)' }),
+    force: Flags.boolean({ description: 'replace an existing exported checkpoint at --out' }),
     global: Flags.boolean({ description: 'one global threshold (BatchTopK style) instead of one per feature' }),
     kernels: Flags.string({ description: 'auto | reference | native', default: 'auto', options: ['auto', 'reference', 'native'] }),
   };
@@ -28,9 +41,10 @@ export default class Export extends SaeCommand {
     if (flags.batches < 1) throw new UserError('--batches must be ≥ 1');
     const ck = await loadCheckpoint(await findCheckpoint(flags.checkpoint), { withState: true });
     if (ck.threshold) throw new UserError(`checkpoint ${ck.dir} is already a JumpReLU SAE`);
+    await checkExportTarget(flags.out, ck.dir, flags.force);
     const set = await openShards(flags.data);
     checkCompatible(set.meta, { d: ck.cfg.d_in });
-    const batchSize = flags['batch-size'] ?? (ck.cfg.sae_train?.config.batchSize as number | undefined) ?? 1536;
+    const batchSize = flags['batch-size'] ?? (ck.cfg.sae_train?.config?.batchSize as number | undefined) ?? 1536;
     if (batchSize < 1) throw new UserError('--batch-size must be ≥ 1');
     const cal = await calibrateThresholds(ck.params, set, selectionForCheckpoint(ck), {
       batchSize,

@@ -147,6 +147,7 @@ export async function loadCheckpoint(dir: string, opts: { withState: boolean | '
     throw new UserError(`${label}: cfg.json lacks d_in/d_sae`);
   const d = cfg.d_in;
   const F = cfg.d_sae;
+  if (d < 1 || F < 1 || d * F > 2 ** 31 - 1) throw new UserError(`${label}: cfg.json has impossible sizes d_in=${d}, d_sae=${F}`);
   const wfile = path.join(dir, 'sae.safetensors');
   if (!(await fs.stat(wfile).catch(() => null))) throw new UserError(`${label}: missing sae.safetensors`);
   const w = (await readSafetensors(wfile)).tensors;
@@ -177,12 +178,35 @@ export async function loadCheckpoint(dir: string, opts: { withState: boolean | '
   const dying = s.dying?.data;
   if (!(order instanceof Int32Array) || order.length !== F) throw new UserError(`${label}: state tensor order missing or wrong size`);
   if (!(dying instanceof Uint8Array) || dying.length !== F) throw new UserError(`${label}: state tensor dying missing or wrong size`);
+  // a resume must be exact: every piece of state is checked, none is defaulted
+  const bad = (what: string): never => {
+    throw new UserError(`${label}: state.json has ${what}`);
+  };
+  const step = state.step;
+  if (typeof step !== 'number' || !Number.isInteger(step) || step < 0) bad('no valid step');
+  if (step !== cfg.sae_train.step) bad(`step ${step} but cfg.json says ${cfg.sae_train.step}`);
+  const tokens = state.tokens;
+  if (typeof tokens !== 'number' || !Number.isInteger(tokens) || tokens < 0) bad('no valid token count');
+  const lastRankStep = state.lastRankStep;
+  if (typeof lastRankStep !== 'number' || !Number.isInteger(lastRankStep) || lastRankStep < 0 || lastRankStep > (step as number)) bad('no valid lastRankStep');
+  const rng = state.rng;
+  if (!Array.isArray(rng) || rng.length !== 4 || !rng.every((v) => Number.isInteger(v) && v >= 0 && v < 2 ** 32)) bad('no valid RNG state');
+  if (typeof state.dataPosition !== 'object' || state.dataPosition === null) bad('no data position');
+  const stats = state.stats as { F?: unknown } | undefined;
+  if (typeof stats !== 'object' || stats === null || stats.F !== F) bad(`density statistics for another width than ${F}`);
+  const seen = new Uint8Array(F);
+  for (let i = 0; i < F; i++) {
+    const j = order[i];
+    if (j < 0 || j >= F || seen[j]) bad('a density ranking that is not a permutation');
+    seen[j] = 1;
+  }
+  for (const t of [...m, ...v]) for (let i = 0; i < t.length; i++) if (!Number.isFinite(t[i])) throw new UserError(`${label}: optimiser state contains NaN/Inf`);
   out.state = {
     snapshot: {
-      step: Number(state.step),
-      tokens: Number(state.tokens),
-      rng: state.rng as TrainerSnapshot['rng'],
-      lastRankStep: Number(state.lastRankStep),
+      step: step as number,
+      tokens: tokens as number,
+      rng: rng as TrainerSnapshot['rng'],
+      lastRankStep: lastRankStep as number,
       order,
       dying,
       stats: state.stats as TrainerSnapshot['stats'],
@@ -191,13 +215,18 @@ export async function loadCheckpoint(dir: string, opts: { withState: boolean | '
     },
     dataPosition: state.dataPosition,
   };
-  if (!Number.isInteger(out.state.snapshot.step) || out.state.snapshot.step < 0) throw new UserError(`${label}: state.json has no valid step`);
   return out;
 }
 
 /** The TrainConfig a training checkpoint was made with, re-validated. */
 export function checkpointConfig(ck: LoadedCheckpoint): TrainConfig {
-  return resolveConfig(ck.cfg.sae_train!.config as unknown as Record<string, unknown>);
+  const c = ck.cfg.sae_train?.config;
+  if (typeof c !== 'object' || c === null || Array.isArray(c)) throw new UserError(`checkpoint ${ck.dir}: cfg.json has no training config`);
+  try {
+    return resolveConfig(c as unknown as Record<string, unknown>);
+  } catch (err) {
+    throw new UserError(`checkpoint ${ck.dir}: ${(err as Error).message}`);
+  }
 }
 
 export function architectureName(activation: string): string {

@@ -160,7 +160,7 @@ export function resolveConfig(...parts: Array<Record<string, unknown> | undefine
     if (!part) continue;
     for (const [key, v] of Object.entries(part)) {
       if (v === undefined) continue;
-      if (!(key in KINDS)) bad(`unknown key "${key}"`);
+      if (!Object.hasOwn(KINDS, key)) bad(`unknown key "${key}"`);
       merged[key] = v;
     }
   }
@@ -179,7 +179,8 @@ export function resolveConfig(...parts: Array<Record<string, unknown> | undefine
   oneOf('expectPreprocessing', cfg.expectPreprocessing, ['any', 'center_unit_norm', 'none', 'dataset_scale']);
   if (!Array.isArray(cfg.phases)) bad('phases must be an array');
   cfg.phases = (cfg.phases as unknown[]).map((ph, i) => resolvePhase(i, ph, cfg));
-  if (cfg.auxKCoef === -1) cfg.auxKCoef = cfg.activation === 'relu' ? 0 : 1 / 32;
+  // Feature Choice cannot leave a feature dead, and the paper trains it without auxiliary losses
+  if (cfg.auxKCoef === -1) cfg.auxKCoef = cfg.activation === 'relu' || cfg.activation === 'feature' ? 0 : 1 / 32;
   if (cfg.auxZipfCoef === -1) cfg.auxZipfCoef = cfg.activation === 'mutual' ? 1 / 32 : 0;
   const pos = (key: keyof TrainConfig) => {
     if (!((cfg[key] as number) > 0)) bad(`${key} must be > 0, got ${cfg[key]}`);
@@ -206,6 +207,8 @@ export function resolveConfig(...parts: Array<Record<string, unknown> | undefine
 export function resolveWidth(cfg: TrainConfig, d: number): number {
   const F = cfg.width > 0 ? cfg.width : Math.round(cfg.expansion * d);
   if (F < 2) bad(`width must be ≥ 2, got ${F}`);
+  // typed arrays hold at most 2^31 − 1 elements: W (F×d) and the affinities of a batch (B×F)
+  if (F * d > 2 ** 31 - 1 || cfg.batchSize * F > 2 ** 31 - 1) bad(`width ${F} is too large for d=${d} and batch ${cfg.batchSize}`);
   if (cfg.k >= F) bad(`k must be < width (k=${cfg.k}, width=${F})`);
   if (cfg.mMax !== 0 && cfg.mMax < 1) bad('mMax must be ≥ 1');
   return F;
@@ -224,14 +227,36 @@ export function totalSteps(cfg: TrainConfig): number {
   return allPhases(cfg).reduce((s, p) => s + p.steps, 0);
 }
 
-/** Learning rate at 0-based step t: linear warm-up, constant, then decay to 0 over the tail. */
+/** The phase that global 0-based step t belongs to, with the step it starts at. */
+export function phaseAt(cfg: TrainConfig, t: number): { index: number; start: number; phase: PhaseConfig } {
+  const phases = allPhases(cfg);
+  let start = 0;
+  for (let i = 0; i < phases.length; i++) {
+    if (t < start + phases[i].steps || i === phases.length - 1) return { index: i, start, phase: phases[i] };
+    start += phases[i].steps;
+  }
+  throw new Error('unreachable');
+}
+
+/** The phase in force after `step` completed steps (a checkpoint's weights come from it). */
+export function phaseOfStep(cfg: TrainConfig, step: number): PhaseConfig {
+  return phaseAt(cfg, Math.max(0, step - 1)).phase;
+}
+
+/**
+ * Learning rate at global 0-based step t. Each phase has its own schedule: linear warm-up, constant,
+ * then decay to 0 over the phase's tail. A fine-tune phase therefore gets the same schedule whether
+ * it was configured up front or added by a later `--resume --activation …`.
+ */
 export function learningRate(cfg: TrainConfig, base: number, t: number): number {
-  const total = totalSteps(cfg);
+  const { start, phase } = phaseAt(cfg, t);
+  const total = phase.steps;
+  const u = t - start;
   let lr = base;
-  if (cfg.lrWarmupSteps > 0 && t < cfg.lrWarmupSteps) lr *= (t + 1) / cfg.lrWarmupSteps;
-  const start = Math.floor(cfg.lrDecayStart * total);
-  if (cfg.lrDecay !== 'none' && t >= start && total > start) {
-    const frac = (t - start) / (total - start);
+  if (cfg.lrWarmupSteps > 0 && u < cfg.lrWarmupSteps) lr *= (u + 1) / cfg.lrWarmupSteps;
+  const decayFrom = Math.floor(cfg.lrDecayStart * total);
+  if (cfg.lrDecay !== 'none' && u >= decayFrom && total > decayFrom) {
+    const frac = (u - decayFrom) / (total - decayFrom);
     lr *= cfg.lrDecay === 'linear' ? 1 - frac : 0.5 * (1 + Math.cos(Math.PI * frac));
   }
   return lr;

@@ -4,8 +4,8 @@ import { BatchStream, type ShardSet } from '../store/reader.js';
 import { UserError } from '../util/errors.js';
 import { allocCodes } from './selection.js';
 import { capacitiesByFeature, uniformCapacities, zipfCapacities } from './zipf.js';
-import { allPhases, type TrainConfig } from './config.js';
-import type { LoadedCheckpoint } from './checkpoint.js';
+import { phaseOfStep } from './config.js';
+import { checkpointConfig, type LoadedCheckpoint } from './checkpoint.js';
 
 /**
  * The batch selection a checkpoint runs with at inference (appendix B: batch inference exactly as
@@ -17,11 +17,10 @@ export function selectionForCheckpoint(ck: LoadedCheckpoint): (B: number) => Sel
     const threshold = ck.threshold;
     return () => ({ kind: 'jumprelu', threshold });
   }
-  const train = ck.cfg.sae_train;
-  if (!train) throw new UserError(`checkpoint ${ck.dir}: no training config and no thresholds; cannot tell its activation`);
-  const cfg = train.config as TrainConfig;
-  const phases = allPhases(cfg);
-  const act = phases[phases.length - 1].activation;
+  if (!ck.cfg.sae_train) throw new UserError(`checkpoint ${ck.dir}: no training config and no thresholds; cannot tell its activation`);
+  const cfg = checkpointConfig(ck);
+  // the activation of the phase the weights were last trained in, not the last phase configured
+  const act = phaseOfStep(cfg, ck.cfg.sae_train.step).activation;
   switch (act) {
     case 'topk':
       return () => ({ kind: 'topk', k: cfg.k });
@@ -35,7 +34,7 @@ export function selectionForCheckpoint(ck: LoadedCheckpoint): (B: number) => Sel
       return (B) => ({
         kind: 'feature',
         capacity:
-          cfg.capacities === 'uniform' && (cfg.k * B) % F === 0
+          cfg.capacities === 'uniform'
             ? uniformCapacities(cfg.k, B, F)
             : capacitiesByFeature(zipfCapacities(cfg.k, F, B, cfg.zipfAlpha, cfg.zipfBeta, cfg.mMax > 0 ? Math.min(cfg.mMax, B) : B), order),
       });

@@ -141,15 +141,18 @@ export function lossAndGrad(k: SaeKernels, p: SaeParams, g: SaeParams, x: FloatA
   k.encoderBackward(p, enc.xc, codes, ws.dz, g);
 
   // aux_k / aux_zipf (SPEC §7, paper §2.5, §4.2): reconstruct the detached residual e = x − x̂ from
-  // the top k_aux eligible features, normalised per token by ‖e‖² as openai/sparse_autoencoder does.
+  // the top k_aux eligible features. Normalised as openai/sparse_autoencoder's train.py does
+  // (normalized_mse): Σ_b‖ê_b − e_b‖² / Σ_b‖e_b − ē‖², ē the batch mean of the residual.
   let resReady = false;
+  let resVar = 0;
   const residual = (): FloatArray => {
-    if (spec.auxResidual) return spec.auxResidual;
+    const res = spec.auxResidual ?? ws.res;
     if (!resReady) {
-      for (let i = 0; i < n; i++) ws.res[i] = x[i] - ws.xhat[i];
+      if (!spec.auxResidual) for (let i = 0; i < n; i++) ws.res[i] = x[i] - ws.xhat[i];
+      resVar = batchVariance(res, B, d);
       resReady = true;
     }
-    return ws.res;
+    return res;
   };
   const out: LossTerms = { total: 0, recon, l1, auxK: 0, auxZipf: 0, nfm: 0, nfmInf: 0, l0: codes.nnz / B, sse };
   for (let a = 0; a < spec.aux.length; a++) {
@@ -157,23 +160,14 @@ export function lossAndGrad(k: SaeKernels, p: SaeParams, g: SaeParams, x: FloatA
     if (ac.nnz === 0 || spec.aux[a].coef === 0) continue;
     k.decode(p, ac, ws.ehat, false);
     const res = residual();
-    let loss = 0;
-    for (let b = 0; b < B; b++) {
-      const o = b * d;
-      let ee = 0;
-      let diff = 0;
-      for (let i = o; i < o + d; i++) {
-        ee += res[i] * res[i];
-        diff += (ws.ehat[i] - res[i]) ** 2;
-      }
-      // a token reconstructed exactly has nothing to explain (openai's nan_to_num)
-      const c = ee === 0 ? 0 : (2 * spec.aux[a].coef) / (B * ee);
-      if (ee > 0) loss += diff / ee;
-      // ws.ehat becomes dL/dê in place
-      for (let i = o; i < o + d; i++) ws.ehat[i] = c * (ws.ehat[i] - res[i]);
-    }
-    loss /= B;
-    out[spec.aux[a].name] += loss;
+    // a batch whose residual has no variance has nothing to explain (openai's nan_to_num)
+    if (!(resVar > 0)) continue;
+    let diff = 0;
+    for (let i = 0; i < n; i++) diff += (ws.ehat[i] - res[i]) ** 2;
+    out[spec.aux[a].name] += diff / resVar;
+    // ws.ehat becomes dL/dê in place
+    const c = (2 * spec.aux[a].coef) / resVar;
+    for (let i = 0; i < n; i++) ws.ehat[i] = c * (ws.ehat[i] - res[i]);
     ws.dzAux[a] = ensureLen(ws.dzAux[a], ac.nnz);
     k.decodeBackward(p, ac, ws.ehat, g.Wdec, ws.dzAux[a]);
     k.encoderBackward(p, enc.xc, ac, ws.dzAux[a], g);
@@ -262,4 +256,22 @@ export function nfmLosses(Wdec: FloatArray, d: number, sample: Int32Array, coef:
     }
   }
   return { nfm, nfmInf };
+}
+
+/** Σ_b ‖x_b − mean_b(x)‖² in float64: FVU's denominator (SPEC §9) and the aux losses' normaliser. */
+export function batchVariance(x: FloatArray, B: number, d: number): number {
+  // one pass: Σ_i (Σ_b x² − (Σ_b x)²/B)
+  const s1 = new Float64Array(d);
+  const s2 = new Float64Array(d);
+  for (let b = 0; b < B; b++) {
+    const o = b * d;
+    for (let i = 0; i < d; i++) {
+      const v = x[o + i];
+      s1[i] += v;
+      s2[i] += v * v;
+    }
+  }
+  let s = 0;
+  for (let i = 0; i < d; i++) s += s2[i] - (s1[i] * s1[i]) / B;
+  return Math.max(0, s);
 }

@@ -20,6 +20,8 @@ export interface TrainOptions {
   resume?: string;
   /** start from a checkpoint's weights and density statistics with a fresh optimiser */
   initFrom?: string;
+  /** start a new run in an `out` that already holds one (its checkpoints, log and summary go) */
+  force?: boolean;
   kernels?: KernelFactory;
   /** batches decoded ahead in a worker thread (0 = decode in-thread); default 2 */
   prefetch?: number;
@@ -162,7 +164,9 @@ export async function train(opts: TrainOptions): Promise<TrainSummary> {
   const width = ck ? ck.cfg.d_sae : F;
   if (set.rows < cfg.batchSize) throw new UserError(`${opts.data} holds ${set.rows} rows, fewer than one batch of ${cfg.batchSize}`);
 
-  const deadWindow = autoDeadWindow(cfg);
+  // a resumed run keeps the dead window it started with, even when --steps extends it
+  const saved = opts.resume ? ck?.cfg.sae_train?.deadWindow : undefined;
+  const deadWindow = typeof saved === 'number' && Number.isInteger(saved) && saved > 0 ? saved : autoDeadWindow(cfg);
   const trainer = new Trainer({ cfg, d, F: width, deadWindow, kernels: opts.kernels, params: ck?.params });
   const total = trainer.totalSteps();
   if (deadWindow < 10_000_000 && cfg.deadWindow === 0) note(`dead window ${deadWindow} tokens (run has ${total * cfg.batchSize} tokens; 10M is the standard)`);
@@ -177,6 +181,7 @@ export async function train(opts: TrainOptions): Promise<TrainSummary> {
   }
   if (trainer.step >= total) note(`checkpoint is already at step ${trainer.step} of ${total}`);
 
+  if (!opts.resume) await clearOrRefuse(opts.out, !!opts.force);
   await fs.mkdir(opts.out, { recursive: true }).catch((e) => {
     throw describeFsError(e, `creating ${opts.out}`);
   });
@@ -271,6 +276,17 @@ export async function train(opts: TrainOptions): Promise<TrainSummary> {
   };
   if (!interrupted) await writeFileAtomic(path.join(opts.out, 'summary.json'), JSON.stringify(summary, null, 2) + '\n');
   return summary;
+}
+
+const RUN_FILES = ['checkpoint', 'final', 'metrics.jsonl', 'summary.json'];
+
+/** A new run must not mix with an old one in the same directory: refuse, or clear it with force. */
+async function clearOrRefuse(out: string, force: boolean): Promise<void> {
+  const present = [];
+  for (const f of RUN_FILES) if (await exists(path.join(out, f))) present.push(f);
+  if (!present.length) return;
+  if (!force) throw new UserError(`${out} already holds a run (${present.join(', ')}); continue it with --resume ${out}, or start over with --force`);
+  for (const f of present) await fs.rm(path.join(out, f), { recursive: true, force: true });
 }
 
 /** On resume, drop log lines past the checkpoint's step so the log reads like one uninterrupted run. */

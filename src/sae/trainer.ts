@@ -1,11 +1,12 @@
 import type { KernelFactory, SaeKernels, SaeParams, Selection } from '../kernels/types.js';
 import { createReferenceKernels } from '../kernels/reference.js';
 import { Rng, type RngState } from '../util/rng.js';
+import { UserError } from '../util/errors.js';
 import { allocParams, initParams, tensors } from './params.js';
-import { allocWorkspace, lossAndGrad, type AuxLossSpec, type LossTerms, type Workspace } from './objective.js';
+import { allocWorkspace, batchVariance, lossAndGrad, type AuxLossSpec, type LossTerms, type Workspace } from './objective.js';
 import { FeatureStats } from './density.js';
 import { capacitiesByFeature, densityRanking, dyingFeatures, uniformCapacities, zipfCapacities } from './zipf.js';
-import { allPhases, defaultLr, learningRate, type PhaseConfig, type TrainConfig } from './config.js';
+import { allPhases, defaultLr, learningRate, phaseAt, type PhaseConfig, type TrainConfig } from './config.js';
 
 /** Everything besides the weights that an exact resume needs (SPEC §10). */
 export interface TrainerSnapshot {
@@ -100,12 +101,7 @@ export class Trainer {
   }
 
   phaseAt(step: number): { index: number; phase: PhaseConfig } {
-    let acc = 0;
-    for (let i = 0; i < this.phases.length; i++) {
-      acc += this.phases[i].steps;
-      if (step < acc) return { index: i, phase: this.phases[i] };
-    }
-    return { index: this.phases.length - 1, phase: this.phases[this.phases.length - 1] };
+    return phaseAt(this.cfg, step);
   }
 
   private selectionFor(phase: PhaseConfig, B: number): Selection {
@@ -159,7 +155,7 @@ export class Trainer {
       nfmCoef: cfg.nfmCoef,
       nfmInfCoef: cfg.nfmInfCoef,
     }, this.ws);
-    if (!Number.isFinite(terms.total)) throw new Error(`loss became ${terms.total} at step ${this.step}; lower the learning rate`);
+    if (!Number.isFinite(terms.total)) throw new UserError(`loss became ${terms.total} at step ${this.step + 1}; the run diverged (lower --lr or check the data)`);
 
     // SPEC §4: the decoder gradient loses its component along each (unit) row before the step
     k.projectDecoderGrad(p.Wdec, g.Wdec, F, d);
@@ -234,24 +230,6 @@ function identity(n: number): Int32Array {
   const a = new Int32Array(n);
   for (let i = 0; i < n; i++) a[i] = i;
   return a;
-}
-
-/** Σ‖x − mean(x)‖² over the batch: the denominator of FVU (SPEC §9). */
-export function batchVariance(x: Float32Array, B: number, d: number): number {
-  // one pass: Σ_i (Σ_b x² − (Σ_b x)²/B), in float64
-  const s1 = new Float64Array(d);
-  const s2 = new Float64Array(d);
-  for (let b = 0; b < B; b++) {
-    const o = b * d;
-    for (let i = 0; i < d; i++) {
-      const v = x[o + i];
-      s1[i] += v;
-      s2[i] += v * v;
-    }
-  }
-  let s = 0;
-  for (let i = 0; i < d; i++) s += s2[i] - (s1[i] * s1[i]) / B;
-  return s;
 }
 
 /** Floyd's algorithm: s distinct indices in [0, n), sorted (NFM feature sample, appendix C). */

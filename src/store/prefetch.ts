@@ -32,6 +32,7 @@ class PrefetchStream implements BatchSource {
   private readonly ready: Filled[] = [];
   private pos: DataPosition;
   private failed: Error | null = null;
+  private closing = false;
 
   constructor(file: string, set: ShardSet, opts: BatchStreamOptions, start: DataPosition, depth: number, batchFloats: number) {
     this.pos = start;
@@ -41,9 +42,14 @@ class PrefetchStream implements BatchSource {
       if (w) w(m);
       else this.ready.push(m);
     });
-    this.worker.on('error', (err) => {
-      this.failed = err;
-      for (const w of this.waiting.splice(0)) w({ ok: false, buf: new ArrayBuffer(0), error: err.message });
+    const fail = (err: Error) => {
+      this.failed ??= err;
+      for (const w of this.waiting.splice(0)) w({ ok: false, buf: new ArrayBuffer(0), error: this.failed.message });
+    };
+    this.worker.on('error', fail);
+    // a worker that stops without an error event must not leave next() waiting forever
+    this.worker.on('exit', (code) => {
+      if (!this.closing) fail(new Error(`batch reader thread exited (code ${code})`));
     });
     for (let i = 0; i < depth; i++) {
       const buf = new ArrayBuffer(batchFloats * 4);
@@ -67,6 +73,7 @@ class PrefetchStream implements BatchSource {
   }
 
   async close(): Promise<void> {
+    this.closing = true;
     await this.worker.terminate();
   }
 }
