@@ -50,9 +50,12 @@ describe('sae synth | train | eval | export', () => {
     expect(x.code).toBe(0);
     const j = JSON.parse(sae('eval', '--checkpoint', path.join(root, 'jr'), '--data', data).stdout);
     expect(j.architecture).toBe('jumprelu');
-    // thresholds calibrated on batch selections keep L0 near the training budget
-    expect(j.l0).toBeGreaterThan(1);
-    expect(j.l0).toBeLessThan(4);
+    // thresholds calibrated on batch selections keep L0 at the training budget k = 2
+    expect(Math.abs(j.l0 - 2)).toBeLessThan(0.25);
+    const pf = path.join(root, 'jr-pf');
+    expect(sae('export', '--checkpoint', ckpt, '--data', data, '--out', pf, '--batches', '4', '--thresholds', 'per-feature').code).toBe(0);
+    const q = JSON.parse(sae('eval', '--checkpoint', pf, '--data', data).stdout);
+    expect(Math.abs(q.l0 - 2)).toBeLessThan(0.25);
   });
 
   it('export never overwrites the checkpoint it reads, nor a folder that is not an export', async () => {

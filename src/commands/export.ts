@@ -32,7 +32,11 @@ export default class Export extends SaeCommand {
     batches: Flags.integer({ description: 'calibration batches', default: 32 }),
     'batch-size': Flags.integer({ description: 'calibration batch size (default: the training batch size)' }),
     force: Flags.boolean({ description: 'replace an existing exported checkpoint at --out' }),
-    global: Flags.boolean({ description: 'one global threshold (BatchTopK style) instead of one per feature' }),
+    thresholds: Flags.string({
+      description: 'global: one threshold (BatchTopK style; the default for mutual/batchtopk, whose selection is a per-batch global cut); per-feature: one per feature (the default for feature/topk)',
+      options: ['auto', 'global', 'per-feature'],
+      default: 'auto',
+    }),
     kernels: Flags.string({ description: 'auto | reference | native', default: 'auto', options: ['auto', 'reference', 'native'] }),
   };
 
@@ -51,15 +55,16 @@ export default class Export extends SaeCommand {
       batches: flags.batches,
       kernels: kernelFactory(flags.kernels as KernelName),
     });
-    const threshold = flags.global ? new Float32Array(ck.cfg.d_sae).fill(cal.globalThreshold) : cal.threshold;
+    const global = flags.thresholds === 'global' || (flags.thresholds === 'auto' && (ck.cfg.architecture === 'mutual' || ck.cfg.architecture === 'batchtopk'));
+    const threshold = global ? new Float32Array(ck.cfg.d_sae).fill(cal.globalThreshold) : cal.threshold;
     const cfg: SaeCfgJson = {
       ...ck.cfg,
       architecture: 'jumprelu',
       activation_fn_kwargs: {},
-      calibration: { from: ck.dir, data: flags.data, batches: cal.batches, batchSize, global: flags.global, globalThreshold: cal.globalThreshold, batchL0: cal.batchL0 },
+      calibration: { from: ck.dir, data: flags.data, batches: cal.batches, batchSize, global, globalThreshold: cal.globalThreshold, batchL0: cal.batchL0 },
     };
     await saveCheckpoint(flags.out, cfg, ck.params, { threshold });
-    this.info(`exported JumpReLU SAE (${flags.global ? 'global' : 'per-feature'} thresholds from ${cal.batches} batches; batch L0 ${cal.batchL0.toFixed(2)})`);
+    this.info(`exported JumpReLU SAE (${global ? 'global' : 'per-feature'} thresholds from ${cal.batches} batches; batch L0 ${cal.batchL0.toFixed(2)})`);
     process.stdout.write(flags.out + '\n');
   }
 }

@@ -55,11 +55,14 @@ export interface Calibration {
 }
 
 /**
- * Appendix B / SPEC §5: thresholds for single-token inference from batch selections. For each
- * calibration batch, feature j's cut is the smallest affinity it was selected with; θ_j is the mean
- * cut over the batches where j was selected (features never selected get the global threshold),
- * and the global threshold is the mean of the batches' smallest selected affinity (the BatchTopK
- * rule). Expected L0 should then match training; `sae eval` on the export measures it.
+ * Appendix B / SPEC §5: thresholds for single-token inference from batch selections, so that the
+ * expected L0 matches training.
+ * - per feature: θ_j is the (n_j+1)-th largest affinity of feature j over the calibration tokens,
+ *   n_j the number of times the batch selection chose j there, so that z'_j > θ_j fires exactly as
+ *   often as in training on those tokens (ties aside). Found in a second pass with a Feature Choice
+ *   selection of capacity n_j+1 per batch: a feature's overall top n_j+1 lie in its per-batch tops.
+ * - global (the BatchTopK rule): the mean over batches of the batch selection's cut, i.e. its
+ *   smallest selected affinity (0 when the selection took every positive entry).
  */
 export async function calibrateThresholds(
   p: SaeParams,
@@ -70,38 +73,50 @@ export async function calibrateThresholds(
   const { d, F } = p;
   const B = Math.min(opts.batchSize, set.rows);
   const k = (opts.kernels ?? createReferenceKernels)({ d, F, maxB: B });
-  const stream = new BatchStream(set, { batchSize: B, windowRows: Math.max(B, 16 * B), seed: opts.seed ?? 0, loop: false });
+  const streamOpts = { batchSize: B, windowRows: Math.max(B, 16 * B), seed: opts.seed ?? 0, loop: false };
   const x = new Float32Array(B * d);
   const enc = { xc: new Float32Array(B * d), codes: allocCodes(B, B * 64), aux: [] };
-  const sum = new Float64Array(F);
-  const hits = new Float64Array(F);
-  const batchMin = new Float64Array(F);
+  const fired = new Float64Array(F);
   let globalSum = 0;
   let n = 0;
   let nnz = 0;
+  let stream = new BatchStream(set, streamOpts);
   while (n < opts.batches && (await stream.next(x))) {
-    k.encodeSelect(p, x, B, selectionFor(B), [], enc);
+    const sel = selectionFor(B);
+    k.encodeSelect(p, x, B, sel, [], enc);
     const c = enc.codes;
-    batchMin.fill(Infinity);
     let gmin = Infinity;
     for (let e = 0; e < c.nnz; e++) {
-      const j = c.index[e];
-      const v = c.value[e];
-      if (v < batchMin[j]) batchMin[j] = v;
-      if (v < gmin) gmin = v;
+      fired[c.index[e]]++;
+      if (c.value[e] < gmin) gmin = c.value[e];
     }
-    for (let j = 0; j < F; j++) {
-      if (batchMin[j] === Infinity) continue;
-      sum[j] += batchMin[j];
-      hits[j]++;
-    }
+    // a selection that did not use its whole budget took every positive entry: its cut was 0
+    if (sel.kind === 'mutual' && c.nnz < sel.M) gmin = 0;
     if (gmin < Infinity) globalSum += gmin;
     nnz += c.nnz;
     n++;
   }
   if (n === 0) throw new UserError('no calibration batch could be read; lower --batch-size');
-  const globalThreshold = globalSum / n;
+
+  // second pass over the same batches: each feature's n_j+1 largest affinities
+  const want = new Int32Array(F);
+  for (let j = 0; j < F; j++) want[j] = Math.min(fired[j] + 1, n * B);
+  const perBatch = Int32Array.from(want, (w) => Math.min(w, B));
+  const top: number[][] = Array.from({ length: F }, () => []);
+  stream = new BatchStream(set, streamOpts);
+  for (let b = 0; b < n && (await stream.next(x)); b++) {
+    k.encodeSelect(p, x, B, { kind: 'feature', capacity: perBatch }, [], enc);
+    const c = enc.codes;
+    for (let e = 0; e < c.nnz; e++) top[c.index[e]].push(c.value[e]);
+    for (let j = 0; j < F; j++) {
+      if (top[j].length > 2 * want[j]) top[j] = top[j].sort((u, v) => v - u).slice(0, want[j]);
+    }
+  }
   const threshold = new Float32Array(F);
-  for (let j = 0; j < F; j++) threshold[j] = hits[j] > 0 ? sum[j] / hits[j] : globalThreshold;
-  return { threshold, globalThreshold, batches: n, batchL0: nnz / (n * B) };
+  for (let j = 0; j < F; j++) {
+    const vals = top[j].sort((u, v) => v - u);
+    // fewer positive affinities than n_j+1: every positive one fires, as in the batch selection
+    threshold[j] = vals.length >= want[j] ? vals[want[j] - 1] : 0;
+  }
+  return { threshold, globalThreshold: globalSum / n, batches: n, batchL0: nnz / (n * B) };
 }
