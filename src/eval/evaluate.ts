@@ -62,7 +62,7 @@ export async function evaluateSae(
     for (let e = 0; e < c.nnz; e++) fired[c.index[e]]++;
     rows += B;
   }
-  if (rows === 0) throw new UserError('no full batch to evaluate; lower --batch-size');
+  if (rows === 0) throw new UserError(`no full batch of ${B} rows to evaluate${Number.isFinite(maxRows) ? ` within --max-rows ${maxRows}` : ''}; lower --batch-size`);
   let meanSq = 0;
   for (let i = 0; i < d; i++) meanSq += (sum[i] / rows) ** 2;
   const variance = sumSq - rows * meanSq;
@@ -74,5 +74,5 @@ export async function evaluateSae(
     fired[j] /= rows;
   }
   while (hist.length > 1 && hist[hist.length - 1] === 0) hist.pop();
-  return { rows, l0: nnz / rows, l0Histogram: hist, mse: sse / rows, fvu: sse / variance, deadFraction: dead / F, density: fired };
+  return { rows, l0: nnz / rows, l0Histogram: hist, mse: sse / rows, fvu: variance > 0 ? sse / variance : sse > 0 ? Infinity : 0, deadFraction: dead / F, density: fired };
 }

@@ -5,6 +5,7 @@ import { UserError } from '../util/errors.js';
 import { describeFsError, writeFileAtomic } from '../util/atomic.js';
 import { checkCompatible, openShards, type DataPosition } from '../store/reader.js';
 import { openBatchSource } from '../store/prefetch.js';
+import type { Preprocessing } from '../store/preprocess.js';
 import { resolveConfig, resolveWidth, totalSteps, allPhases, TRAINABLE, ACTIVATIONS, type TrainConfig, type Activation } from './config.js';
 import { Trainer, type StepReport } from './trainer.js';
 import { architectureName, checkpointConfig, loadCheckpoint, saveCheckpoint, type SaeCfgJson } from './checkpoint.js';
@@ -158,10 +159,13 @@ export async function train(opts: TrainOptions): Promise<TrainSummary> {
     if (opts.initFrom) ck = await loadCheckpoint(await findCheckpoint(opts.initFrom), { withState: 'if-present' });
   }
   checkCompatible(set.meta, { d: ck ? ck.cfg.d_in : undefined, preprocessing: cfg.expectPreprocessing === 'any' ? undefined : cfg.expectPreprocessing });
+  // a checkpoint continues on activations of the kind it was trained on
+  if (ck) checkCompatible(set.meta, { hook: ck.cfg.hook_name, preprocessing: ck.cfg.normalize_activations as Preprocessing });
   const F = resolveWidth(cfg, d);
   if (ck && ck.cfg.d_sae !== F && (opts.resume || cfg.width > 0))
     throw new UserError(`checkpoint ${ck.dir} has width ${ck.cfg.d_sae} but the run asks for ${F}`);
   const width = ck ? ck.cfg.d_sae : F;
+  if (cfg.k >= width) throw new UserError(`k must be < width (k=${cfg.k}, width=${width})`);
   if (set.rows < cfg.batchSize) throw new UserError(`${opts.data} holds ${set.rows} rows, fewer than one batch of ${cfg.batchSize}`);
 
   // a resumed run keeps the dead window it started with, even when --steps extends it
