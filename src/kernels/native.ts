@@ -15,12 +15,14 @@ import { fileURLToPath } from 'node:url';
 import type { FloatArray } from '../util/arrays.js';
 import { ensureCapacity } from '../sae/selection.js';
 import { createReferenceKernels } from './reference.js';
+import { composedOptimizerStep } from './optimizer.js';
 import type {
   AdamWHyper,
   AuxRequest,
   EncodeOutput,
   KernelFactory,
   KernelShape,
+  OptimizerHyper,
   SaeKernels,
   SaeParams,
   Selection,
@@ -243,6 +245,10 @@ function createNativeKernelsWith(shape: KernelShape, isa: string | null): SaeKer
     normalizeDecoderRows(Wdec: FloatArray, Fr: number, dr: number): void {
       if (!isF32(Wdec)) return reference().normalizeDecoderRows(Wdec, Fr, dr);
       A.normalizeDecoderRows(h, Wdec, Fr, dr);
+    },
+
+    optimizerStep(p: SaeParams, g: SaeParams, m: readonly FloatArray[], v: readonly FloatArray[], hp: OptimizerHyper): number {
+      return composedOptimizerStep(kernels, p, g, m, v, hp);
     },
 
     affinities(p: SaeParams, x: Float32Array, B: number, xc: Float32Array, out: Float32Array | null): void {

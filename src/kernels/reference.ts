@@ -1,9 +1,11 @@
 import type { FloatArray } from '../util/arrays.js';
 import { ctorOf } from '../util/arrays.js';
 import { maskedTopK, select } from '../sae/selection.js';
+import { composedOptimizerStep } from './optimizer.js';
 import type {
   AdamWHyper,
   AuxRequest,
+  OptimizerHyper,
   EncodeOutput,
   KernelShape,
   SaeKernels,
@@ -142,6 +144,10 @@ export function createReferenceKernels(shape: KernelShape): SaeKernels {
         const inv = 1 / Math.sqrt(nn);
         for (let i = 0; i < dr; i++) Wdec[o + i] *= inv;
       }
+    },
+
+    optimizerStep(p: SaeParams, g: SaeParams, m: readonly FloatArray[], v: readonly FloatArray[], h: OptimizerHyper): number {
+      return composedOptimizerStep(this, p, g, m, v, h);
     },
   };
 }

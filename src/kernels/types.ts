@@ -74,6 +74,18 @@ export interface AdamWHyper {
   gradScale: number;
 }
 
+export interface OptimizerHyper {
+  lr: number;
+  beta1: number;
+  beta2: number;
+  eps: number;
+  weightDecay: number;
+  /** 1-based step number, for bias correction */
+  step: number;
+  /** clip the global gradient norm to this; 0 = no clipping */
+  maxGradNorm: number;
+}
+
 /**
  * The one seam for the numeric hot path (issue 2 §9). The trainer only talks to this interface; the
  * reference implementation is plain loops and is the oracle for every faster implementation. An
@@ -103,6 +115,14 @@ export interface SaeKernels {
   projectDecoderGrad(Wdec: FloatArray, gWdec: FloatArray, F: number, d: number): void;
   /** Rescale each decoder row to unit L2 norm. */
   normalizeDecoderRows(Wdec: FloatArray, F: number, d: number): void;
+  /**
+   * The whole parameter update of SPEC §4 and §8: project the decoder gradient, clip the global
+   * gradient norm, AdamW on the four tensors (decay on W_enc and W_dec only; m and v in
+   * tensors() order), renormalise the decoder rows. Leaves g zeroed; returns the norm before
+   * clipping. `composedOptimizerStep` defines it from the primitives above; an implementation may
+   * fuse the passes.
+   */
+  optimizerStep(p: SaeParams, g: SaeParams, m: readonly FloatArray[], v: readonly FloatArray[], h: OptimizerHyper): number;
 }
 
 export interface KernelShape {

@@ -157,19 +157,10 @@ export class Trainer {
     }, this.ws);
     if (!Number.isFinite(terms.total)) throw new UserError(`loss became ${terms.total} at step ${this.step + 1}; the run diverged (lower --lr or check the data)`);
 
-    // SPEC §4: the decoder gradient loses its component along each (unit) row before the step
-    k.projectDecoderGrad(p.Wdec, g.Wdec, F, d);
-    let sq = 0;
-    for (const t of tensors(g)) sq += k.sumSquares(t);
-    const gradNorm = Math.sqrt(sq);
-    const gradScale = cfg.maxGradNorm > 0 && gradNorm > cfg.maxGradNorm ? cfg.maxGradNorm / gradNorm : 1;
     const lr = learningRate(cfg, this.baseLr, this.step);
-    const hyper = { lr, beta1: cfg.beta1, beta2: cfg.beta2, eps: cfg.eps, weightDecay: cfg.weightDecay, step: this.step + 1, gradScale };
-    const ps = tensors(p);
-    const gs = tensors(g);
-    // weight decay on the matrices only, not the biases
-    for (let i = 0; i < ps.length; i++) k.adamw(ps[i], gs[i], this.m[i], this.v[i], hyper, i === 0 || i === 2);
-    k.normalizeDecoderRows(p.Wdec, F, d);
+    const gradNorm = k.optimizerStep(p, g, this.m, this.v, {
+      lr, beta1: cfg.beta1, beta2: cfg.beta2, eps: cfg.eps, weightDecay: cfg.weightDecay, step: this.step + 1, maxGradNorm: cfg.maxGradNorm,
+    });
 
     this.stats.update(this.ws.enc.codes, B);
     this.step += 1;
