@@ -290,6 +290,9 @@ struct IsaOps {
   void (*normalizeRows)(float* W, int r0, int r1, int d);
   void (*denseAccum)(const AccumJob& job);
   void (*weightedRowSum)(const float* W, const float* s, int j0, int j1, int d, int chunk, float* partial);
+  double (*projectRowsNorm)(const float* W, const float* g, float* c, int r0, int r1, int d);
+  void (*adamwRowsNormalize)(float* W, float* g, float* m, float* v, const float* c, int r0, int r1, int d,
+                             const float* coef);
 };
 
 }  // namespace sae

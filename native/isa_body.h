@@ -605,6 +605,72 @@ static void normalizeRows(float* W, int r0, int r1, int d) {
   }
 }
 
+// ----------------------------------------------------------------- the fused optimizer step
+
+// Pass 1 for W_dec rows [r0, r1): c[r] = (w·g)/(w·w) (0 for a zero row: the projection is skipped)
+// and the return value Σ_rows Σ_i (g_i − c·w_i)² accumulated in double, the projected gradient
+// rounded to float exactly as projectRows writes it. W and gW are only read: pass 2 recomputes the
+// projected gradient from c while the row is in cache.
+static double projectRowsNorm(const float* W, const float* gW, float* cOut, int r0, int r1, int d) {
+  double acc[16];
+  for (int l = 0; l < 16; l++) acc[l] = 0.0;
+  for (int r = r0; r < r1; r++) {
+    const float* __restrict w = W + (int64_t)r * d;
+    const float* __restrict g = gW + (int64_t)r * d;
+    double dt, nn;
+    rowStats(w, g, d, &dt, &nn);
+    const float c = nn == 0 ? 0.0f : (float)(dt / nn);
+    cOut[r] = c;
+    int i = 0;
+    for (; i + 16 <= d; i += 16) {
+#pragma GCC unroll 16
+      for (int l = 0; l < 16; l++) {
+        const double x = (float)(g[i + l] - c * w[i + l]);
+        acc[l] += x * x;
+      }
+    }
+    for (int l = 0; i < d; i++, l++) {
+      const double x = (float)(g[i] - c * w[i]);
+      acc[l] += x * x;
+    }
+  }
+  for (int w = 8; w >= 1; w /= 2)
+    for (int l = 0; l < w; l++) acc[l] += acc[l + w];
+  return acc[0];
+}
+
+// Pass 2 for W_dec rows [r0, r1): the AdamW step (coef as adamw's) on the projected gradient
+// g − c[r]·w, the gradient zeroed, then the row renormalised to unit norm while it is in cache.
+static void adamwRowsNormalize(float* W, float* gW, float* mW, float* vW, const float* cRow, int r0, int r1, int d,
+                               const float* coef) {
+  const float gs = coef[0], b1 = coef[1], ob1 = coef[2], b2 = coef[3], ob2 = coef[4], ic1 = coef[5], ic2 = coef[6],
+              lr = coef[7], eps = coef[8], shrink = coef[9];
+  for (int r = r0; r < r1; r++) {
+    float* __restrict p = W + (int64_t)r * d;
+    float* __restrict g = gW + (int64_t)r * d;
+    float* __restrict m = mW + (int64_t)r * d;
+    float* __restrict v = vW + (int64_t)r * d;
+    const float c = cRow[r];
+    for (int i = 0; i < d; i++) {
+      const float gp = g[i] - c * p[i];
+      const float gg = gp * gs;
+      const float mm = b1 * m[i] + ob1 * gg;
+      const float vv = b2 * v[i] + ob2 * (gg * gg);
+      m[i] = mm;
+      v[i] = vv;
+      const float mh = mm * ic1;
+      const float vh = vv * ic2;
+      p[i] = p[i] * shrink - (lr * mh) / (__builtin_sqrtf(vh) + eps);
+      g[i] = 0.0f;
+    }
+    double dt, nn;
+    rowStats(p, p, d, &dt, &nn);
+    if (nn == 0) continue;
+    const float inv = (float)(1.0 / __builtin_sqrt(nn));
+    for (int i = 0; i < d; i++) p[i] *= inv;
+  }
+}
+
 // partial[j/chunk] = Σ_{j in chunk} s[j]·W[j] for features [j0, j1) (j0 a multiple of chunk).
 static void weightedRowSum(const float* W, const float* s, int j0, int j1, int d, int chunk, float* partial) {
   for (int j = j0; j < j1; j++) {
@@ -728,7 +794,7 @@ static void denseAccum(const AccumJob& J) {
 static const IsaOps kOps = {
     kName,      MR,    NR,         packedXFloats,       packedWFloats,  packX,       scan,       kthLargest,
     decodeRows, decodeBackwardCols, encoderBackwardCols, sumSquares, adamw, projectRows, normalizeRows, denseAccum,
-    weightedRowSum,
+    weightedRowSum, projectRowsNorm, adamwRowsNormalize,
 };
 
 }  // namespace SAE_ISA_NS

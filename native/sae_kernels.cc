@@ -6,7 +6,8 @@
 //   consumed by the selection while it is still in L1 (TopK, Mutual Choice, Feature Choice, ReLU,
 //   thresholds, and the masked TopK of aux_k / aux_zipf), so the B×F matrix never exists.
 // - Sparse decode (by token), decode backward and encoder backward (by feature, through a CSC
-//   transpose of the codes), fused AdamW, Σx², decoder-gradient projection, row normalisation.
+//   transpose of the codes), fused AdamW, Σx², decoder-gradient projection, row normalisation,
+//   and the whole parameter update fused into two passes (optimizerStep).
 // - Work is partitioned statically (tokens for the encoder and decode, features for the
 //   backward passes, fixed chunks for reductions): no two threads write the same address and
 //   every summation order is fixed, so results are identical from run to run.
@@ -20,6 +21,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <functional>
 #include <limits>
 #include <string>
@@ -58,7 +60,7 @@
 namespace sae {
 
 // Bumped whenever the JS-facing signatures change, so that a stale build is detected.
-constexpr int kApiVersion = 1;
+constexpr int kApiVersion = 2;
 
 static const float kInf = std::numeric_limits<float>::infinity();
 
@@ -855,6 +857,69 @@ class Instance {
     });
   }
 
+  // The whole parameter update (SaeKernels.optimizerStep) in two passes over memory. t: WencT, bEnc,
+  // Wdec, bDec. Pass 1: per W_dec row the projection coefficient and the squared norm of the
+  // projected gradient, and Σg² of the other gradients, as partial sums over fixed chunks (their
+  // bounds depend on the sizes only) added in order, so the norm is the same for any thread count.
+  // Pass 2: AdamW with the clip scale folded in; W_dec row by row, each row renormalised right
+  // after its update. Returns the pre-clip global gradient norm.
+  struct OptTensor {
+    float* p;
+    float* g;
+    float* m;
+    float* v;
+    size_t n;
+  };
+  double optimizerStep(const OptTensor* t, int F, int d, double lr, double b1, double b2, double eps, double wd,
+                       double step, double maxGradNorm) {
+    const size_t chunk = 1 << 16;
+    const size_t nE = (t[0].n + chunk - 1) / chunk;
+    const int rowsPer = std::max(1, (int)((chunk / 2) / (size_t)std::max(d, 1)));
+    const size_t nD = ((size_t)F + rowsPer - 1) / rowsPer;
+    const size_t total = nE + nD;
+    need(sums_.reserve(std::max<size_t>(total, 1)));
+    need(projC_.reserve(std::max<size_t>((size_t)F, 1)));
+    const int T = T_;
+    pool().run([&](int th) {
+      const size_t c0 = total * th / T, c1 = total * (th + 1) / T;
+      for (size_t c = c0; c < c1; c++) {
+        if (c < nE) {
+          const size_t i0 = c * chunk, i1 = std::min(t[0].n, i0 + chunk);
+          sums_[c] = ops_->sumSquares(t[0].g + i0, i1 - i0);
+        } else {
+          const int r0 = (int)(c - nE) * rowsPer, r1 = std::min(F, r0 + rowsPer);
+          sums_[c] = ops_->projectRowsNorm(t[2].p, t[2].g, projC_.data(), r0, r1, d);
+        }
+      }
+    });
+    double sq = 0;
+    for (size_t c = 0; c < nE; c++) sq += sums_[c];
+    sq += ops_->sumSquares(t[1].g, t[1].n);
+    for (size_t c = nE; c < total; c++) sq += sums_[c];
+    sq += ops_->sumSquares(t[3].g, t[3].n);
+    const double norm = std::sqrt(sq);
+    const double gs = maxGradNorm > 0 && norm > maxGradNorm ? maxGradNorm / norm : 1;
+    const double c1 = 1 - std::pow(b1, step), c2 = 1 - std::pow(b2, step);
+    float coefD[10] = {(float)gs,       (float)b1,       (float)(1 - b1), (float)b2,  (float)(1 - b2),
+                       (float)(1 / c1), (float)(1 / c2), (float)lr,       (float)eps, (float)(1 - lr * wd)};
+    float coefB[10];
+    std::memcpy(coefB, coefD, sizeof(coefD));
+    coefB[9] = 1.0f;  // no decay on the biases
+    const size_t nW = t[0].n;
+    pool().run([&](int th) {
+      const size_t i0 = (nW * th / T) & ~size_t(15);
+      const size_t i1 = th + 1 == T ? nW : ((nW * (th + 1) / T) & ~size_t(15));
+      if (i1 > i0) ops_->adamw(t[0].p + i0, t[0].g + i0, t[0].m + i0, t[0].v + i0, i1 - i0, coefD);
+      const int r0 = (int)((int64_t)F * th / T), r1 = (int)((int64_t)F * (th + 1) / T);
+      if (r1 > r0) ops_->adamwRowsNormalize(t[2].p, t[2].g, t[2].m, t[2].v, projC_.data(), r0, r1, d, coefD);
+      if (th == T - 1) {
+        ops_->adamw(t[1].p, t[1].g, t[1].m, t[1].v, t[1].n, coefB);
+        ops_->adamw(t[3].p, t[3].g, t[3].m, t[3].v, t[3].n, coefB);
+      }
+    });
+    return norm;
+  }
+
  private:
   static constexpr int kChunk = 256;
   static double now() {
@@ -1298,6 +1363,7 @@ class Instance {
   Buf<float> partial_;
   Buf<float> colSum_;
   Buf<double> sums_;
+  Buf<float> projC_;
 };
 
 // ============================================================================ Node-API glue
@@ -1734,6 +1800,35 @@ static napi_value jsNormalize(napi_env env, napi_callback_info info) {
   });
 }
 
+// optimizerStep(h, params, grads, m, v, F, d, lr, beta1, beta2, eps, weightDecay, step, maxGradNorm) → norm;
+// params, grads, m and v each [WencT, bEnc, Wdec, bDec].
+static napi_value jsOptimizerStep(napi_env env, napi_callback_info info) {
+  return guard(env, [&]() -> napi_value {
+    napi_value a[14];
+    args(env, info, 14, a);
+    Instance* in = inst(env, a[0]);
+    const int64_t F = count(env, a[5], "F", INT32_MAX), d = count(env, a[6], "d", INT32_MAX);
+    const int64_t sizes[4] = {F * d, F, F * d, d};
+    static const char* const names[4] = {"WencT", "bEnc", "Wdec", "bDec"};
+    Instance::OptTensor t[4];
+    for (int s = 1; s <= 4; s++)
+      if (arrayLength(env, a[s], "optimizer tensors") != 4) fail("params, grads, m and v must hold four tensors each");
+    for (int i = 0; i < 4; i++) {
+      Arr<float> p = f32(env, elem(env, a[1], i), names[i]), g = f32(env, elem(env, a[2], i), "grad"),
+                 m = f32(env, elem(env, a[3], i), "m"), v = f32(env, elem(env, a[4], i), "v");
+      atLeast(p.len, sizes[i], names[i]);
+      atLeast(g.len, sizes[i], "grad");
+      atLeast(m.len, sizes[i], "m");
+      atLeast(v.len, sizes[i], "v");
+      t[i] = Instance::OptTensor{p.data, g.data, m.data, v.data, (size_t)sizes[i]};
+    }
+    const double lr = num(env, a[7], "lr"), b1 = num(env, a[8], "beta1"), b2 = num(env, a[9], "beta2"),
+                 eps = num(env, a[10], "eps"), wd = num(env, a[11], "weightDecay"), step = num(env, a[12], "step"),
+                 mg = num(env, a[13], "maxGradNorm");
+    return mkNum(env, in->optimizerStep(t, (int)F, (int)d, lr, b1, b2, eps, wd, step, mg));
+  });
+}
+
 }  // namespace sae
 
 NAPI_MODULE_INIT() {
@@ -1751,6 +1846,7 @@ NAPI_MODULE_INIT() {
       {"adamw", nullptr, jsAdamW, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"projectDecoderGrad", nullptr, jsProject, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"normalizeDecoderRows", nullptr, jsNormalize, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
+      {"optimizerStep", nullptr, jsOptimizerStep, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
   };
   if (napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props) != napi_ok) return nullptr;
   return exports;

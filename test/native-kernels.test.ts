@@ -2,10 +2,12 @@ import { spawnSync } from 'node:child_process';
 import { describe, expect, it } from 'vitest';
 import type { AuxRequest, EncodeOutput, SaeKernels, SaeParams, Selection, SparseCodes } from '../src/kernels/types.js';
 import { createReferenceKernels } from '../src/kernels/reference.js';
+import { composedOptimizerStep } from '../src/kernels/optimizer.js';
 import { createNativeKernels, nativeAddonPath, nativeAvailable, nativeExtras, nativeInfo, nativeKernelsFor, nativeLoadError } from '../src/kernels/native.js';
 import { kernelFactory } from '../src/kernels/index.js';
 import { allocCodes, maskedTopK, select } from '../src/sae/selection.js';
 import { allocParams, tensors } from '../src/sae/params.js';
+import type { FloatArray } from '../src/util/arrays.js';
 import { resolveConfig } from '../src/sae/config.js';
 import { Trainer } from '../src/sae/trainer.js';
 import { Rng } from '../src/util/rng.js';
@@ -359,7 +361,75 @@ describe.skipIf(skip)('native sparse kernels', () => {
         expectClose(wa, wb, 1e-6, 1e-7, `normalizeDecoderRows F=${F} d=${d}`);
       }
     });
+
+    it(`fused optimizerStep matches the composed step over the reference and the native primitives (${isa})`, () => {
+      const rng = new Rng(23);
+      // F, d not multiples of any vector width; the last spans several WencT chunks and W_dec row chunks
+      for (const [F, d] of [[1, 1], [3, 5], [50, 17], [37, 100], [130, 769]]) {
+        const nk = nativeKernelsFor(isa)({ d, F, maxB: 1 });
+        const rk = createReferenceKernels({ d, F, maxB: 1 });
+        const p = allocParams(d, F);
+        for (const t of tensors(p)) for (let i = 0; i < t.length; i++) t[i] = rng.normal();
+        p.Wdec.fill(0, 0, d); // a zero row: no projection, stays zero
+        const g = allocParams(d, F);
+        for (const t of tensors(g)) for (let i = 0; i < t.length; i++) t[i] = rng.normal() * 1e-2;
+        const m = tensors(p).map((t) => new Float32Array(t.length).map(() => rng.normal() * 1e-3));
+        const v = tensors(p).map((t) => new Float32Array(t.length).map(() => Math.abs(rng.normal()) * 1e-5));
+        const fullNorm = Math.sqrt(tensors(g).reduce((s, t) => s + rk.sumSquares(t), 0));
+        // clipping active (limit well below the norm), off (0), inactive (limit above the norm)
+        for (const maxGradNorm of [fullNorm * 0.3, 0, fullNorm * 10]) {
+          const h = { lr: 3e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.1, step: 3, maxGradNorm };
+          const run = (how: 'fused' | 'native' | 'reference') => {
+            const q = cloneParams(p), gg = cloneParams(g);
+            const mm = m.map((t) => t.slice()), vv = v.map((t) => t.slice());
+            const norm =
+              how === 'fused' ? nk.optimizerStep(q, gg, mm, vv, h) : composedOptimizerStep(how === 'native' ? nk : rk, q, gg, mm, vv, h);
+            return { q, gg, mm, vv, norm };
+          };
+          const a = run('fused');
+          for (const how of ['native', 'reference'] as const) {
+            const b = run(how);
+            const what = `F=${F} d=${d} maxGradNorm=${maxGradNorm.toPrecision(3)} vs ${how}`;
+            expect(Math.abs(a.norm / b.norm - 1), `norm ${what}`).toBeLessThan(1e-6);
+            const pa = tensors(a.q), pb = tensors(b.q);
+            for (let i = 0; i < 4; i++) {
+              expectClose(pa[i], pb[i], 1e-5, 1e-6, `param ${i} ${what}`);
+              expectClose(a.mm[i], b.mm[i], 1e-4, 1e-9, `m ${i} ${what}`);
+              expectClose(a.vv[i], b.vv[i], 1e-4, 1e-11, `v ${i} ${what}`);
+            }
+          }
+          for (const t of tensors(a.gg)) expect(t.every((x) => x === 0)).toBe(true);
+          for (let j = 0; j < F; j++) {
+            let nn = 0;
+            for (let i = 0; i < d; i++) nn += a.q.Wdec[j * d + i] ** 2;
+            if (j === 0) continue; // the zero row is not renormalised (checked against the composed step above)
+            expect(Math.abs(Math.sqrt(nn) - 1), `row ${j} norm F=${F} d=${d}`).toBeLessThan(1e-5);
+          }
+        }
+      }
+    });
   }
+
+  it('fused optimizerStep falls back to the composed step for float64 tensors', () => {
+    const rng = new Rng(29);
+    const d = 6, F = 9;
+    const nk = createNativeKernels({ d, F, maxB: 1 });
+    const rk = createReferenceKernels({ d, F, maxB: 1 });
+    const mk = () => {
+      const t = allocParams(d, F, Float64Array);
+      for (const a of tensors(t)) for (let i = 0; i < a.length; i++) a[i] = rng.normal();
+      return t;
+    };
+    const p = mk(), g = mk();
+    const m: FloatArray[] = tensors(p).map((t) => new Float64Array(t.length));
+    const v: FloatArray[] = tensors(p).map((t) => new Float64Array(t.length));
+    const h = { lr: 1e-2, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.1, step: 1, maxGradNorm: 0.5 };
+    const q1 = cloneParams(p), g1 = cloneParams(g), q2 = cloneParams(p), g2 = cloneParams(g);
+    const m1 = m.map((t) => t.slice()), v1 = v.map((t) => t.slice()), m2 = m.map((t) => t.slice()), v2 = v.map((t) => t.slice());
+    expect(nk.optimizerStep(q1, g1, m1, v1, h)).toBe(composedOptimizerStep(rk, q2, g2, m2, v2, h));
+    const a = tensors(q1), b = tensors(q2);
+    for (let i = 0; i < 4; i++) expect(Array.from(a[i])).toEqual(Array.from(b[i]));
+  });
 
   it('gives bit-identical results run to run, for every kernel', () => {
     const d = 64, F = 900, B = 130;
@@ -388,6 +458,11 @@ describe.skipIf(skip)('native sparse kernels', () => {
         nk.adamw(q.Wdec, gW, m, v, { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 1e-5, step: 1, gradScale: 1 }, true);
         nk.normalizeDecoderRows(q.Wdec, F, d);
         res.push(q.Wdec as Float32Array, m, v);
+        const r = cloneParams(p), gr = cloneParams(g);
+        for (let i = 0; i < gr.Wdec.length; i++) gr.Wdec[i] = 1e-2 * p.WencT[i]; // gW was zeroed by adamw
+        const mm = tensors(r).map((t) => new Float32Array(t.length).fill(1e-4)), vv = tensors(r).map((t) => new Float32Array(t.length).fill(1e-6));
+        const norm = nk.optimizerStep(r, gr, mm, vv, { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 1e-5, step: 2, maxGradNorm: 0.01 });
+        res.push(...(tensors(r) as Float32Array[]), ...mm, ...vv, new Float32Array(new Float64Array([norm]).buffer));
       }
       return res;
     };
@@ -430,6 +505,12 @@ describe.skipIf(skip)('native sparse kernels', () => {
         const ss = A.sumSquares(h, gW);
         A.adamw(h, p, gW, m, v, 1e-3, 0.9, 0.999, 1e-8, 1e-5, 1, 1, true);
         A.normalizeDecoderRows(h, p, F, d);
+        const P = [W.slice(), bEnc.slice(), Wd.slice(), bDec.slice()], G = [gE.slice(), gBe.slice(), out.subarray(0, F * d).slice(), gBd.slice()];
+        G[2] = Float32Array.from({ length: F * d }, rnd);
+        const M = P.map((t) => new Float32Array(t.length).fill(1e-4)), V = P.map((t) => new Float32Array(t.length).fill(1e-6));
+        const norm = A.optimizerStep(h, P, G, M, V, F, d, 1e-3, 0.9, 0.999, 1e-8, 1e-5, 2, 0.01);
+        for (const t of [...P, ...G, ...M, ...V]) hash.update(new Uint8Array(t.buffer, t.byteOffset, t.byteLength));
+        hash.update(new Uint8Array(new Float64Array([norm]).buffer));
         for (const t of [xc, rowPtr, index.subarray(0, nnz), value.subarray(0, nnz), auxIx.subarray(0, r[2]), out, gW, dz, gE, gBe, gBd, p, m, v, new Float64Array([ss])])
           hash.update(new Uint8Array(t.buffer, t.byteOffset, t.byteLength));
       }
