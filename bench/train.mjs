@@ -89,7 +89,7 @@ const median = (a) => {
 /** Per-kernel wall time, to split the step into encode / sparse backward / optimiser / the rest. */
 function timed(kernels, acc) {
   const out = Object.create(kernels);
-  for (const name of ['encodeSelect', 'decode', 'decodeBackward', 'encoderBackward', 'sumSquares', 'adamw', 'projectDecoderGrad', 'normalizeDecoderRows']) {
+  for (const name of ['encodeSelect', 'decode', 'decodeBackward', 'encoderBackward', 'optimizerStep']) {
     const f = kernels[name].bind(kernels);
     out[name] = (...args) => {
       const t0 = performance.now();
@@ -156,7 +156,7 @@ async function child(c) {
   res.parts = {
     encode: kernelMs(['encodeSelect']),
     sparse: kernelMs(['decode', 'decodeBackward', 'encoderBackward']),
-    optimizer: kernelMs(['projectDecoderGrad', 'sumSquares', 'adamw', 'normalizeDecoderRows']),
+    optimizer: kernelMs(['optimizerStep']),
   };
   res.parts.rest = p.total - res.parts.encode - res.parts.sparse - res.parts.optimizer;
   if (kernels === 'native') {
@@ -249,7 +249,7 @@ async function main() {
     const nat = rows.find((r) => r.act === 'topk' && r.F === 24576 && r.B === 1536);
     console.log(`\nReference kernels (plain TypeScript), topk F=24576 B=1536, one step: ${fmt(ref.stepMs[0] / 1000, 1)} s` + (nat ? ` (${fmt(ref.stepMs[0] / median(nat.stepMs), 0)}× the native step)` : '') + `; peak RSS ${int(ref.maxRssMiB)} MiB.`);
   }
-  console.log('\nencode = encodeSelect (GEMM + selection); sparse = decode, decodeBackward, encoderBackward (main and aux); optimizer = projectDecoderGrad, sumSquares, adamw, normalizeDecoderRows; rest = the trainer\'s own JS (loss loops, statistics, batch variance).');
+  console.log('\nencode = encodeSelect (GEMM + selection); sparse = decode, decodeBackward, encoderBackward (main and aux); optimizer = optimizerStep (decoder-gradient projection, clipping norm, AdamW, renormalisation); rest = the trainer\'s own JS (loss loops, statistics, batch variance).');
   console.log('state = params + gradients + Adam m and v; batch = x, xc, x̂, dL/dx̂, aux x̂ and the codes.');
 }
 
