@@ -1156,8 +1156,9 @@ class Instance {
     return nnz;
   }
 
-  // Thread t's selected mutual entries (scan order: per token ascending j) → its CSR rows.
-  void scatterByToken(Thread& h, int t, const Dest& D) {
+  // Thread t owns a contiguous range of tokens whose per-token counts are in h.rcount: write their
+  // CSR row starts (after the entries of threads < t) and turn rcount into write cursors.
+  int32_t* rowCursors(Thread& h, int t, const Dest& D) {
     int64_t off = 0;
     for (int u = 0; u < t; u++) off += (int64_t)th_[u].total;
     int32_t* cur = h.rcount.data();
@@ -1167,6 +1168,12 @@ class Instance {
       cur[tl] = (int32_t)off;
       off += c;
     }
+    return cur;
+  }
+
+  // Thread t's selected mutual entries (scan order: per token ascending j) → its CSR rows.
+  void scatterByToken(Thread& h, int t, const Dest& D) {
+    int32_t* cur = rowCursors(h, t, D);
     for (size_t i = 0; i < h.mcnt; i++) {
       const EntM& e = h.mb[i];
       const int32_t p = cur[e.b - h.tok0]++;
@@ -1262,15 +1269,7 @@ class Instance {
     const Dest D = dest(out, r, nnz, B, written);
     pool().run([&](int t) {
       Thread& h = th_[t];
-      int64_t off = 0;
-      for (int u = 0; u < t; u++) off += (int64_t)th_[u].total;
-      int32_t* cur = h.rcount.data();
-      for (int tl = 0; tl < h.ntok; tl++) {
-        const int32_t c = cur[tl];
-        D.rowPtr[h.tok0 + tl] = (int32_t)off;
-        cur[tl] = (int32_t)off;
-        off += c;
-      }
+      int32_t* cur = rowCursors(h, t, D);
       for (size_t i = 0; i < h.rn; i++) {
         const ReluEnt& e = h.rl[i];
         const int32_t p = cur[e.tl]++;

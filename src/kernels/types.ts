@@ -74,17 +74,11 @@ export interface AdamWHyper {
   gradScale: number;
 }
 
-export interface OptimizerHyper {
-  lr: number;
-  beta1: number;
-  beta2: number;
-  eps: number;
-  weightDecay: number;
-  /** 1-based step number, for bias correction */
-  step: number;
+/** AdamW's settings plus the clipping the fused update applies itself. */
+export type OptimizerHyper = Omit<AdamWHyper, 'gradScale'> & {
   /** clip the global gradient norm to this; 0 = no clipping */
   maxGradNorm: number;
-}
+};
 
 /**
  * The one seam for the numeric hot path (issue 2 §9). The trainer only talks to this interface; the
