@@ -7,9 +7,6 @@ export function allocParams(d: number, F: number, Ctor: FloatCtor = Float32Array
 }
 
 /** The four tensors in a fixed order, for loops over parameters, moments and gradients. */
-export const PARAM_NAMES = ['WencT', 'bEnc', 'Wdec', 'bDec'] as const;
-export type ParamName = (typeof PARAM_NAMES)[number];
-
 export function tensors(p: SaeParams): FloatArray[] {
   return [p.WencT, p.bEnc, p.Wdec, p.bDec];
 }

@@ -57,14 +57,16 @@ export interface TrainSummary {
 /** Accept a checkpoint folder or a run directory (then its newest checkpoint). */
 export async function findCheckpoint(p: string): Promise<string> {
   if (await exists(path.join(p, 'cfg.json'))) return p;
+  // a run directory: whichever of its checkpoints is further along (final on a tie)
+  let best: string | null = null;
+  let bestStep = -Infinity;
   for (const sub of ['checkpoint', 'final']) {
-    if (await exists(path.join(p, sub, 'cfg.json'))) {
-      // prefer whichever is further along
-      const a = await stepOf(path.join(p, 'checkpoint'));
-      const b = await stepOf(path.join(p, 'final'));
-      return b >= a ? path.join(p, 'final') : path.join(p, 'checkpoint');
-    }
+    const dir = path.join(p, sub);
+    if (!(await exists(path.join(dir, 'cfg.json')))) continue;
+    const step = await stepOf(dir);
+    if (step >= bestStep) [best, bestStep] = [dir, step];
   }
+  if (best) return best;
   if (!(await exists(p))) throw new UserError(`checkpoint ${p}: no such directory`);
   throw new UserError(`checkpoint ${p}: no cfg.json (not a checkpoint or run directory)`);
 }
@@ -172,7 +174,7 @@ export async function train(opts: TrainOptions): Promise<TrainSummary> {
   const saved = opts.resume ? ck?.cfg.sae_train?.deadWindow : undefined;
   const deadWindow = typeof saved === 'number' && Number.isInteger(saved) && saved > 0 ? saved : autoDeadWindow(cfg);
   const trainer = new Trainer({ cfg, d, F: width, deadWindow, kernels: opts.kernels, params: ck?.params });
-  const total = trainer.totalSteps();
+  const total = totalSteps(cfg);
   if (deadWindow < 10_000_000 && cfg.deadWindow === 0) note(`dead window ${deadWindow} tokens (run has ${total * cfg.batchSize} tokens; 10M is the standard)`);
 
   let position: DataPosition | undefined;

@@ -96,10 +96,6 @@ export class Trainer {
     return Math.max(1, Math.min(this.cfg.auxK, Math.floor(this.F / 2)));
   }
 
-  totalSteps(): number {
-    return this.phases.reduce((s, p) => s + p.steps, 0);
-  }
-
   phaseAt(step: number): { index: number; phase: PhaseConfig } {
     return phaseAt(this.cfg, step);
   }

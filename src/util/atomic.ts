@@ -25,8 +25,7 @@ export function describeFsError(err: unknown, what: string): UserError | unknown
  * rename. A crash or a full disk leaves the previous version (or nothing) in place.
  */
 export async function writeFileAtomic(file: string, data: Uint8Array | string): Promise<void> {
-  const dir = path.dirname(file);
-  const tmp = path.join(dir, `.${path.basename(file)}.tmp-${process.pid}-${Date.now()}`);
+  const tmp = tmpSibling(file);
   try {
     const fh = await fs.open(tmp, 'w');
     try {
