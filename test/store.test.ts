@@ -152,14 +152,24 @@ describe('shard writer and reader', () => {
     expect((await fs.readdir(dir)).filter((n) => n.startsWith('.'))).toEqual([]);
   });
 
-  it('opens a directory of .parquet files without a manifest, and a single file', async () => {
+  it('opens a directory of .parquet files without a manifest when asked to, and a single file', async () => {
     const dir = fresh();
     await writeSet(dir, 250);
     await fs.rm(path.join(dir, 'manifest.json'));
-    expect((await openShards(dir)).rows).toBe(250);
+    expect((await openShards(dir, { allowNoManifest: true })).rows).toBe(250);
     const one = await openShards(path.join(dir, 'shard-00001.parquet'));
     expect(one.rows).toBe(100);
     expect((await allRows(one))[0]).toBe(1000);
+  });
+
+  it('refuses a shard folder whose writer did not finish, naming what is missing', async () => {
+    const dir = fresh();
+    await writeSet(dir, 250);
+    await fs.rm(path.join(dir, 'manifest.json'));
+    await fs.writeFile(path.join(dir, '.shard-00003.parquet.tmp-123-456'), 'partial');
+    const msg = (await userErrorOf(openShards(dir))).message;
+    expect(msg).toMatch(/incomplete shard folder: no manifest\.json \(3 \.parquet files, 1 temporary file of an unfinished write\)/);
+    expect(msg).toMatch(/--allow-no-manifest/);
   });
 
   it('stores the sae.* key-value metadata in every shard', async () => {
@@ -224,7 +234,7 @@ describe('shard validation', () => {
     await writeSet(b, 10, meta({ d: 8 }));
     await fs.rm(path.join(a, 'manifest.json'));
     await fs.copyFile(path.join(b, 'shard-00000.parquet'), path.join(a, 'shard-00001.parquet'));
-    expect((await userErrorOf(openShards(a))).message).toMatch(/shard-00001\.parquet: metadata disagrees with .*shard-00000\.parquet \(d=4 vs 8\)/);
+    expect((await userErrorOf(openShards(a, { allowNoManifest: true }))).message).toMatch(/shard-00001\.parquet: metadata disagrees with .*shard-00000\.parquet \(d=4 vs 8\)/);
   });
 
   it('rejects a truncated Parquet file with a one-line error naming it', async () => {
@@ -257,7 +267,7 @@ describe('shard validation', () => {
     const dir = fresh();
     await fs.mkdir(dir);
     await fs.writeFile(path.join(dir, 'x.parquet'), '');
-    expect((await userErrorOf(openShards(dir))).message).toMatch(/x\.parquet: empty file/);
+    expect((await userErrorOf(openShards(dir, { allowNoManifest: true }))).message).toMatch(/x\.parquet: empty file/);
   });
 
   it('rejects a Parquet file that is not an activation shard', async () => {
@@ -265,7 +275,7 @@ describe('shard validation', () => {
     await fs.mkdir(dir);
     const buf = parquetWriteBuffer({ columnData: [{ name: 'a', data: [1, 2, 3], type: 'INT32' }] });
     await fs.writeFile(path.join(dir, 'other.parquet'), new Uint8Array(buf));
-    expect((await userErrorOf(openShards(dir))).message).toMatch(/other\.parquet: not an sae activation shard/);
+    expect((await userErrorOf(openShards(dir, { allowNoManifest: true }))).message).toMatch(/other\.parquet: not an sae activation shard/);
   });
 
   it('rejects input with no activations', async () => {

@@ -45,6 +45,14 @@ const TABLE: Array<[keyof TrainConfig, Kind, string]> = [
   ['expectPreprocessing', 'str', 'require shards with this preprocessing: center_unit_norm | none | dataset_scale | any'],
 ];
 
+/** Flags that several commands share, described once. */
+export const sharedFlags = {
+  'allow-no-manifest': Flags.boolean({
+    description: 'read a --data folder of .parquet files that has no manifest.json (a hand-made set); without it such a folder counts as an unfinished write and is refused',
+  }),
+  kernels: Flags.string({ description: 'hot-path implementation: auto (native when built) | reference | native', default: 'auto', options: ['auto', 'reference', 'native'] }),
+};
+
 export const flagName = (key: string): string => key.replace(/[A-Z]/g, (c) => '-' + c.toLowerCase());
 
 export const configFlags = Object.fromEntries(

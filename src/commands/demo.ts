@@ -1,6 +1,10 @@
+import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
+import { ensureOutDir } from '../util/outdir.js';
+import { describeFsError, writeFileAtomic } from '../util/atomic.js';
 import { Flags } from '@oclif/core';
 import { SaeCommand } from '../util/command.js';
+import { sharedFlags } from '../cli/flags.js';
 import { UserError } from '../util/errors.js';
 import { writeSynth, loadDictionary } from '../synth/synth.js';
 import { train } from '../sae/train.js';
@@ -20,6 +24,19 @@ const RUNS: Array<{ name: string; config: Record<string, unknown> }> = [
   { name: 'mutual→feature', config: { activation: 'mutual', steps: 1500, phases: [{ activation: 'feature', steps: 500 }] } },
 ];
 
+/** Marks a directory as the demo's own, so that rerunning replaces only what an earlier demo wrote. */
+const MARKER = '.sae-demo';
+
+/** The demo rewrites its working directory on every run: only ever one that is empty or already the demo's. */
+async function claimDemoDir(out: string): Promise<void> {
+  await ensureOutDir(out);
+  const entries = await fs.readdir(out).catch((e) => {
+    throw describeFsError(e, `reading ${out}`);
+  });
+  if (entries.length > 0 && !entries.includes(MARKER)) throw new UserError(`--out ${out} is not empty and not a demo directory; choose another --out`);
+  await writeFileAtomic(path.join(out, MARKER), 'working directory of `sae demo`; rerunning the demo replaces its contents\n');
+}
+
 export default class Demo extends SaeCommand {
   static override description =
     'Offline demo: synthesise activations with known features, train TopK, Mutual Choice, Feature Choice and MC→FC SAEs on them, and report how well each recovers the true features.';
@@ -29,13 +46,14 @@ export default class Demo extends SaeCommand {
     steps: Flags.integer({ description: 'training steps per SAE', default: 2000 }),
     seed: Flags.integer({ description: 'random seed', default: 0 }),
     json: Flags.boolean({ description: 'print the results as JSON on stdout' }),
-    kernels: Flags.string({ description: 'auto | reference | native', default: 'auto', options: ['auto', 'reference', 'native'] }),
+    kernels: sharedFlags.kernels,
   };
 
   async run(): Promise<void> {
     const { flags } = await this.parse(Demo);
     if (flags.steps < 10) throw new UserError('--steps must be ≥ 10');
     const kernels = kernelFactory(flags.kernels as KernelName);
+    await claimDemoDir(flags.out);
     const data = path.join(flags.out, 'synth');
     const t0 = Date.now();
     const synth = await writeSynth({ out: data, d: 48, fTrue: 96, kTrue: 3, rows: 65536, seed: flags.seed, overwrite: true });

@@ -1,5 +1,6 @@
 import { Flags } from '@oclif/core';
 import { SaeCommand } from '../util/command.js';
+import { sharedFlags } from '../cli/flags.js';
 import { loadCheckpoint } from '../sae/checkpoint.js';
 import { findCheckpoint } from '../sae/train.js';
 import { selectionForCheckpoint } from '../sae/inference.js';
@@ -21,14 +22,15 @@ export default class Eval extends SaeCommand {
     'batch-size': Flags.integer({ description: 'tokens per batch for batch selections (default: the training batch size)' }),
     'max-rows': Flags.integer({ description: 'evaluate at most this many rows' }),
     threshold: Flags.string({ description: 'cosine threshold for a recovered feature', default: '0.9' }),
-    kernels: Flags.string({ description: 'auto | reference | native', default: 'auto', options: ['auto', 'reference', 'native'] }),
+    'allow-no-manifest': sharedFlags['allow-no-manifest'],
+    kernels: sharedFlags.kernels,
   };
 
   async run(): Promise<void> {
     const { flags } = await this.parse(Eval);
     // the state holds the density ranking that Feature Choice capacities follow
     const ck = await loadCheckpoint(await findCheckpoint(flags.checkpoint), { withState: 'if-present' });
-    const set = await openShards(flags.data);
+    const set = await openShards(flags.data, { allowNoManifest: flags['allow-no-manifest'] });
     checkCompatible(set.meta, { d: ck.cfg.d_in });
     const threshold = Number(flags.threshold);
     if (!(threshold > -1 && threshold <= 1)) this.error('--threshold must be a cosine in (-1, 1]', { exit: 2 });

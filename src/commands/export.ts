@@ -1,5 +1,6 @@
 import { Flags } from '@oclif/core';
 import { SaeCommand } from '../util/command.js';
+import { sharedFlags } from '../cli/flags.js';
 import { UserError } from '../util/errors.js';
 import { loadCheckpoint, saveCheckpoint, type SaeCfgJson } from '../sae/checkpoint.js';
 import { findCheckpoint } from '../sae/train.js';
@@ -7,13 +8,20 @@ import { calibrateThresholds, selectionForCheckpoint } from '../sae/inference.js
 import { checkCompatible, openShards } from '../store/reader.js';
 import { kernelFactory, type KernelName } from '../kernels/index.js';
 import { promises as fs } from 'node:fs';
+import { pathKind } from '../util/outdir.js';
+import { describeFsError } from '../util/atomic.js';
 import * as path from 'node:path';
 
 /** Never overwrite the source, a run, or anything that is not one of our exported checkpoints. */
 async function checkExportTarget(out: string, source: string, force: boolean): Promise<void> {
   if (path.resolve(out) === path.resolve(source)) throw new UserError('--out must differ from --checkpoint');
-  const entries = await fs.readdir(out).catch(() => null);
-  if (entries === null || entries.length === 0) return;
+  const kind = await pathKind(out);
+  if (kind === 'file') throw new UserError(`--out ${out} is an existing file, not a directory; choose another --out`);
+  if (kind === 'absent') return;
+  const entries = await fs.readdir(out).catch((e) => {
+    throw describeFsError(e, `reading ${out}`);
+  });
+  if (entries.length === 0) return;
   const ours = entries.includes('cfg.json') && entries.includes('sae.safetensors') && !entries.includes('state.json');
   if (!ours) throw new UserError(`${out} exists and is not an exported checkpoint; choose another --out`);
   if (!force) throw new UserError(`${out} already holds an exported checkpoint; add --force to replace it`);
@@ -37,7 +45,8 @@ export default class Export extends SaeCommand {
       options: ['auto', 'global', 'per-feature'],
       default: 'auto',
     }),
-    kernels: Flags.string({ description: 'auto | reference | native', default: 'auto', options: ['auto', 'reference', 'native'] }),
+    'allow-no-manifest': sharedFlags['allow-no-manifest'],
+    kernels: sharedFlags.kernels,
   };
 
   async run(): Promise<void> {
@@ -46,7 +55,7 @@ export default class Export extends SaeCommand {
     const ck = await loadCheckpoint(await findCheckpoint(flags.checkpoint), { withState: true });
     if (ck.threshold) throw new UserError(`checkpoint ${ck.dir} is already a JumpReLU SAE`);
     await checkExportTarget(flags.out, ck.dir, flags.force);
-    const set = await openShards(flags.data);
+    const set = await openShards(flags.data, { allowNoManifest: flags['allow-no-manifest'] });
     checkCompatible(set.meta, { d: ck.cfg.d_in });
     const batchSize = flags['batch-size'] ?? (ck.cfg.sae_train?.config?.batchSize as number | undefined) ?? 1536;
     if (batchSize < 1) throw new UserError('--batch-size must be ≥ 1');

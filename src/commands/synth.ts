@@ -2,6 +2,7 @@ import { Flags } from '@oclif/core';
 import { SaeCommand } from '../util/command.js';
 import { UserError } from '../util/errors.js';
 import { PREPROCESSINGS, type Preprocessing } from '../store/preprocess.js';
+import { ensureOutDir } from '../util/outdir.js';
 import { SYNTH_DEFAULTS, writeSynth, type Magnitude } from '../synth/synth.js';
 
 // Plain string flags parsed in run(): an error thrown inside an oclif flag parser comes back
@@ -50,6 +51,7 @@ export default class Synth extends SaeCommand {
     if (flags['rows-per-shard'] !== undefined && flags['rows-per-shard'] < 1) {
       throw new UserError(`--rows-per-shard must be ≥ 1, got ${flags['rows-per-shard']}`);
     }
+    await ensureOutDir(flags.out);
     const t0 = Date.now();
     let summary;
     try {
@@ -71,6 +73,7 @@ export default class Synth extends SaeCommand {
         preprocessing: flags.preprocessing as Preprocessing | undefined,
         rowsPerShard: flags['rows-per-shard'],
         overwrite: flags.force,
+        overwriteHint: 'add --force to replace them',
       });
     } catch (err) {
       // Option errors name the option as its flag without dashes; point at the flag.

@@ -5,7 +5,7 @@ import { UserError } from '../util/errors.js';
 import { Progress } from '../util/progress.js';
 import { train } from '../sae/train.js';
 import { ACTIVATIONS } from '../sae/config.js';
-import { configFlags, flagsToConfig } from '../cli/flags.js';
+import { configFlags, flagsToConfig, sharedFlags } from '../cli/flags.js';
 import { kernelFactory, type KernelName } from '../kernels/index.js';
 
 export default class Train extends SaeCommand {
@@ -28,7 +28,8 @@ export default class Train extends SaeCommand {
     json: Flags.boolean({ description: 'print the run summary as JSON on stdout' }),
     quiet: Flags.boolean({ description: 'no progress or log lines on stderr' }),
     prefetch: Flags.integer({ description: 'batches decoded ahead in a worker thread (0 = in the main thread)', default: 2, min: 0 }),
-    kernels: Flags.string({ description: 'hot-path implementation: auto | reference | native', default: 'auto', options: ['auto', 'reference', 'native'] }),
+    'allow-no-manifest': sharedFlags['allow-no-manifest'],
+    kernels: sharedFlags.kernels,
     ...configFlags,
   };
 
@@ -69,6 +70,7 @@ export default class Train extends SaeCommand {
     try {
       const summary = await train({
         data: flags.data,
+        allowNoManifest: flags['allow-no-manifest'],
         out: flags.out,
         config,
         resume: flags.resume,

@@ -3,6 +3,7 @@ import * as path from 'node:path';
 import type { KernelFactory } from '../kernels/types.js';
 import { UserError } from '../util/errors.js';
 import { describeFsError, writeFileAtomic } from '../util/atomic.js';
+import { ensureOutDir, pathKind } from '../util/outdir.js';
 import { checkCompatible, openShards, type DataPosition } from '../store/reader.js';
 import { openBatchSource } from '../store/prefetch.js';
 import type { Preprocessing } from '../store/preprocess.js';
@@ -13,6 +14,8 @@ import { architectureName, checkpointConfig, loadCheckpoint, saveCheckpoint, typ
 export interface TrainOptions {
   /** shard directory or file */
   data: string;
+  /** accept a shard directory without manifest.json (hand-made) */
+  allowNoManifest?: boolean;
   /** run directory: checkpoint/, final/, metrics.jsonl, summary.json */
   out: string;
   /** partial config (flags and/or a config file), validated by resolveConfig */
@@ -147,7 +150,7 @@ function cfgJson(cfg: TrainConfig, d: number, F: number, step: number, deadWindo
 /** Stream shards into the trainer (SPEC §8), with logs, periodic checkpoints and exact resume. */
 export async function train(opts: TrainOptions): Promise<TrainSummary> {
   const note = opts.onNote ?? (() => undefined);
-  const set = await openShards(opts.data);
+  const set = await openShards(opts.data, { allowNoManifest: opts.allowNoManifest });
   const d = set.meta.d;
 
   let cfg: TrainConfig;
@@ -187,10 +190,8 @@ export async function train(opts: TrainOptions): Promise<TrainSummary> {
   }
   if (trainer.step >= total) note(`checkpoint is already at step ${trainer.step} of ${total}`);
 
+  await ensureOutDir(opts.out);
   if (!opts.resume) await clearOrRefuse(opts.out, !!opts.force);
-  await fs.mkdir(opts.out, { recursive: true }).catch((e) => {
-    throw describeFsError(e, `creating ${opts.out}`);
-  });
   const logFile = path.join(opts.out, 'metrics.jsonl');
   await truncateLog(logFile, trainer.step);
 
@@ -284,12 +285,39 @@ export async function train(opts: TrainOptions): Promise<TrainSummary> {
   return summary;
 }
 
-const RUN_FILES = ['checkpoint', 'final', 'metrics.jsonl', 'summary.json'];
+/** What a run writes into its directory, and how to tell that an existing entry is one of ours. */
+const RUN_FILES: Array<[name: string, kind: 'dir' | 'file']> = [
+  ['checkpoint', 'dir'],
+  ['final', 'dir'],
+  ['metrics.jsonl', 'file'],
+  ['summary.json', 'file'],
+];
 
-/** A new run must not mix with an old one in the same directory: refuse, or clear it with force. */
+async function isOurs(p: string, kind: 'dir' | 'file'): Promise<boolean> {
+  if ((await pathKind(p)) !== kind) return false;
+  if (kind === 'dir') return exists(path.join(p, 'cfg.json'));
+  const text = await fs.readFile(p, 'utf8').catch(() => null);
+  if (text === null) return false;
+  try {
+    for (const line of text.split('\n')) if (line.trim()) JSON.parse(line);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * A new run must not mix with an old one in the same directory: refuse, or clear it with force.
+ * Force only removes what a run writes; anything else under those names is the user's and stops us.
+ */
 async function clearOrRefuse(out: string, force: boolean): Promise<void> {
-  const present = [];
-  for (const f of RUN_FILES) if (await exists(path.join(out, f))) present.push(f);
+  const present: string[] = [];
+  for (const [f, kind] of RUN_FILES) {
+    const p = path.join(out, f);
+    if ((await pathKind(p)) === 'absent') continue;
+    if (!(await isOurs(p, kind))) throw new UserError(`${p} exists and was not written by sae train; choose another --out`);
+    present.push(f);
+  }
   if (!present.length) return;
   if (!force) throw new UserError(`${out} already holds a run (${present.join(', ')}); continue it with --resume ${out}, or start over with --force`);
   for (const f of present) await fs.rm(path.join(out, f), { recursive: true, force: true });

@@ -126,12 +126,18 @@ function metaDiff(a: ShardMeta, b: ShardMeta): string | null {
   return null;
 }
 
+export interface OpenShardsOptions {
+  /** read a directory of .parquet files that has no manifest.json (a hand-made set) */
+  allowNoManifest?: boolean;
+}
+
 /**
  * Open activation shards: a directory with manifest.json, a directory of .parquet files (read in
- * name order), or a single .parquet file. Every file's footer and metadata are validated up front
+ * name order; only with allowNoManifest, since a writer's folder without its manifest is
+ * unfinished), or a single .parquet file. Every file's footer and metadata are validated up front
  * so that a bad shard fails the run before training starts, not hours into it.
  */
-export async function openShards(pathOrDir: string): Promise<ShardSet> {
+export async function openShards(pathOrDir: string, opts: OpenShardsOptions = {}): Promise<ShardSet> {
   let st;
   try {
     st = await fs.stat(pathOrDir);
@@ -170,11 +176,19 @@ export async function openShards(pathOrDir: string): Promise<ShardSet> {
       } catch (err) {
         throw describeFsError(err, `reading ${pathOrDir}`);
       }
-      names = entries
-        .filter((n) => n.endsWith('.parquet') && !n.startsWith('.'))
-        .sort()
-        .map((n) => path.join(pathOrDir, n));
-      if (!names.length) throw new UserError(`no activations in ${pathOrDir} (no ${MANIFEST} and no .parquet files)`);
+      const parquet = entries.filter((n) => n.endsWith('.parquet') && !n.startsWith('.')).sort();
+      if (!parquet.length) throw new UserError(`no activations in ${pathOrDir} (no ${MANIFEST} and no .parquet files)`);
+      // A writer publishes the manifest last: without it the folder is a killed or running write,
+      // unless the user vouches for a hand-made set.
+      if (!opts.allowNoManifest) {
+        const temps = entries.filter((n) => n.startsWith('.') && n.includes('.tmp-')).length;
+        throw new UserError(
+          `${pathOrDir}: incomplete shard folder: no ${MANIFEST} (${parquet.length} .parquet file${parquet.length === 1 ? '' : 's'}` +
+            `${temps ? `, ${temps} temporary file${temps === 1 ? '' : 's'} of an unfinished write` : ''}); ` +
+            `rerun the command that wrote it, or pass --allow-no-manifest for a hand-made folder of Parquet files`,
+        );
+      }
+      names = parquet.map((n) => path.join(pathOrDir, n));
     }
   } else {
     names = [pathOrDir];

@@ -5,6 +5,7 @@ import type { ColumnSource } from 'hyparquet-writer';
 import type { KeyValue, SchemaElement } from 'hyparquet';
 import { UserError } from '../util/errors.js';
 import { describeFsError, writeFileAtomic } from '../util/atomic.js';
+import { ensureOutDir } from '../util/outdir.js';
 import { isPreprocessing, preprocessRows, PREPROCESSINGS, type Preprocessing } from './preprocess.js';
 
 /**
@@ -183,6 +184,8 @@ export interface ShardWriterOptions {
   preprocess?: boolean;
   /** replace shards and manifest already in the directory instead of refusing */
   overwrite?: boolean;
+  /** how the caller's user asks for overwrite (e.g. "add --force to replace them"), for the refusal */
+  overwriteHint?: string;
   /** Parquet compression (default UNCOMPRESSED: float activations barely compress) */
   codec?: 'UNCOMPRESSED' | 'SNAPPY';
 }
@@ -263,11 +266,7 @@ export class ShardWriter {
     if (opts.rowGroupRows !== undefined && (!Number.isSafeInteger(opts.rowGroupRows) || opts.rowGroupRows < 1)) {
       throw new UserError(`rows per row group must be a positive integer, got ${opts.rowGroupRows}`);
     }
-    try {
-      await fs.mkdir(dir, { recursive: true });
-    } catch (err) {
-      throw describeFsError(err, `creating ${dir}`);
-    }
+    await ensureOutDir(dir, 'output');
     let names: string[];
     try {
       names = await fs.readdir(dir);
@@ -276,7 +275,7 @@ export class ShardWriter {
     }
     const existing = names.filter((n) => n === MANIFEST || /^shard-\d+\.parquet$/.test(n));
     if (existing.length) {
-      if (!opts.overwrite) throw new UserError(`${dir} already contains activation shards (${existing[0]}); remove it or choose another output`);
+      if (!opts.overwrite) throw new UserError(`${dir} already contains activation shards (${existing[0]}); ${opts.overwriteHint ?? 'remove them'} or choose another output`);
       // The manifest goes first so that the directory never looks complete while half-deleted.
       existing.sort((a, b) => (a === MANIFEST ? -1 : b === MANIFEST ? 1 : 0));
       for (const n of existing) await fs.rm(path.join(dir, n), { force: true });

@@ -39,6 +39,8 @@ export interface SynthOptions {
   rowsPerShard?: number;
   /** replace an existing synthetic set in `out` */
   overwrite?: boolean;
+  /** how the user asks for overwrite, named when an existing shard set is refused */
+  overwriteHint?: string;
 }
 
 /** Every parameter resolved, as written to synth.json and the shard metadata. */
@@ -351,6 +353,7 @@ export async function writeSynth(opts: SynthOptions): Promise<SynthSummary> {
     rowsPerShard: opts.rowsPerShard,
     preprocess: true,
     overwrite: opts.overwrite,
+    overwriteHint: opts.overwriteHint,
   });
   try {
     let done = 0;

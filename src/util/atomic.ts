@@ -15,6 +15,10 @@ export function describeFsError(err: unknown, what: string): UserError | unknown
       return new UserError(`${what}: no such file or directory`);
     case 'EROFS':
       return new UserError(`${what}: read-only file system`);
+    case 'ENOTDIR':
+      return new UserError(`${what}: a parent of the path is a file, not a directory`);
+    case 'EISDIR':
+      return new UserError(`${what}: is a directory`);
     default:
       return err;
   }
@@ -48,6 +52,9 @@ export async function writeFileAtomic(file: string, data: Uint8Array | string): 
 export async function publishDirAtomic(tmpDir: string, finalDir: string): Promise<void> {
   const old = `${finalDir}.old-${process.pid}-${Date.now()}`;
   let moved = false;
+  // only ever replace a directory (an older version of ours); a file in the way is the user's
+  const st = await fs.stat(finalDir).catch(() => null);
+  if (st && !st.isDirectory()) throw new UserError(`${finalDir} is an existing file, not a directory; choose another output`);
   try {
     await fs.rename(finalDir, old);
     moved = true;
