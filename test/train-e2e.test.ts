@@ -4,6 +4,7 @@ import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { writeSynth, loadDictionary, type SynthDictionary } from '../src/synth/synth.js';
 import { train } from '../src/sae/train.js';
+import { finetunePhase } from '../src/sae/config.js';
 import { featureRecovery } from '../src/eval/recovery.js';
 import { loadCheckpoint } from '../src/sae/checkpoint.js';
 import { selectionForCheckpoint } from '../src/sae/inference.js';
@@ -90,21 +91,41 @@ describe('checkpoints', () => {
 
   it('runs the paper’s phases in one command: Mutual Choice, then Feature Choice without aux losses', async () => {
     const logs: Array<{ activation: string; auxZipf: number; auxK: number }> = [];
-    await train({ data, out: path.join(root, 'phased'), config: { ...short, steps: 10, phases: [{ activation: 'feature', steps: 10 }], logEvery: 1 }, onLog: (r) => logs.push(r) });
+    await train({ data, out: path.join(root, 'phased'), config: { ...short, steps: 10, phases: [finetunePhase(10)], logEvery: 1 }, onLog: (r) => logs.push(r) });
     expect(logs.slice(0, 10).every((r) => r.activation === 'mutual')).toBe(true);
     expect(logs.slice(10).every((r) => r.activation === 'feature' && r.auxK === 0 && r.auxZipf === 0)).toBe(true);
   });
 
-  it('continues with another activation when resumed with it', async () => {
+  it('appends a phase on resume when asked to (--append-phase)', async () => {
     const out = path.join(root, 'two-commands');
     await train({ data, out, config: { ...short, steps: 10 } });
     const logs: string[] = [];
-    const s = await train({ data, out, config: { activation: 'feature', steps: 6 }, resume: out, onLog: (r) => logs.push(r.activation) });
+    const s = await train({ data, out, config: {}, appendPhases: [finetunePhase(6)], resume: out, onLog: (r) => logs.push(r.activation) });
     expect(s.steps).toBe(16);
     expect(s.activations).toEqual(['mutual', 'feature']);
     expect(logs).toEqual(['feature', 'feature']); // steps 15 (logEvery 5) and 16 (the last)
     const cfg = JSON.parse(await fs.readFile(path.join(s.final!, 'cfg.json'), 'utf8'));
     expect(cfg.architecture).toBe('feature');
+  });
+
+  it('resumes a phased run interrupted in phase 1 with its own command, bit for bit', async () => {
+    const config = { ...short, steps: 10, phases: [finetunePhase(6)] };
+    const whole = await train({ data, out: path.join(root, 'phased-whole'), config });
+    const cut = path.join(root, 'phased-cut');
+    await train({ data, out: cut, config, stopAfterSteps: 4 });
+    const logs: string[] = [];
+    const s = await train({ data, out: cut, config, resume: cut, onLog: (r) => logs.push(r.activation) });
+    expect(s.steps).toBe(16);
+    expect(s.activations).toEqual(['mutual', 'feature']);
+    expect(await same(whole.final!, s.final!)).toBe(true);
+  });
+
+  it('resuming with phase 1 alone repeated continues the recorded plan, not a new one', async () => {
+    const out = path.join(root, 'phased-partial');
+    await train({ data, out, config: { ...short, steps: 10, phases: [finetunePhase(6)] }, stopAfterSteps: 4 });
+    const s = await train({ data, out, config: { activation: 'mutual', steps: 10 }, resume: out });
+    expect(s.activations).toEqual(['mutual', 'feature']);
+    expect(s.steps).toBe(16);
   });
 
   it('--init-from starts a new run from a checkpoint’s weights with a fresh step count', async () => {

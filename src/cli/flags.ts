@@ -1,5 +1,5 @@
 import { Flags } from '@oclif/core';
-import type { TrainConfig } from '../sae/config.js';
+import { isAutoKey, type TrainConfig } from '../sae/config.js';
 import { UserError } from '../util/errors.js';
 
 /**
@@ -9,7 +9,7 @@ import { UserError } from '../util/errors.js';
 type Kind = 'int' | 'num' | 'str';
 const TABLE: Array<[keyof TrainConfig, Kind, string]> = [
   ['activation', 'str', 'relu | topk | batchtopk | mutual | feature (jumprelu is inference-only)'],
-  ['width', 'int', 'number of SAE features F (default: expansion × d)'],
+  ['width', 'int', 'number of SAE features F (default auto: expansion × d)'],
   ['expansion', 'num', 'F = expansion × d when --width is not given (default 8)'],
   ['k', 'int', 'mean active features per token; batch budget M = k·B (default 32)'],
   ['capacities', 'str', 'Feature Choice capacities: zipf | uniform (default zipf)'],
@@ -20,7 +20,7 @@ const TABLE: Array<[keyof TrainConfig, Kind, string]> = [
   ['densityEma', 'num', 'EMA decay of running feature densities (default 0.99)'],
   ['batchSize', 'int', 'tokens per batch B (default 1536)'],
   ['steps', 'int', 'optimiser steps of phase 1 (default 10000)'],
-  ['lr', 'num', 'learning rate (default 2e-4/sqrt(F/2^14))'],
+  ['lr', 'num', 'learning rate (default auto: 2e-4/sqrt(F/2^14))'],
   ['lrWarmupSteps', 'int', 'linear warm-up steps (default 0)'],
   ['lrDecay', 'str', 'none | linear | cosine over the tail (default linear)'],
   ['lrDecayStart', 'num', 'fraction of the run after which decay starts (default 0.8)'],
@@ -31,15 +31,15 @@ const TABLE: Array<[keyof TrainConfig, Kind, string]> = [
   ['maxGradNorm', 'num', 'gradient-norm clip, 0 = off (default 1.0)'],
   ['l1Coef', 'num', 'λ₁ of the relu SAE (default 5)'],
   ['auxK', 'int', 'k_aux of aux_k / aux_zipf (default 512, at most F/2)'],
-  ['auxKCoef', 'num', 'aux_k coefficient (default 1/32; 0 for relu)'],
-  ['auxZipfCoef', 'num', 'aux_zipf coefficient (default 1/32 for mutual, else 0)'],
-  ['deadWindow', 'int', 'tokens without firing before a feature is dead (default min(10M, run/4))'],
+  ['auxKCoef', 'num', 'aux_k coefficient, 0 = off (default auto: 1/32; 0 for relu and feature)'],
+  ['auxZipfCoef', 'num', 'aux_zipf coefficient, 0 = off (default auto: 1/32 for mutual, else 0)'],
+  ['deadWindow', 'int', 'tokens without firing before a feature is dead (default auto: min(10M, run/4))'],
   ['nfmCoef', 'num', 'nfm_loss coefficient (default 0)'],
   ['nfmInfCoef', 'num', 'nfm_inf_loss coefficient (default 0)'],
   ['nfmSample', 'int', 'features sampled per step for the NFM losses (default 256)'],
   ['bDecInit', 'str', 'zero | mean (default mean of the first batch)'],
   ['seed', 'int', 'random seed (default 0)'],
-  ['shuffleWindow', 'int', 'shuffle-buffer rows (default 16 batches)'],
+  ['shuffleWindow', 'int', 'shuffle-buffer rows (default auto: 16 batches)'],
   ['checkpointEvery', 'int', 'steps between checkpoints (default 1000)'],
   ['logEvery', 'int', 'steps between metrics lines (default 10)'],
   ['expectPreprocessing', 'str', 'require shards with this preprocessing: center_unit_norm | none | dataset_scale | any'],
@@ -55,16 +55,22 @@ export const sharedFlags = {
 
 export const flagName = (key: string): string => key.replace(/[A-Z]/g, (c) => '-' + c.toLowerCase());
 
+// Numbers are parsed here and range-checked by resolveConfig, so a flag and a config-file key
+// are held to the same rules.
 export const configFlags = Object.fromEntries(
   TABLE.map(([key, kind, description]) => [
     flagName(key),
-    kind === 'str' ? Flags.string({ description }) : kind === 'int' ? Flags.integer({ description }) : Flags.custom<number>({ description, parse: async (s) => parseNumber(s, flagName(key)) })(),
+    kind === 'str'
+      ? Flags.string({ description })
+      : Flags.custom<number | 'auto'>({ description, parse: async (s) => parseNumber(s, flagName(key), kind === 'int', isAutoKey(key)) })(),
   ]),
 );
 
-function parseNumber(s: string, name: string): number {
+function parseNumber(s: string, name: string, int: boolean, auto: boolean): number | 'auto' {
+  if (auto && s === 'auto') return 'auto';
   const v = Number(s);
-  if (s.trim() === '' || !Number.isFinite(v)) throw new UserError(`--${name} expects a number, got "${s}"`);
+  const what = int ? 'a whole number' : 'a number';
+  if (s.trim() === '' || !Number.isFinite(v) || (int && !Number.isInteger(v))) throw new UserError(`--${name} expects ${what}${auto ? ' or auto' : ''}, got "${s}"`);
   return v;
 }
 

@@ -4,6 +4,7 @@ import { ensureOutDir } from '../util/outdir.js';
 import { describeFsError, writeFileAtomic } from '../util/atomic.js';
 import { Flags } from '@oclif/core';
 import { SaeCommand } from '../util/command.js';
+import { finetunePhase } from '../sae/config.js';
 import { sharedFlags } from '../cli/flags.js';
 import { UserError } from '../util/errors.js';
 import { writeSynth, loadDictionary } from '../synth/synth.js';
@@ -21,7 +22,7 @@ const RUNS: Array<{ name: string; config: Record<string, unknown> }> = [
   { name: 'topk', config: { activation: 'topk' } },
   { name: 'mutual', config: { activation: 'mutual' } },
   { name: 'feature', config: { activation: 'feature' } },
-  { name: 'mutual→feature', config: { activation: 'mutual', steps: 1500, phases: [{ activation: 'feature', steps: 500 }] } },
+  { name: 'mutual→feature', config: { activation: 'mutual', steps: 1500, phases: [finetunePhase(500)] } },
 ];
 
 /** Marks a directory as the demo's own, so that rerunning replaces only what an earlier demo wrote. */
@@ -67,7 +68,7 @@ export default class Demo extends SaeCommand {
       const config: Record<string, unknown> = { width: 192, k: 3, batchSize: 256, lr: 3e-3, steps: flags.steps, seed: flags.seed, logEvery: 100, checkpointEvery: 100_000, ...run.config };
       if (run.config.phases) {
         config.steps = Math.round(1500 * scale);
-        config.phases = [{ activation: 'feature', steps: Math.max(1, Math.round(500 * scale)) }];
+        config.phases = [finetunePhase(Math.max(1, Math.round(500 * scale)))];
       }
       const s = await train({ data, out: path.join(flags.out, run.name.replace('→', '-')), config, kernels, force: true, onStep: (a, b) => progress.tick(a, b) });
       progress.done();

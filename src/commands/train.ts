@@ -4,9 +4,18 @@ import { SaeCommand } from '../util/command.js';
 import { UserError } from '../util/errors.js';
 import { Progress } from '../util/progress.js';
 import { train } from '../sae/train.js';
-import { ACTIVATIONS } from '../sae/config.js';
+import { checkTrainable, finetunePhase, type PhaseConfig } from '../sae/config.js';
 import { configFlags, flagsToConfig, sharedFlags } from '../cli/flags.js';
 import { kernelFactory, type KernelName } from '../kernels/index.js';
+
+/** --append-phase feature:800 → a phase like the paper's phase 2 (no auxiliary losses). */
+function parsePhase(spec: string): PhaseConfig {
+  const m = /^([a-z]+):(\d+)$/.exec(spec.trim());
+  if (!m) throw new UserError(`--append-phase expects ACTIVATION:STEPS (e.g. feature:800), got "${spec}"`);
+  const steps = Number(m[2]);
+  if (steps < 1) throw new UserError(`--append-phase ${spec}: steps must be ≥ 1`);
+  return finetunePhase(steps, checkTrainable(m[1], '--append-phase activation'));
+}
 
 export default class Train extends SaeCommand {
   static override description = 'Train a sparse autoencoder on activation shards (SPEC §8): relu, topk, batchtopk, mutual (MC), feature (FC), phased MC→FC';
@@ -21,9 +30,13 @@ export default class Train extends SaeCommand {
     data: Flags.string({ description: 'activation shards (directory or .parquet file)', required: true }),
     out: Flags.string({ description: 'run directory (checkpoint/, final/, metrics.jsonl, summary.json)', required: true }),
     config: Flags.string({ description: 'JSON config file (keys as in TrainConfig; flags override it)' }),
-    resume: Flags.string({ description: 'continue from a training checkpoint or run directory, bit-exactly; a different --activation adds a phase' }),
+    resume: Flags.string({ description: 'continue from a training checkpoint or run directory, bit-exactly, with the phases it recorded (repeating its flags is fine; --steps/--finetune-steps may lengthen an unfinished phase)' }),
     'init-from': Flags.string({ description: 'start a new run from a checkpoint’s weights and density statistics' }),
-    'finetune-steps': Flags.integer({ description: 'append the paper’s phase 2: Feature Choice (Zipf) without auxiliary losses for this many steps' }),
+    'finetune-steps': Flags.integer({ description: 'the paper’s phase 2 after phase 1: Feature Choice without auxiliary losses for this many steps' }),
+    'append-phase': Flags.string({
+      description: 'add a phase ACTIVATION:STEPS after the planned (or, with --resume, the recorded) ones, without auxiliary losses; repeatable',
+      multiple: true,
+    }),
     force: Flags.boolean({ description: 'start a new run in an --out that already holds one, deleting its checkpoints and log' }),
     json: Flags.boolean({ description: 'print the run summary as JSON on stdout' }),
     quiet: Flags.boolean({ description: 'no progress or log lines on stderr' }),
@@ -53,10 +66,9 @@ export default class Train extends SaeCommand {
     const flagCfg = flagsToConfig(flags as Record<string, unknown>);
     if (flags['finetune-steps'] !== undefined) {
       if (flags['finetune-steps'] < 1) throw new UserError('--finetune-steps must be ≥ 1');
-      flagCfg.phases = [{ activation: 'feature', steps: flags['finetune-steps'], auxKCoef: 0, auxZipfCoef: 0 }];
+      flagCfg.phases = [finetunePhase(flags['finetune-steps'])];
     }
-    if (flagCfg.activation !== undefined && !ACTIVATIONS.includes(flagCfg.activation as never))
-      throw new UserError(`unknown activation "${String(flagCfg.activation)}" (one of ${ACTIVATIONS.join(', ')})`);
+    const appendPhases = (flags['append-phase'] ?? []).map(parsePhase);
     const config = { ...fileCfg, ...flagCfg };
 
     const progress = new Progress('train', !flags.quiet);
@@ -74,6 +86,7 @@ export default class Train extends SaeCommand {
         out: flags.out,
         config,
         resume: flags.resume,
+        appendPhases,
         initFrom: flags['init-from'],
         force: flags.force,
         kernels: kernelFactory(flags.kernels as KernelName),

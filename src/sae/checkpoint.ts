@@ -223,7 +223,10 @@ export function checkpointConfig(ck: LoadedCheckpoint): TrainConfig {
   const c = ck.cfg.sae_train?.config;
   if (typeof c !== 'object' || c === null || Array.isArray(c)) throw new UserError(`checkpoint ${ck.dir}: cfg.json has no training config`);
   try {
-    return resolveConfig(c as unknown as Record<string, unknown>);
+    // checkpoints written before 'auto' existed stored 0 for a derived default
+    const raw = { ...(c as unknown as Record<string, unknown>) };
+    for (const key of ['width', 'lr', 'deadWindow', 'shuffleWindow']) if (raw[key] === 0) raw[key] = 'auto';
+    return resolveConfig(raw);
   } catch (err) {
     throw new UserError(`checkpoint ${ck.dir}: ${(err as Error).message}`);
   }

@@ -12,6 +12,8 @@ export type Activation = (typeof ACTIVATIONS)[number];
 export const TRAINABLE: readonly Activation[] = ['relu', 'topk', 'batchtopk', 'mutual', 'feature'];
 
 export type Capacities = 'zipf' | 'uniform';
+/** A value the toolkit derives (from the width, the run length, …) unless the user sets one. */
+export type Auto = 'auto';
 export type LrDecay = 'none' | 'linear' | 'cosine';
 
 /** What may change between the phases of one run (SPEC §8 phased training). */
@@ -25,8 +27,8 @@ export interface PhaseConfig {
 export interface TrainConfig {
   /** phase 1's activation (and the only one when `phases` is empty) */
   activation: Activation;
-  /** d_sae; when 0, expansion × d */
-  width: number;
+  /** d_sae; auto → expansion × d */
+  width: number | Auto;
   expansion: number;
   /** mean active features per token; the batch budget is M = k·B (SPEC §5) */
   k: number;
@@ -43,8 +45,8 @@ export interface TrainConfig {
   steps: number;
   /** later phases; phase 2 of the paper is {activation: 'feature', auxKCoef: 0, auxZipfCoef: 0} */
   phases: PhaseConfig[];
-  /** 0 → width-scaled default 2e-4 / sqrt(F / 2^14) (Gao et al.) */
-  lr: number;
+  /** auto → width-scaled 2e-4 / sqrt(F / 2^14) (Gao et al., SPEC §8) */
+  lr: number | Auto;
   lrWarmupSteps: number;
   lrDecay: LrDecay;
   /** fraction of the total steps after which decay starts */
@@ -56,19 +58,19 @@ export interface TrainConfig {
   maxGradNorm: number;
   l1Coef: number;
   auxK: number;
-  /** −1 → auto: 1/32 for TopK-style selections, 0 for relu */
-  auxKCoef: number;
-  /** −1 → auto: 1/32 for mutual (the paper's phase 1), 0 otherwise (BatchTopK has none by default, SPEC §5) */
-  auxZipfCoef: number;
-  /** tokens without firing before a feature counts as dead; 0 → min(10M, tokens of the run / 4) */
-  deadWindow: number;
+  /** auto → 1/32 for TopK-style selections, 0 for relu and feature; resolved to a number by resolveConfig */
+  auxKCoef: number | Auto;
+  /** auto → 1/32 for mutual (the paper's phase 1), 0 otherwise (BatchTopK has none by default, SPEC §5) */
+  auxZipfCoef: number | Auto;
+  /** tokens without firing before a feature counts as dead; auto → min(10M, tokens of the run / 4) */
+  deadWindow: number | Auto;
   nfmCoef: number;
   nfmInfCoef: number;
   nfmSample: number;
   bDecInit: 'zero' | 'mean';
   seed: number;
-  /** shuffle-buffer size in rows; 0 → 16 batches */
-  shuffleWindow: number;
+  /** shuffle-buffer size in rows; auto → 16 batches */
+  shuffleWindow: number | Auto;
   checkpointEvery: number;
   logEvery: number;
   /** preprocessing the shards must carry (SPEC §3); 'any' accepts what the shards record */
@@ -77,7 +79,7 @@ export interface TrainConfig {
 
 export const DEFAULTS: TrainConfig = {
   activation: 'topk',
-  width: 0,
+  width: 'auto',
   expansion: 8,
   k: 32,
   capacities: 'zipf',
@@ -89,7 +91,7 @@ export const DEFAULTS: TrainConfig = {
   batchSize: 1536,
   steps: 10_000,
   phases: [],
-  lr: 0,
+  lr: 'auto',
   lrWarmupSteps: 0,
   lrDecay: 'linear',
   lrDecayStart: 0.8,
@@ -100,21 +102,22 @@ export const DEFAULTS: TrainConfig = {
   maxGradNorm: 1.0,
   l1Coef: 5,
   auxK: 512,
-  auxKCoef: -1,
-  auxZipfCoef: -1,
-  deadWindow: 0,
+  auxKCoef: 'auto',
+  auxZipfCoef: 'auto',
+  deadWindow: 'auto',
   nfmCoef: 0,
   nfmInfCoef: 0,
   nfmSample: 256,
   bDecInit: 'mean',
   seed: 0,
-  shuffleWindow: 0,
+  shuffleWindow: 'auto',
   checkpointEvery: 1000,
   logEvery: 10,
   expectPreprocessing: 'any',
 };
 
-const KINDS: Record<keyof TrainConfig, 'int' | 'num' | 'str' | 'phases'> = {
+type Kind = 'int' | 'num' | 'str' | 'phases';
+const KINDS: Record<keyof TrainConfig, Kind> = {
   activation: 'str', width: 'int', expansion: 'num', k: 'int', capacities: 'str', zipfAlpha: 'num', zipfBeta: 'num',
   mMax: 'int', rankInterval: 'int', densityEma: 'num', batchSize: 'int', steps: 'int', phases: 'phases', lr: 'num',
   lrWarmupSteps: 'int', lrDecay: 'str', lrDecayStart: 'num', beta1: 'num', beta2: 'num', eps: 'num', weightDecay: 'num',
@@ -123,12 +126,19 @@ const KINDS: Record<keyof TrainConfig, 'int' | 'num' | 'str' | 'phases'> = {
   logEvery: 'int', expectPreprocessing: 'str',
 };
 
+/**
+ * Keys whose default is derived ('auto'). An explicit value must be a real setting: 0 is never a
+ * stand-in for the default (a user who types --lr 0 does not mean the width-scaled rate).
+ */
+export const AUTO_KEYS = ['width', 'lr', 'auxKCoef', 'auxZipfCoef', 'deadWindow', 'shuffleWindow'] as const satisfies ReadonlyArray<keyof TrainConfig>;
+export const isAutoKey = (key: string): boolean => (AUTO_KEYS as readonly string[]).includes(key);
+
 function bad(msg: string): never {
   throw new UserError(`config: ${msg}`);
 }
 
-function checkNumber(key: string, v: unknown, int: boolean): number {
-  if (typeof v !== 'number' || !Number.isFinite(v)) bad(`${key} must be a finite number, got ${JSON.stringify(v)}`);
+function checkNumber(key: string, v: unknown, int: boolean, auto = false): number {
+  if (typeof v !== 'number' || !Number.isFinite(v)) bad(`${key} must be a finite number${auto ? ' or "auto"' : ''}, got ${JSON.stringify(v)}`);
   if (int && !Number.isInteger(v)) bad(`${key} must be an integer, got ${v}`);
   return v;
 }
@@ -138,13 +148,19 @@ function oneOf<T extends string>(key: string, v: unknown, allowed: readonly T[])
   return v as T;
 }
 
+/** An activation that training can use; jumprelu is reached through `sae export` instead. */
+export function checkTrainable(v: unknown, key = 'activation'): Activation {
+  if (v === 'jumprelu') bad(`${key} jumprelu is inference-only: train with ${TRAINABLE.join(', ')}, then calibrate thresholds with \`sae export\``);
+  return oneOf(key, v, TRAINABLE);
+}
+
 function resolvePhase(i: number, raw: unknown, base: TrainConfig): PhaseConfig {
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) bad(`phases[${i}] must be an object`);
   const allowed = ['activation', 'steps', 'auxKCoef', 'auxZipfCoef'];
   for (const key of Object.keys(raw)) if (!allowed.includes(key)) bad(`unknown key phases[${i}].${key} (allowed: ${allowed.join(', ')})`);
   const r = raw as Record<string, unknown>;
   const ph: PhaseConfig = {
-    activation: oneOf(`phases[${i}].activation`, r.activation ?? base.activation, ACTIVATIONS),
+    activation: checkTrainable(r.activation ?? base.activation, `phases[${i}].activation`),
     steps: checkNumber(`phases[${i}].steps`, r.steps, true),
     auxKCoef: checkNumber(`phases[${i}].auxKCoef`, r.auxKCoef ?? 0, false),
     auxZipfCoef: checkNumber(`phases[${i}].auxZipfCoef`, r.auxZipfCoef ?? 0, false),
@@ -167,29 +183,33 @@ export function resolveConfig(...parts: Array<Record<string, unknown> | undefine
   const c = {} as Record<string, unknown>;
   for (const [key, kind] of Object.entries(KINDS)) {
     const v = merged[key];
-    if (kind === 'int' || kind === 'num') c[key] = checkNumber(key, v, kind === 'int');
-    else if (kind === 'str') c[key] = v;
+    if (v === 'auto' && isAutoKey(key)) c[key] = v;
+    else if (kind === 'int' || kind === 'num') c[key] = checkNumber(key, v, kind === 'int', isAutoKey(key));
     else c[key] = v;
   }
   const cfg = c as unknown as TrainConfig;
-  oneOf('activation', cfg.activation, ACTIVATIONS);
+  checkTrainable(cfg.activation);
   oneOf('capacities', cfg.capacities, ['zipf', 'uniform']);
   oneOf('lrDecay', cfg.lrDecay, ['none', 'linear', 'cosine']);
   oneOf('bDecInit', cfg.bDecInit, ['zero', 'mean']);
   oneOf('expectPreprocessing', cfg.expectPreprocessing, ['any', 'center_unit_norm', 'none', 'dataset_scale']);
   if (!Array.isArray(cfg.phases)) bad('phases must be an array');
   cfg.phases = (cfg.phases as unknown[]).map((ph, i) => resolvePhase(i, ph, cfg));
-  // Feature Choice cannot leave a feature dead, and the paper trains it without auxiliary losses
-  if (cfg.auxKCoef === -1) cfg.auxKCoef = cfg.activation === 'relu' || cfg.activation === 'feature' ? 0 : 1 / 32;
-  if (cfg.auxZipfCoef === -1) cfg.auxZipfCoef = cfg.activation === 'mutual' ? 1 / 32 : 0;
   const pos = (key: keyof TrainConfig) => {
-    if (!((cfg[key] as number) > 0)) bad(`${key} must be > 0, got ${cfg[key]}`);
+    const v = cfg[key];
+    if (v === 'auto') return;
+    if (!((v as number) > 0)) bad(`${key} must be > 0${isAutoKey(key) ? ' (omit it, or give "auto", for the default)' : ''}, got ${v}`);
   };
   const nonneg = (key: keyof TrainConfig) => {
-    if (!((cfg[key] as number) >= 0)) bad(`${key} must be ≥ 0, got ${cfg[key]}`);
+    const v = cfg[key];
+    if (v === 'auto') return;
+    if (!((v as number) >= 0)) bad(`${key} must be ≥ 0${isAutoKey(key) ? ' (omit it, or give "auto", for the default)' : ''}, got ${v}`);
   };
-  (['batchSize', 'steps', 'expansion', 'zipfAlpha', 'rankInterval', 'logEvery', 'checkpointEvery', 'auxK', 'nfmSample'] as const).forEach(pos);
-  (['width', 'mMax', 'lr', 'lrWarmupSteps', 'weightDecay', 'maxGradNorm', 'l1Coef', 'auxKCoef', 'auxZipfCoef', 'deadWindow', 'nfmCoef', 'nfmInfCoef', 'shuffleWindow', 'seed'] as const).forEach(nonneg);
+  (['batchSize', 'steps', 'expansion', 'zipfAlpha', 'rankInterval', 'logEvery', 'checkpointEvery', 'auxK', 'nfmSample', 'width', 'lr', 'deadWindow', 'shuffleWindow'] as const).forEach(pos);
+  (['mMax', 'lrWarmupSteps', 'weightDecay', 'maxGradNorm', 'l1Coef', 'auxKCoef', 'auxZipfCoef', 'nfmCoef', 'nfmInfCoef', 'seed'] as const).forEach(nonneg);
+  // Feature Choice cannot leave a feature dead, and the paper trains it without auxiliary losses
+  if (cfg.auxKCoef === 'auto') cfg.auxKCoef = cfg.activation === 'relu' || cfg.activation === 'feature' ? 0 : 1 / 32;
+  if (cfg.auxZipfCoef === 'auto') cfg.auxZipfCoef = cfg.activation === 'mutual' ? 1 / 32 : 0;
   if (cfg.k < 1) bad(`k must be ≥ 1, got ${cfg.k}`);
   if (cfg.zipfBeta <= -1) bad(`zipfBeta must be > -1, got ${cfg.zipfBeta}`);
   if (!(cfg.densityEma >= 0 && cfg.densityEma < 1)) bad(`densityEma must be in [0, 1), got ${cfg.densityEma}`);
@@ -197,15 +217,13 @@ export function resolveConfig(...parts: Array<Record<string, unknown> | undefine
   if (!(cfg.eps > 0)) bad(`eps must be > 0, got ${cfg.eps}`);
   if (!(cfg.lrDecayStart >= 0 && cfg.lrDecayStart <= 1)) bad(`lrDecayStart must be in [0, 1], got ${cfg.lrDecayStart}`);
   if (cfg.mMax < 0) bad(`mMax must be ≥ 1 (or 0 for no cap), got ${cfg.mMax}`);
-  for (const ph of allPhases(cfg)) {
-    if (!TRAINABLE.includes(ph.activation)) bad(`activation "${ph.activation}" is inference-only; train with mutual/batchtopk and export with \`sae export --jumprelu\``);
-  }
+  for (const ph of allPhases(cfg)) checkTrainable(ph.activation);
   return cfg;
 }
 
 /** Checks that need the input width d (known once the shards are opened). */
 export function resolveWidth(cfg: TrainConfig, d: number): number {
-  const F = cfg.width > 0 ? cfg.width : Math.round(cfg.expansion * d);
+  const F = cfg.width === 'auto' ? Math.round(cfg.expansion * d) : cfg.width;
   if (F < 2) bad(`width must be ≥ 2, got ${F}`);
   // typed arrays hold at most 2^31 − 1 elements: W (F×d) and the affinities of a batch (B×F)
   if (F * d > 2 ** 31 - 1 || cfg.batchSize * F > 2 ** 31 - 1) bad(`width ${F} is too large for d=${d} and batch ${cfg.batchSize}`);
@@ -219,8 +237,27 @@ export function defaultLr(F: number): number {
   return 2e-4 / Math.sqrt(F / 2 ** 14);
 }
 
+/** The configured learning rate, or the width-scaled default. */
+export function baseLearningRate(cfg: TrainConfig, F: number): number {
+  return cfg.lr === 'auto' ? defaultLr(F) : cfg.lr;
+}
+
+/** Shuffle-buffer rows: the configured number, or 16 batches. */
+export function shuffleWindowRows(cfg: TrainConfig): number {
+  return cfg.shuffleWindow === 'auto' ? 16 * cfg.batchSize : cfg.shuffleWindow;
+}
+
+/**
+ * The paper's phase 2 (SPEC §8): Feature Choice fine-tune without auxiliary losses, continuing from
+ * phase 1's weights. The one definition behind --finetune-steps, the demo and --append-phase.
+ */
+export function finetunePhase(steps: number, activation: Activation = 'feature'): PhaseConfig {
+  return { activation, steps, auxKCoef: 0, auxZipfCoef: 0 };
+}
+
 export function allPhases(cfg: TrainConfig): PhaseConfig[] {
-  return [{ activation: cfg.activation, steps: cfg.steps, auxKCoef: cfg.auxKCoef, auxZipfCoef: cfg.auxZipfCoef }, ...cfg.phases];
+  // resolveConfig has replaced 'auto' aux coefficients by numbers
+  return [{ activation: cfg.activation, steps: cfg.steps, auxKCoef: cfg.auxKCoef as number, auxZipfCoef: cfg.auxZipfCoef as number }, ...cfg.phases];
 }
 
 export function totalSteps(cfg: TrainConfig): number {

@@ -7,7 +7,7 @@ import { ensureOutDir, pathKind } from '../util/outdir.js';
 import { checkCompatible, openShards, type DataPosition } from '../store/reader.js';
 import { openBatchSource } from '../store/prefetch.js';
 import type { Preprocessing } from '../store/preprocess.js';
-import { resolveConfig, resolveWidth, totalSteps, allPhases, TRAINABLE, ACTIVATIONS, type TrainConfig, type Activation } from './config.js';
+import { resolveConfig, resolveWidth, shuffleWindowRows, totalSteps, allPhases, type TrainConfig, type PhaseConfig } from './config.js';
 import { Trainer, type StepReport } from './trainer.js';
 import { architectureName, checkpointConfig, loadCheckpoint, saveCheckpoint, type SaeCfgJson } from './checkpoint.js';
 
@@ -24,6 +24,8 @@ export interface TrainOptions {
   resume?: string;
   /** start from a checkpoint's weights and density statistics with a fresh optimiser */
   initFrom?: string;
+  /** phases added after the configured (or, on resume, the recorded) ones */
+  appendPhases?: PhaseConfig[];
   /** start a new run in an `out` that already holds one (its checkpoints, log and summary go) */
   force?: boolean;
   kernels?: KernelFactory;
@@ -87,47 +89,67 @@ async function stepOf(dir: string): Promise<number> {
   }
 }
 
-const RESUMABLE_CHANGES = new Set(['steps', 'logEvery', 'checkpointEvery']);
+/** Keys a resumed run may change: they steer logging, not the numbers. */
+const RESUMABLE_CHANGES = new Set(['logEvery', 'checkpointEvery']);
+/** Keys that make up the phase plan, compared phase by phase rather than as values. */
+const PLAN_KEYS = new Set(['activation', 'steps', 'phases']);
 
 /**
- * The config of a resumed run: the checkpoint's, with only the step budget or logging cadence
- * changed — or, when the activation changes, the checkpoint's run plus one more phase (the paper's
- * MC → FC fine-tune done as a second command).
+ * The config of a resumed run. The request (flags and config file, as given) is read as a phase plan
+ * — phase 1 from --activation/--steps, later phases from --finetune-steps or `phases`, each
+ * defaulting to the checkpoint's — and compared with the plan the checkpoint records:
+ * - the same plan continues (rerunning the original command with --resume just works);
+ * - a phase's step count may change while that phase has not finished, never so that it would
+ *   end before the checkpoint's step;
+ * - phases can be appended (`append`, from --append-phase or --finetune-steps on a one-phase run);
+ * - anything else (another activation for an existing phase, a dropped phase, other settings) is
+ *   refused with what differs.
  */
-export function resumeConfig(saved: TrainConfig, overrides: Record<string, unknown>): TrainConfig {
-  const phases = allPhases(saved);
-  const last = phases[phases.length - 1];
-  const act = overrides.activation as Activation | undefined;
-  if (act !== undefined && !ACTIVATIONS.includes(act)) resolveConfig({ activation: act });
-  if (act !== undefined && act !== last.activation) {
-    if (!TRAINABLE.includes(act)) resolveConfig({ activation: act });
-    const steps = overrides.steps;
-    if (typeof steps !== 'number') throw new UserError('resuming with another activation adds a phase: give its --steps');
-    const rest = Object.keys(overrides).filter((k) => !['activation', 'steps', 'auxKCoef', 'auxZipfCoef', ...RESUMABLE_CHANGES].includes(k));
-    if (rest.length) throw new UserError(`cannot change ${rest.join(', ')} when resuming; use --init-from for a new run`);
-    return resolveConfig(saved as unknown as Record<string, unknown>, {
-      phases: [...saved.phases, { activation: act, steps, auxKCoef: overrides.auxKCoef ?? 0, auxZipfCoef: overrides.auxZipfCoef ?? 0 }],
-      logEvery: overrides.logEvery,
-      checkpointEvery: overrides.checkpointEvery,
-    });
+export function resumeConfig(saved: TrainConfig, overrides: Record<string, unknown>, step: number, append: PhaseConfig[] = []): TrainConfig {
+  const savedPlan = allPhases(saved);
+  const req = resolveConfig(saved as unknown as Record<string, unknown>, {
+    activation: overrides.activation,
+    steps: overrides.steps,
+    phases: overrides.phases,
+  });
+  const plan = [...allPhases(req), ...append];
+  let start = 0;
+  for (let i = 0; i < Math.max(plan.length, savedPlan.length); i++) {
+    const was = savedPlan[i];
+    const now = plan[i];
+    const n = i + 1;
+    if (!now) throw new UserError(`the checkpoint's run has ${savedPlan.length} phases but this command describes ${plan.length}; repeat the run's phases (e.g. its --finetune-steps) to continue it`);
+    if (!was) break; // appended phases start after every recorded one
+    if (now.activation !== was.activation) {
+      const hint = i === 0 ? `; to continue with ${now.activation}, add a phase with --append-phase ${now.activation}:STEPS` : '';
+      throw new UserError(`phase ${n} of the checkpoint's run is ${was.activation}, this command asks for ${now.activation}${hint}`);
+    }
+    if (now.auxKCoef !== was.auxKCoef || now.auxZipfCoef !== was.auxZipfCoef) throw new UserError(`cannot change the aux loss coefficients of phase ${n} when resuming`);
+    if (now.steps !== was.steps) {
+      const savedEnd = start + was.steps;
+      if (step > savedEnd) throw new UserError(`phase ${n} (${was.activation}) finished at step ${savedEnd}; its --steps cannot change (checkpoint at step ${step})`);
+      if (start + now.steps < step) throw new UserError(`phase ${n} would end at step ${start + now.steps}, before the checkpoint's step ${step}`);
+    }
+    start += now.steps;
   }
-  const changed = Object.keys(overrides).filter((k) => k !== 'activation' && !RESUMABLE_CHANGES.has(k));
-  for (const k of changed) {
-    if (JSON.stringify(overrides[k]) !== JSON.stringify((saved as unknown as Record<string, unknown>)[k]))
-      throw new UserError(`cannot change ${k} when resuming (checkpoint has ${JSON.stringify((saved as unknown as Record<string, unknown>)[k])}); use --init-from for a new run`);
+  // other settings: compared after resolution, so that "auto" matches what it resolved to
+  const asked = resolveConfig(saved as unknown as Record<string, unknown>, overrides) as unknown as Record<string, unknown>;
+  const was = saved as unknown as Record<string, unknown>;
+  for (const k of Object.keys(overrides).filter((k) => !PLAN_KEYS.has(k) && !RESUMABLE_CHANGES.has(k))) {
+    if (JSON.stringify(asked[k]) !== JSON.stringify(was[k]))
+      throw new UserError(`cannot change ${k} when resuming (checkpoint has ${JSON.stringify(was[k])}, this command ${JSON.stringify(asked[k])}); use --init-from for a new run`);
   }
-  // --steps on resume sets the step count of the last phase so the total can be extended
-  const next = { ...saved } as TrainConfig;
-  if (typeof overrides.steps === 'number') {
-    if (saved.phases.length) next.phases = [...saved.phases.slice(0, -1), { ...last, steps: overrides.steps }];
-    else next.steps = overrides.steps;
-  }
-  return resolveConfig(next as unknown as Record<string, unknown>, { logEvery: overrides.logEvery, checkpointEvery: overrides.checkpointEvery });
+  return resolveConfig(saved as unknown as Record<string, unknown>, {
+    steps: plan[0].steps,
+    phases: plan.slice(1),
+    logEvery: overrides.logEvery,
+    checkpointEvery: overrides.checkpointEvery,
+  });
 }
 
 /** SPEC §6: 10M tokens as Bricken et al., but never more than a quarter of the run (reported). */
 export function autoDeadWindow(cfg: TrainConfig): number {
-  if (cfg.deadWindow > 0) return cfg.deadWindow;
+  if (cfg.deadWindow !== 'auto') return cfg.deadWindow;
   return Math.max(cfg.batchSize, Math.min(10_000_000, Math.floor((totalSteps(cfg) * cfg.batchSize) / 4)));
 }
 
@@ -158,16 +180,17 @@ export async function train(opts: TrainOptions): Promise<TrainSummary> {
   if (opts.resume && opts.initFrom) throw new UserError('give --resume or --init-from, not both');
   if (opts.resume) {
     ck = await loadCheckpoint(await findCheckpoint(opts.resume), { withState: true });
-    cfg = resumeConfig(checkpointConfig(ck), opts.config);
+    cfg = resumeConfig(checkpointConfig(ck), opts.config, ck.state?.snapshot.step ?? ck.cfg.sae_train?.step ?? 0, opts.appendPhases);
   } else {
     cfg = resolveConfig(opts.config);
+    if (opts.appendPhases?.length) cfg = resolveConfig(opts.config, { phases: [...cfg.phases, ...opts.appendPhases] });
     if (opts.initFrom) ck = await loadCheckpoint(await findCheckpoint(opts.initFrom), { withState: 'if-present' });
   }
   checkCompatible(set.meta, { d: ck ? ck.cfg.d_in : undefined, preprocessing: cfg.expectPreprocessing === 'any' ? undefined : cfg.expectPreprocessing });
   // a checkpoint continues on activations of the kind it was trained on
   if (ck) checkCompatible(set.meta, { hook: ck.cfg.hook_name, preprocessing: ck.cfg.normalize_activations as Preprocessing });
   const F = resolveWidth(cfg, d);
-  if (ck && ck.cfg.d_sae !== F && (opts.resume || cfg.width > 0))
+  if (ck && ck.cfg.d_sae !== F && (opts.resume || cfg.width !== 'auto'))
     throw new UserError(`checkpoint ${ck.dir} has width ${ck.cfg.d_sae} but the run asks for ${F}`);
   const width = ck ? ck.cfg.d_sae : F;
   if (cfg.k >= width) throw new UserError(`k must be < width (k=${cfg.k}, width=${width})`);
@@ -178,7 +201,7 @@ export async function train(opts: TrainOptions): Promise<TrainSummary> {
   const deadWindow = typeof saved === 'number' && Number.isInteger(saved) && saved > 0 ? saved : autoDeadWindow(cfg);
   const trainer = new Trainer({ cfg, d, F: width, deadWindow, kernels: opts.kernels, params: ck?.params });
   const total = totalSteps(cfg);
-  if (deadWindow < 10_000_000 && cfg.deadWindow === 0) note(`dead window ${deadWindow} tokens (run has ${total * cfg.batchSize} tokens; 10M is the standard)`);
+  if (deadWindow < 10_000_000 && cfg.deadWindow === 'auto') note(`dead window ${deadWindow} tokens (run has ${total * cfg.batchSize} tokens; 10M is the standard)`);
 
   let position: DataPosition | undefined;
   if (opts.resume && ck?.state) {
@@ -195,7 +218,7 @@ export async function train(opts: TrainOptions): Promise<TrainSummary> {
   const logFile = path.join(opts.out, 'metrics.jsonl');
   await truncateLog(logFile, trainer.step);
 
-  const windowRows = cfg.shuffleWindow > 0 ? cfg.shuffleWindow : 16 * cfg.batchSize;
+  const windowRows = shuffleWindowRows(cfg);
   const stream = openBatchSource(set, { batchSize: cfg.batchSize, windowRows: Math.max(windowRows, cfg.batchSize), seed: cfg.seed, loop: true }, position, opts.prefetch ?? 2);
   const x = new Float32Array(cfg.batchSize * d);
   const meta = { hook: set.meta.hook, model: set.meta.model, preprocessing: set.meta.preprocessing };
@@ -286,20 +309,21 @@ export async function train(opts: TrainOptions): Promise<TrainSummary> {
 }
 
 /** What a run writes into its directory, and how to tell that an existing entry is one of ours. */
-const RUN_FILES: Array<[name: string, kind: 'dir' | 'file']> = [
+const RUN_FILES: Array<[name: string, kind: 'dir' | 'json' | 'jsonl']> = [
   ['checkpoint', 'dir'],
   ['final', 'dir'],
-  ['metrics.jsonl', 'file'],
-  ['summary.json', 'file'],
+  ['metrics.jsonl', 'jsonl'],
+  ['summary.json', 'json'],
 ];
 
-async function isOurs(p: string, kind: 'dir' | 'file'): Promise<boolean> {
-  if ((await pathKind(p)) !== kind) return false;
+async function isOurs(p: string, kind: 'dir' | 'json' | 'jsonl'): Promise<boolean> {
+  if ((await pathKind(p)) !== (kind === 'dir' ? 'dir' : 'file')) return false;
   if (kind === 'dir') return exists(path.join(p, 'cfg.json'));
   const text = await fs.readFile(p, 'utf8').catch(() => null);
   if (text === null) return false;
   try {
-    for (const line of text.split('\n')) if (line.trim()) JSON.parse(line);
+    if (kind === 'json') JSON.parse(text);
+    else for (const line of text.split('\n')) if (line.trim()) JSON.parse(line);
     return true;
   } catch {
     return false;

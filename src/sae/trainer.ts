@@ -6,7 +6,7 @@ import { allocParams, initParams, tensors } from './params.js';
 import { allocWorkspace, batchVariance, lossAndGrad, type AuxLossSpec, type LossTerms, type Workspace } from './objective.js';
 import { FeatureStats } from './density.js';
 import { capacitiesByFeature, densityRanking, dyingFeatures, uniformCapacities, zipfCapacities } from './zipf.js';
-import { allPhases, defaultLr, learningRate, phaseAt, type PhaseConfig, type TrainConfig } from './config.js';
+import { allPhases, baseLearningRate, learningRate, phaseAt, type PhaseConfig, type TrainConfig } from './config.js';
 
 /** Everything besides the weights that an exact resume needs (SPEC §10). */
 export interface TrainerSnapshot {
@@ -76,7 +76,7 @@ export class Trainer {
     this.grads = allocParams(d, F);
     this.m = tensors(this.params).map((t) => new Float32Array(t.length));
     this.v = tensors(this.params).map((t) => new Float32Array(t.length));
-    this.baseLr = cfg.lr > 0 ? cfg.lr : defaultLr(F);
+    this.baseLr = baseLearningRate(cfg, F);
     const maxNnz = Math.max(...this.phases.map((ph) => (ph.activation === 'relu' ? B * Math.min(F, 64) : cfg.k * B)));
     this.ws = allocWorkspace(d, B, maxNnz, 2, B * Math.min(this.auxK(), F), Float32Array);
     this.deadMask = new Uint8Array(F);
