@@ -75,10 +75,10 @@ export default class Demo extends SaeCommand {
       const ck = await loadCheckpoint(s.final!, { withState: true });
       const ev = await evaluateSae(ck.params, set, selectionForCheckpoint(ck), { batchSize: 256, maxRows: 16384, kernels });
       const rec = featureRecovery(dict.G, dict.fTrue, ck.params.Wdec, ck.cfg.d_sae, ck.cfg.d_in, 0.9);
-      const row = { activation: run.name, fvu: ev.fvu, l0: ev.l0, deadFraction: s.deadFraction, meanMaxCos: rec.meanMaxCos, recovered: rec.fractionRecovered, seconds: s.seconds, checkpoint: s.final };
+      const row = { activation: run.name, fvu: ev.fvu, l0: ev.l0, deadFraction: s.deadFraction, deadWindow: s.deadWindow, meanMaxCos: rec.meanMaxCos, recovered: rec.fractionRecovered, seconds: s.seconds, checkpoint: s.final };
       results.push(row);
       this.info(
-        `${run.name.padEnd(15)} FVU ${ev.fvu.toFixed(4)}  L0 ${ev.l0.toFixed(2)}  dead ${(100 * s.deadFraction).toFixed(1).padStart(5)}%  ` +
+        `${run.name.padEnd(15)} FVU ${ev.fvu.toFixed(4)}  L0 ${ev.l0.toFixed(2)}  dead ${(100 * s.deadFraction).toFixed(1).padStart(5)}% (last ${s.deadWindow} tokens)  ` +
           `mean max cos ${rec.meanMaxCos.toFixed(3)}  recovered ${(100 * rec.fractionRecovered).toFixed(1).padStart(5)}%  (${s.seconds.toFixed(1)}s)`,
       );
     }

@@ -1,5 +1,6 @@
 import { Flags } from '@oclif/core';
 import { SaeCommand } from '../util/command.js';
+import { UserError } from '../util/errors.js';
 import { sharedFlags } from '../cli/flags.js';
 import { loadCheckpoint } from '../sae/checkpoint.js';
 import { findCheckpoint } from '../sae/train.js';
@@ -20,7 +21,7 @@ export default class Eval extends SaeCommand {
     data: Flags.string({ description: 'activation shards to evaluate on', required: true }),
     dictionary: Flags.string({ description: 'a `sae synth` output directory: also report recovery of its true features' }),
     'batch-size': Flags.integer({ description: 'tokens per batch for batch selections (default: the training batch size)' }),
-    'max-rows': Flags.integer({ description: 'evaluate at most this many rows' }),
+    'max-rows': Flags.integer({ description: 'evaluate at most this many rows (the last batch may be partial; it is evaluated as a batch of its own size)' }),
     threshold: Flags.string({ description: 'cosine threshold for a recovered feature', default: '0.9' }),
     'allow-no-manifest': sharedFlags['allow-no-manifest'],
     kernels: sharedFlags.kernels,
@@ -33,9 +34,10 @@ export default class Eval extends SaeCommand {
     const set = await openShards(flags.data, { allowNoManifest: flags['allow-no-manifest'] });
     checkCompatible(set.meta, { d: ck.cfg.d_in });
     const threshold = Number(flags.threshold);
-    if (!(threshold > -1 && threshold <= 1)) this.error('--threshold must be a cosine in (-1, 1]', { exit: 2 });
+    if (!(threshold > -1 && threshold <= 1)) throw new UserError(`--threshold must be a cosine in (-1, 1], got "${flags.threshold}"`);
     const batchSize = flags['batch-size'] ?? (ck.cfg.sae_train?.config?.batchSize as number | undefined) ?? 1536;
-    if (batchSize < 1) this.error('--batch-size must be ≥ 1', { exit: 2 });
+    if (batchSize < 1) throw new UserError('--batch-size must be ≥ 1');
+    if (flags['max-rows'] !== undefined && flags['max-rows'] < 1) throw new UserError('--max-rows must be ≥ 1');
     const res = await evaluateSae(ck.params, set, selectionForCheckpoint(ck), {
       batchSize,
       maxRows: flags['max-rows'],
@@ -53,12 +55,20 @@ export default class Eval extends SaeCommand {
       mse: res.mse,
       fvu: res.fvu,
       explainedVariance: 1 - res.fvu,
-      deadFraction: res.deadFraction,
+      batchSize,
+      batches: res.batches,
+      lastBatchRows: res.lastBatchRows,
+      // not training's "dead" (no firing in its last deadWindow tokens): never fired on these rows
+      neverFiredFraction: res.neverFiredFraction,
+      neverFiredWindowTokens: res.rows,
     };
-    let line = `${ck.cfg.architecture} F=${ck.cfg.d_sae}: L0 ${res.l0.toFixed(2)}, FVU ${res.fvu.toFixed(4)}, dead ${(100 * res.deadFraction).toFixed(2)}%`;
+    let line =
+      `${ck.cfg.architecture} F=${ck.cfg.d_sae}: ${res.rows} rows in ${res.batches} batches` +
+      `${res.lastBatchRows < batchSize ? ` (last one ${res.lastBatchRows} rows)` : ''}, L0 ${res.l0.toFixed(2)}, FVU ${res.fvu.toFixed(4)}, ` +
+      `never fired on these ${res.rows} tokens ${(100 * res.neverFiredFraction).toFixed(2)}%`;
     if (flags.dictionary) {
       const dict = await loadDictionary(flags.dictionary);
-      if (dict.d !== ck.cfg.d_in) this.error(`dictionary has d=${dict.d} but the SAE has d=${ck.cfg.d_in}`, { exit: 2 });
+      if (dict.d !== ck.cfg.d_in) throw new UserError(`dictionary has d=${dict.d} but the SAE has d=${ck.cfg.d_in}`);
       const rec = featureRecovery(dict.G, dict.fTrue, ck.params.Wdec, ck.cfg.d_sae, dict.d, threshold);
       out.recovery = rec;
       line += `, recovery: mean max cos ${rec.meanMaxCos.toFixed(3)}, ${(100 * rec.fractionRecovered).toFixed(1)}% of true features ≥ ${threshold}`;

@@ -2,7 +2,7 @@ import { promises as fs } from 'node:fs';
 import { Flags } from '@oclif/core';
 import { SaeCommand } from '../util/command.js';
 import { UserError } from '../util/errors.js';
-import { Progress } from '../util/progress.js';
+import { Progress, fmtTokens } from '../util/progress.js';
 import { train } from '../sae/train.js';
 import { checkTrainable, finetunePhase, type PhaseConfig } from '../sae/config.js';
 import { configFlags, flagsToConfig, sharedFlags } from '../cli/flags.js';
@@ -97,7 +97,7 @@ export default class Train extends SaeCommand {
         onLog: (r) =>
           progress.line(
             `step ${r.step} ${r.activation} loss ${r.total.toFixed(5)} recon ${r.recon.toFixed(5)} fvu ${r.fvu.toFixed(4)} L0 ${r.l0.toFixed(1)} ` +
-              `auxK ${r.auxK.toFixed(4)} auxZipf ${r.auxZipf.toFixed(4)} dead ${(100 * r.deadFraction).toFixed(1)}% dying ${(100 * r.dyingFraction).toFixed(1)}% ` +
+              `auxK ${r.auxK.toFixed(4)} auxZipf ${r.auxZipf.toFixed(4)} dead ${(100 * r.deadFraction).toFixed(1)}% (window ${fmtTokens(r.deadWindow)} tokens) dying ${(100 * r.dyingFraction).toFixed(1)}% ` +
               `lr ${r.lr.toExponential(2)} ${r.tokensPerSec.toFixed(0)} tok/s`,
           ),
       });
@@ -110,7 +110,7 @@ export default class Train extends SaeCommand {
             summary.interrupted
               ? `interrupted at step ${summary.steps}/${summary.totalSteps}; resume with --resume ${summary.out}`
               : `trained ${summary.activations.join('→')} d=${summary.d} F=${summary.width} for ${summary.steps} steps in ${summary.seconds.toFixed(1)}s` +
-                  (l ? `: fvu ${l.fvu.toFixed(4)}, L0 ${l.l0.toFixed(1)}, dead ${(100 * summary.deadFraction).toFixed(2)}%` : ''),
+                  (l ? `: fvu ${l.fvu.toFixed(4)}, L0 ${l.l0.toFixed(1)}, dead ${(100 * summary.deadFraction).toFixed(2)}% (no firing in the last ${fmtTokens(summary.deadWindow)} tokens)` : ''),
           );
         process.stdout.write((summary.final ?? `${summary.out}/checkpoint`) + '\n');
       }

@@ -13,8 +13,14 @@ export interface EvalResult {
   mse: number;
   /** Σ‖x−x̂‖² / Σ‖x−mean(x)‖² over all evaluated rows */
   fvu: number;
-  /** fraction of features that never fired on the evaluated rows */
-  deadFraction: number;
+  /**
+   * fraction of features that never fired on the evaluated rows (SPEC §9: evaluation's dead window
+   * is the evaluated tokens; training's "dead" uses its own window of recent tokens)
+   */
+  neverFiredFraction: number;
+  /** batches evaluated; the last one holds lastBatchRows rows (≤ the batch size) */
+  batches: number;
+  lastBatchRows: number;
   /** firing frequency per feature, in feature order */
   density: Float64Array;
 }
@@ -46,23 +52,30 @@ export async function evaluateSae(
   // FVU needs Σ‖x − mean‖² over everything evaluated: accumulate Σx and Σ‖x‖² in float64
   const sum = new Float64Array(d);
   let sumSq = 0;
-  while (rows + B <= maxRows && (await stream.next(x))) {
-    k.encodeSelect(p, x, B, selectionFor(B), [], enc);
+  let batches = 0;
+  let lastBatchRows = 0;
+  // every row counts, the last partial batch included: it is selected as a batch of its own size
+  for (;;) {
+    const n = Math.min(await stream.nextRows(x), maxRows - rows);
+    if (n <= 0) break;
+    k.encodeSelect(p, x, n, selectionFor(n), [], enc);
     k.decode(p, enc.codes, xhat, true);
-    for (let i = 0; i < B * d; i++) {
+    for (let i = 0; i < n * d; i++) {
       sse += (x[i] - xhat[i]) ** 2;
       sumSq += x[i] * x[i];
       sum[i % d] += x[i];
     }
     const c = enc.codes;
-    for (let b = 0; b < B; b++) {
-      const n = c.rowPtr[b + 1] - c.rowPtr[b];
-      hist[Math.min(n, hist.length - 1)]++;
+    for (let b = 0; b < n; b++) {
+      const active = c.rowPtr[b + 1] - c.rowPtr[b];
+      hist[Math.min(active, hist.length - 1)]++;
     }
     for (let e = 0; e < c.nnz; e++) fired[c.index[e]]++;
-    rows += B;
+    rows += n;
+    batches++;
+    lastBatchRows = n;
   }
-  if (rows === 0) throw new UserError(`no full batch of ${B} rows to evaluate${Number.isFinite(maxRows) ? ` within --max-rows ${maxRows}` : ''}; lower --batch-size`);
+  if (rows === 0) throw new UserError('no rows to evaluate');
   let meanSq = 0;
   for (let i = 0; i < d; i++) meanSq += (sum[i] / rows) ** 2;
   const variance = sumSq - rows * meanSq;
@@ -74,5 +87,5 @@ export async function evaluateSae(
     fired[j] /= rows;
   }
   while (hist.length > 1 && hist[hist.length - 1] === 0) hist.pop();
-  return { rows, l0: nnz / rows, l0Histogram: hist, mse: sse / rows, fvu: variance > 0 ? sse / variance : sse > 0 ? Infinity : 0, deadFraction: dead / F, density: fired };
+  return { rows, l0: nnz / rows, l0Histogram: hist, mse: sse / rows, fvu: variance > 0 ? sse / variance : sse > 0 ? Infinity : 0, neverFiredFraction: dead / F, density: fired, batches, lastBatchRows };
 }

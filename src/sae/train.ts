@@ -32,7 +32,7 @@ export interface TrainOptions {
   /** batches decoded ahead in a worker thread (0 = decode in-thread); default 2 */
   prefetch?: number;
   /** called every logEvery steps with the step's report */
-  onLog?: (r: StepReport & { tokensPerSec: number }) => void;
+  onLog?: (r: StepReport & { deadWindow: number; tokensPerSec: number }) => void;
   onStep?: (step: number, total: number) => void;
   /** message sink for notes (stderr in the CLI) */
   onNote?: (msg: string) => void;
@@ -51,9 +51,11 @@ export interface TrainSummary {
   tokens: number;
   d: number;
   width: number;
+  /** the window of deadFraction: a feature is dead when it has not fired in this many training tokens */
   deadWindow: number;
   activations: string[];
   last: StepReport | null;
+  /** features that did not fire in the last deadWindow training tokens */
   deadFraction: number;
   seconds: number;
   tokensPerSec: number;
@@ -264,7 +266,8 @@ export async function train(opts: TrainOptions): Promise<TrainSummary> {
         const tokensPerSec = ((trainer.tokens - tokLast) * 1000) / Math.max(1, now - tLast);
         tLast = now;
         tokLast = trainer.tokens;
-        const rec = { ...last, tokensPerSec };
+        // deadFraction's window travels with it (SPEC §9: every dead count states its window)
+        const rec = { ...last, deadWindow, tokensPerSec };
         logLines.push(JSON.stringify(rec) + '\n');
         opts.onLog?.(rec);
         await flushLog();

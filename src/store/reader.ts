@@ -518,9 +518,21 @@ export class BatchStream {
    * looping; the final partial batch is dropped then (and `out` holds garbage).
    */
   async next(out: Float32Array): Promise<boolean> {
+    return (await this.fill(out, false)) === this.batchSize;
+  }
+
+  /**
+   * Like next, but at the end of non-looping data hands out the final partial batch: returns the
+   * number of rows written to `out` (batchSize until the last batch, then the remainder, then 0).
+   */
+  async nextRows(out: Float32Array): Promise<number> {
+    return this.fill(out, true);
+  }
+
+  private async fill(out: Float32Array, partial: boolean): Promise<number> {
     const d = this.d;
     if (out.length < this.batchSize * d) throw new RangeError(`BatchStream.next: output holds ${out.length} values, need ${this.batchSize}×${d}`);
-    if (this.ended) return false;
+    if (this.ended) return 0;
     // Position only advances once the batch is complete, so that an aborted (dropped) batch
     // leaves position() pointing at its first row.
     let epoch = this.epoch;
@@ -534,7 +546,12 @@ export class BatchStream {
         if (window === this.nWindows) {
           if (!this.loop) {
             this.ended = true;
-            return false;
+            if (!partial || filled === 0) return 0;
+            this.epoch = epoch;
+            this.window = window - 1;
+            this.offset = this.windowLength(window - 1);
+            this.served += filled;
+            return filled;
           }
           epoch++;
           window = 0;
@@ -554,7 +571,7 @@ export class BatchStream {
     this.window = window;
     this.offset = offset;
     this.served += this.batchSize;
-    return true;
+    return this.batchSize;
   }
 
   private windowLength(window: number): number {

@@ -38,3 +38,8 @@ export class Progress {
     if (this.enabled && this.tty && this.lastLine) process.stderr.write('\r\x1b[K');
   }
 }
+
+/** Token counts for humans: 3840000 → 3.84M, 65536 → 65.5k. */
+export function fmtTokens(n: number): string {
+  return n >= 1e6 ? `${+(n / 1e6).toPrecision(3)}M` : n >= 1e4 ? `${+(n / 1e3).toPrecision(3)}k` : String(n);
+}
