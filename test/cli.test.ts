@@ -14,6 +14,19 @@ function sae(...args: string[]) {
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
+/** Run `sae args…`, press Ctrl-C once it logs `step n`, and return its exit code. */
+async function interruptAt(args: string[], n: number): Promise<number | null> {
+  const child = spawn(process.execPath, [bin, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let err = '';
+  return new Promise<number | null>((resolve) => {
+    child.stderr.on('data', (b: Buffer) => {
+      err += b.toString();
+      if (new RegExp(`step ${n} `).test(err) && !child.killed) child.kill('SIGINT');
+    });
+    child.on('close', (c) => resolve(c));
+  });
+}
+
 function expectUserError(r: ReturnType<typeof sae>, pattern: RegExp) {
   expect(r.code).not.toBe(0);
   const lines = r.stderr.trim().split('\n');
@@ -44,8 +57,12 @@ describe('sae synth | train | eval | export', () => {
     expect(e.code).toBe(0);
     const res = JSON.parse(e.stdout);
     expect(res.l0).toBeCloseTo(2, 5);
-    expect(res.fvu).toBeGreaterThan(0);
-    expect(res.recovery.meanMaxCos).toBeGreaterThan(0);
+    // 30 steps of a 64-wide SAE on 32 true features: far from converged, far better than nothing
+    expect(res.fvu).toBeGreaterThan(0.01);
+    expect(res.fvu).toBeLessThan(0.9);
+    // random unit vectors in d=16 reach ≈ 0.5 against 64 rows; training must beat that clearly
+    expect(res.recovery.meanMaxCos).toBeGreaterThan(0.6);
+    expect(res.recovery.meanMaxCos).toBeLessThanOrEqual(1);
     const x = sae('export', '--checkpoint', ckpt, '--data', data, '--out', path.join(root, 'jr'), '--batches', '4');
     expect(x.code).toBe(0);
     const j = JSON.parse(sae('eval', '--checkpoint', path.join(root, 'jr'), '--data', data).stdout);
@@ -85,11 +102,20 @@ describe('sae synth | train | eval | export', () => {
 describe('bad input gets one line and a non-zero exit', () => {
   const base = () => ['train', '--data', data, '--out', path.join(root, 'bad'), '--width', '64', '--batch-size', '128', '--steps', '2'];
 
-  it('unknown activation', () => expectUserError(sae(...base(), '--activation', 'softmax'), /unknown activation "softmax"/));
+  it('unknown activation, listing only trainable ones', () => {
+    const r = sae(...base(), '--activation', 'softmax');
+    expectUserError(r, /activation must be one of relu, topk, batchtopk, mutual, feature; got "softmax"/);
+  });
+  it('jumprelu for training, pointing at sae export', () => expectUserError(sae(...base(), '--activation', 'jumprelu'), /inference-only.*`sae export`/));
+  it('--lr 0 instead of the default', () => expectUserError(sae(...base(), '--lr', '0'), /lr must be > 0 \(omit it, or give "auto"/));
+  it('--width 0 instead of the default', () =>
+    expectUserError(sae('train', '--data', data, '--out', path.join(root, 'bad'), '--batch-size', '128', '--steps', '2', '--width', '0'), /width must be > 0 \(omit it, or give "auto"/));
+  it('a malformed --append-phase', () => expectUserError(sae(...base(), '--append-phase', 'feature'), /--append-phase expects ACTIVATION:STEPS/));
   it('k ≥ F', () => expectUserError(sae(...base(), '--k', '64'), /k must be < width/));
   it('k < 1', () => expectUserError(sae(...base(), '--k', '0'), /k must be ≥ 1/));
   it('m_max < 1', () => expectUserError(sae(...base(), '--m-max', '-2'), /mMax/));
-  it('a flag that is not a number', () => expectUserError(sae(...base(), '--lr', 'fast'), /--lr expects a number/));
+  it('a flag that is not a number', () => expectUserError(sae(...base(), '--lr', 'fast'), /--lr expects a number or auto/));
+  it('a fractional integer flag', () => expectUserError(sae(...base(), '--k', '2.5'), /--k expects a whole number/));
   it('an unknown flag', () => expectUserError(sae(...base(), '--learning-rate', '1'), /learning-rate/));
   it('missing input', () => expectUserError(sae('train', '--data', path.join(root, 'none'), '--out', path.join(root, 'bad')), /none/));
 
@@ -109,6 +135,96 @@ describe('bad input gets one line and a non-zero exit', () => {
 
   it('shards with another preprocessing than the run expects', () =>
     expectUserError(sae(...base(), '--expect-preprocessing', 'none'), /preprocessing/));
+});
+
+describe('outputs: nothing the user made is deleted or overwritten', () => {
+  async function userFile(name: string) {
+    const f = path.join(root, name);
+    await fs.writeFile(f, 'notes\n');
+    return f;
+  }
+
+  it('export refuses an --out that is a file and leaves it as it was', async () => {
+    const t = sae('train', '--data', data, '--out', path.join(root, 'out-exp'), '--activation', 'mutual', '--width', '64', '--k', '2', '--batch-size', '128', '--steps', '2', '--quiet');
+    const f = await userFile('export-target');
+    expectUserError(sae('export', '--checkpoint', t.stdout.trim(), '--data', data, '--out', f, '--batches', '1'), /is an existing file, not a directory/);
+    expect(await fs.readFile(f, 'utf8')).toBe('notes\n');
+  });
+
+  it('train refuses an --out that is a file with one line', async () => {
+    const f = await userFile('train-target');
+    expectUserError(sae('train', '--data', data, '--out', f, '--width', '64', '--batch-size', '128', '--steps', '2'), /--out .*train-target is an existing file, not a directory/);
+    expect(await fs.readFile(f, 'utf8')).toBe('notes\n');
+  });
+
+  it('synth refuses an --out that is a file with one line', async () => {
+    const f = await userFile('synth-target');
+    expectUserError(sae('synth', '--out', f, '--rows', '64'), /--out .*synth-target is an existing file, not a directory/);
+    expect(await fs.readFile(f, 'utf8')).toBe('notes\n');
+  });
+
+  it('synth refuses an existing shard set and says how to replace it', () => expectUserError(sae('synth', '--out', data, '--rows', '64'), /already contains activation shards.*--force/));
+
+  it('demo refuses an --out that is a file, or a folder that is not the demo’s', async () => {
+    const f = await userFile('demo-target');
+    expectUserError(sae('demo', '--out', f, '--steps', '10'), /is an existing file, not a directory/);
+    const dir = path.join(root, 'my-folder');
+    await fs.mkdir(dir);
+    await fs.writeFile(path.join(dir, 'thesis.tex'), 'x');
+    expectUserError(sae('demo', '--out', dir, '--steps', '10'), /not empty and not a demo directory/);
+    expect(await fs.readdir(dir)).toEqual(['thesis.tex']);
+  });
+
+  it('train --force refuses to delete a run-named entry that sae did not write', async () => {
+    const out = path.join(root, 'not-a-run');
+    await fs.mkdir(out);
+    await fs.writeFile(path.join(out, 'summary.json'), 'my own summary, not JSON');
+    expectUserError(sae('train', '--data', data, '--out', out, '--width', '64', '--batch-size', '128', '--steps', '2', '--force'), /summary\.json exists and was not written by sae train/);
+    expect(await fs.readFile(path.join(out, 'summary.json'), 'utf8')).toBe('my own summary, not JSON');
+  });
+});
+
+describe('incomplete shard folders', () => {
+  it('are refused with what is missing, and read on request as hand-made folders', async () => {
+    const partial = path.join(root, 'killed-synth');
+    expect(sae('synth', '--out', partial, '--d', '16', '--features', '32', '--k', '2', '--rows', '768', '--rows-per-shard', '256', '--seed', '3').code).toBe(0);
+    // what a kill -9 mid-write leaves: some shards, a temporary file, no manifest
+    await fs.rm(path.join(partial, 'manifest.json'));
+    await fs.rm(path.join(partial, 'shard-00002.parquet'));
+    await fs.writeFile(path.join(partial, '.shard-00002.parquet.tmp-99-1'), 'partial');
+    const args = ['train', '--data', partial, '--out', path.join(root, 'on-partial'), '--width', '64', '--k', '2', '--batch-size', '128', '--steps', '2', '--quiet'];
+    expectUserError(sae(...args), /killed-synth: incomplete shard folder: no manifest\.json \(2 \.parquet files, 1 temporary file.*--allow-no-manifest/);
+    expect(sae(...args, '--allow-no-manifest').code).toBe(0);
+  });
+});
+
+describe('resuming phased runs from the command line', () => {
+  it('the same command plus --resume continues a run interrupted in phase 1, bit for bit', async () => {
+    const args = ['--data', data, '--activation', 'mutual', '--width', '64', '--k', '2', '--batch-size', '64', '--steps', '300', '--finetune-steps', '20', '--log-every', '1', '--checkpoint-every', '1000'];
+    const cut = path.join(root, 'phased-cut');
+    expect(await interruptAt(['train', '--out', cut, ...args], 5)).toBe(130);
+    const resumed = sae('train', '--out', cut, ...args, '--resume', cut, '--json', '--quiet');
+    expect(resumed.code).toBe(0);
+    const s = JSON.parse(resumed.stdout);
+    expect(s.activations).toEqual(['mutual', 'feature']);
+    expect(s.steps).toBe(320);
+    expect(sae('train', '--out', path.join(root, 'phased-whole'), ...args, '--quiet').code).toBe(0);
+    const a = await fs.readFile(path.join(cut, 'final', 'sae.safetensors'));
+    const b = await fs.readFile(path.join(root, 'phased-whole', 'final', 'sae.safetensors'));
+    expect(a.equals(b)).toBe(true);
+  });
+
+  it('another activation on resume is refused, naming --append-phase, which then adds the phase', async () => {
+    const out = path.join(root, 'append');
+    const common = ['--data', data, '--width', '64', '--k', '2', '--batch-size', '64', '--quiet'];
+    expect(sae('train', '--out', out, ...common, '--activation', 'mutual', '--steps', '6').code).toBe(0);
+    expectUserError(sae('train', '--out', out, ...common, '--resume', out, '--activation', 'feature', '--steps', '4'), /phase 1 of the checkpoint's run is mutual.*--append-phase feature:STEPS/);
+    const r = sae('train', '--out', out, ...common, '--resume', out, '--append-phase', 'feature:4', '--json');
+    expect(r.code).toBe(0);
+    const s = JSON.parse(r.stdout);
+    expect(s.activations).toEqual(['mutual', 'feature']);
+    expect(s.steps).toBe(10);
+  });
 });
 
 describe('interrupting a run', () => {

@@ -19,8 +19,17 @@ import { Rng } from '../src/util/rng.js';
 
 const available = nativeAvailable();
 const isas = available ? nativeInfo()!.isas : [];
-const skip = !available;
+// Where the native build is required (CI), a missing addon fails here instead of skipping below.
+const required = process.env.SAE_REQUIRE_NATIVE === '1';
+const skip = !available && !required;
 if (skip) console.warn(`native kernel tests skipped: ${nativeLoadError()}`);
+
+describe('the native addon', () => {
+  it.runIf(required)('loads wherever SAE_REQUIRE_NATIVE=1 demands it', () => {
+    expect(nativeLoadError()).toBeNull();
+    expect(available).toBe(true);
+  });
+});
 
 // ------------------------------------------------------------------------------------ helpers
 

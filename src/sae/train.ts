@@ -201,6 +201,8 @@ export async function train(opts: TrainOptions): Promise<TrainSummary> {
   // a resumed run keeps the dead window it started with, even when --steps extends it
   const saved = opts.resume ? ck?.cfg.sae_train?.deadWindow : undefined;
   const deadWindow = typeof saved === 'number' && Number.isInteger(saved) && saved > 0 ? saved : autoDeadWindow(cfg);
+  await ensureOutDir(opts.out);
+  if (!opts.resume) await clearOrRefuse(opts.out, !!opts.force);
   const trainer = new Trainer({ cfg, d, F: width, deadWindow, kernels: opts.kernels, params: ck?.params });
   const total = totalSteps(cfg);
   if (deadWindow < 10_000_000 && cfg.deadWindow === 'auto') note(`dead window ${deadWindow} tokens (run has ${total * cfg.batchSize} tokens; 10M is the standard)`);
@@ -215,8 +217,6 @@ export async function train(opts: TrainOptions): Promise<TrainSummary> {
   }
   if (trainer.step >= total) note(`checkpoint is already at step ${trainer.step} of ${total}`);
 
-  await ensureOutDir(opts.out);
-  if (!opts.resume) await clearOrRefuse(opts.out, !!opts.force);
   const logFile = path.join(opts.out, 'metrics.jsonl');
   await truncateLog(logFile, trainer.step);
 

@@ -413,7 +413,7 @@ export interface BatchStreamOptions {
  * nothing else, resuming re-reads one window and regenerates its permutation.
  *
  * Window shuffling mixes rows only within windowRows; rows should come from shuffled shards
- * (`sae shuffle`) when the input is ordered, as harvested activations are.
+ * (a full shuffle first) when the input is ordered, as harvested activations are.
  */
 export class BatchStream {
   readonly d: number;
