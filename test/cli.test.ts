@@ -90,6 +90,29 @@ describe('sae synth | train | eval | export', () => {
     expect(sae('export', '--checkpoint', ckpt, '--data', data, '--out', out, '--batches', '2', '--force').code).toBe(0);
   });
 
+  it('eval evaluates every row, the last partial batch included, and names its dead count by its window', () => {
+    const t = sae('train', '--data', data, '--out', path.join(root, 'ev'), '--activation', 'mutual', '--width', '64', '--k', '2', '--batch-size', '128', '--steps', '3', '--quiet');
+    const all = JSON.parse(sae('eval', '--checkpoint', t.stdout.trim(), '--data', data, '--batch-size', '1000').stdout);
+    expect(all).toMatchObject({ rows: 4096, batches: 5, lastBatchRows: 96, neverFiredWindowTokens: 4096 });
+    expect(all.neverFiredFraction).toBeGreaterThanOrEqual(0);
+    expect(all).not.toHaveProperty('deadFraction');
+    const some = JSON.parse(sae('eval', '--checkpoint', t.stdout.trim(), '--data', data, '--batch-size', '1000', '--max-rows', '1500').stdout);
+    expect(some).toMatchObject({ rows: 1500, batches: 2, lastBatchRows: 500 });
+    // the partial batch is selected with its own budget: k per token on average
+    expect(some.l0).toBeCloseTo(2, 5);
+  });
+
+  it('the demo’s MC → FC fine-tune is the same phase 2 as --finetune-steps', async () => {
+    const demo = path.join(root, 'demo');
+    expect(sae('demo', '--out', demo, '--steps', '10').code).toBe(0);
+    const fromDemo = JSON.parse(await fs.readFile(path.join(demo, 'mutual-feature', 'final', 'cfg.json'), 'utf8')).sae_train.config;
+    const t = sae('train', '--data', data, '--out', path.join(root, 'ft-flag'), '--activation', 'mutual', '--width', '64', '--k', '2', '--batch-size', '128', '--steps', '2', '--finetune-steps', '1', '--quiet');
+    const fromFlag = JSON.parse(await fs.readFile(path.join(t.stdout.trim(), 'cfg.json'), 'utf8')).sae_train.config;
+    const shape = (ph: { activation: string; auxKCoef: number; auxZipfCoef: number }) => ({ activation: ph.activation, auxKCoef: ph.auxKCoef, auxZipfCoef: ph.auxZipfCoef });
+    expect(fromDemo.phases.map(shape)).toEqual([{ activation: 'feature', auxKCoef: 0, auxZipfCoef: 0 }]);
+    expect(fromFlag.phases.map(shape)).toEqual(fromDemo.phases.map(shape));
+  });
+
   it('train --json prints a machine-readable summary', () => {
     const t = sae('train', '--data', data, '--out', path.join(root, 'j'), '--activation', 'topk', '--width', '64', '--k', '2', '--batch-size', '128', '--steps', '5', '--json', '--quiet');
     expect(t.code).toBe(0);

@@ -441,6 +441,22 @@ describe('BatchStream', () => {
     expect(await resumed.next(new Float32Array(400))).toBe(false);
   });
 
+  it('hands out the final partial batch through nextRows, each row once', async () => {
+    const opts = { batchSize: 300, windowRows: 450, seed: 4, loop: false };
+    const s = new BatchStream(set, opts);
+    const out = new Float32Array(300 * set.meta.d);
+    const sizes: number[] = [];
+    const seen: number[] = [];
+    for (let n; (n = await s.nextRows(out)) > 0; ) {
+      sizes.push(n);
+      for (let r = 0; r < n; r++) seen.push(out[r * set.meta.d]);
+    }
+    expect(sizes).toEqual([300, 300, 300, set.rows - 900]);
+    expect(new Set(seen).size).toBe(set.rows);
+    expect(s.rowsServed).toBe(set.rows);
+    expect(await s.nextRows(out)).toBe(0);
+  });
+
   it('refuses to resume with a different seed or window', async () => {
     const ref = new BatchStream(set, { batchSize: 48, windowRows: 130, seed: 9, loop: true });
     await drain(ref, 3);

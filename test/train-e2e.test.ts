@@ -47,13 +47,24 @@ async function same(a: string, b: string) {
 
 describe('sae synth → sae train recovers the ground truth', () => {
   for (const activation of ['topk', 'mutual', 'feature']) {
-    it(`${activation} reaches mean max cosine ≥ 0.9`, async () => {
+    it(`${activation} recovers ≥ 90 % of the true features at cosine 0.9 (mean max cosine ≥ 0.95)`, async () => {
       const s = await train({ data, out: path.join(root, `rec-${activation}`), config: { ...easy, activation } });
       const rec = await recovery(s.final!);
-      expect(rec.meanMaxCos).toBeGreaterThanOrEqual(0.9);
+      // measured: topk 0.984 / 100 %, mutual 0.998 / 100 %, feature 0.967 / 96.9 %
+      expect(rec.meanMaxCos).toBeGreaterThanOrEqual(0.95);
+      expect(rec.fractionRecovered).toBeGreaterThanOrEqual(0.9);
       if (activation === 'feature') expect(s.deadFraction).toBe(0);
     });
   }
+
+  it('the phased MC → FC run recovers ≥ 90 % of the true features (mean max cosine ≥ 0.95)', async () => {
+    const s = await train({ data, out: path.join(root, 'rec-phased'), config: { ...easy, activation: 'mutual', steps: 1100, phases: [finetunePhase(400)] } });
+    expect(s.activations).toEqual(['mutual', 'feature']);
+    const rec = await recovery(s.final!);
+    // measured: 0.995 / 100 %
+    expect(rec.meanMaxCos).toBeGreaterThanOrEqual(0.95);
+    expect(rec.fractionRecovered).toBeGreaterThanOrEqual(0.9);
+  });
 });
 
 describe('checkpoints', () => {
@@ -69,8 +80,11 @@ describe('checkpoints', () => {
     expect(second.steps).toBe(40);
     expect(await same(whole.final!, second.final!)).toBe(true);
     // the metrics log reads like one run: each logged step once
-    const steps = (await fs.readFile(path.join(cut, 'metrics.jsonl'), 'utf8')).trim().split('\n').map((l) => JSON.parse(l).step);
-    expect(steps).toEqual([5, 10, 15, 20, 25, 30, 35, 40]);
+    const lines = (await fs.readFile(path.join(cut, 'metrics.jsonl'), 'utf8')).trim().split('\n').map((l) => JSON.parse(l));
+    expect(lines.map((l) => l.step)).toEqual([5, 10, 15, 20, 25, 30, 35, 40]);
+    // every dead fraction states its window
+    expect(lines.every((l) => l.deadWindow === 512 && typeof l.deadFraction === 'number')).toBe(true);
+    expect(second.deadWindow).toBe(512);
   });
 
   it('writes SAELens-layout weights, a cfg and the full training state', async () => {
