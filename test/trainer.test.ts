@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { resolveConfig, learningRate, defaultLr } from '../src/sae/config.js';
+import { resolveConfig, learningRate, defaultLr, finetunePhase } from '../src/sae/config.js';
 import { Trainer } from '../src/sae/trainer.js';
 import { Rng } from '../src/util/rng.js';
 import { resumeConfig } from '../src/sae/train.js';
@@ -112,9 +112,9 @@ describe('learning-rate schedule', () => {
   });
 
   it('gives each phase its own schedule, so a phase added on resume matches one configured up front', () => {
-    const upFront = resolveConfig({ steps: 100, lrDecayStart: 0.5, phases: [{ activation: 'feature', steps: 40 }] });
+    const upFront = resolveConfig({ steps: 100, lrDecayStart: 0.5, phases: [finetunePhase(40)] });
     const mcOnly = resolveConfig({ steps: 100, lrDecayStart: 0.5 });
-    const added = resumeConfig(mcOnly, { activation: 'feature', steps: 40 });
+    const added = resumeConfig(mcOnly, {}, 100, [finetunePhase(40)]);
     for (let t = 0; t < 140; t++) expect(learningRate(added, 1, t)).toBe(learningRate(upFront, 1, t));
     // MC decays to ~0 at its end; the fine-tune starts again from the base rate
     expect(learningRate(upFront, 1, 99)).toBeCloseTo(0.02);
