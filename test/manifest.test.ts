@@ -31,10 +31,12 @@ describe('the oclif manifest', () => {
 
   it('lists exactly the flags each command class declares', async () => {
     const manifest = await onDisk();
-    const ids = (await fs.readdir(path.join(root, 'dist', 'commands'))).filter((f) => f.endsWith('.js')).map((f) => f.slice(0, -3));
-    expect(Object.keys(manifest.commands).sort()).toEqual(ids.sort());
-    for (const id of ids) {
-      const cls = (await import(pathToFileURL(path.join(root, 'dist', 'commands', `${id}.js`)).href)).default as { flags: Record<string, unknown> };
+    // dist/commands/model/info.js is the command model:info
+    const files = (await fs.readdir(path.join(root, 'dist', 'commands'), { recursive: true })).filter((f) => f.endsWith('.js'));
+    const ids = files.map((f) => f.slice(0, -3).split(path.sep).join(':'));
+    expect(Object.keys(manifest.commands).sort()).toEqual([...ids].sort());
+    for (const [i, id] of ids.entries()) {
+      const cls = (await import(pathToFileURL(path.join(root, 'dist', 'commands', files[i])).href)).default as { flags: Record<string, unknown> };
       expect(Object.keys(manifest.commands[id].flags).sort(), id).toEqual(Object.keys(cls.flags).sort());
     }
   });
@@ -42,7 +44,7 @@ describe('the oclif manifest', () => {
   it('puts every flag of every command in its --help', async () => {
     const manifest = await onDisk();
     for (const [id, cmd] of Object.entries(manifest.commands)) {
-      const help = spawnSync(process.execPath, [bin, id, '--help'], { encoding: 'utf8', env: { ...process.env, FORCE_COLOR: '0', COLUMNS: '400' } }).stdout;
+      const help = spawnSync(process.execPath, [bin, ...id.split(':'), '--help'], { encoding: 'utf8', env: { ...process.env, FORCE_COLOR: '0', COLUMNS: '400' } }).stdout;
       for (const flag of Object.keys(cmd.flags)) expect(help, `sae ${id} --help`).toContain(`--${flag}`);
     }
   });
@@ -55,10 +57,13 @@ describe('messages and docs name real commands and flags', () => {
     for (const f of await sourceFiles(path.join(root, 'src'))) texts.push(await fs.readFile(f, 'utf8'));
     let checked = 0;
     for (const text of texts) {
-      for (const m of text.matchAll(/`sae ([a-z-]+)([^`\n]*)`/g)) {
-        const cmd = manifest.commands[m[1]];
+      for (const m of text.matchAll(/`sae ([a-z-]+)( [a-z-]+)?([^`\n]*)`/g)) {
+        // topics: `sae model info` is the command model:info
+        const sub = m[2]?.trim();
+        const cmd = (sub && manifest.commands[`${m[1]}:${sub}`]) || manifest.commands[m[1]];
         expect(cmd, `command in ${m[0]}`).toBeDefined();
-        for (const f of m[2].matchAll(/(?:^|\s)--([a-z][a-z0-9-]*)/g)) expect(Object.keys(cmd.flags), `${m[0]}`).toContain(f[1]);
+        const rest = sub && manifest.commands[`${m[1]}:${sub}`] ? m[3] : `${m[2] ?? ''}${m[3]}`;
+        for (const f of rest.matchAll(/(?:^|\s)--([a-z][a-z0-9-]*)/g)) expect(Object.keys(cmd.flags), `${m[0]}`).toContain(f[1]);
         checked++;
       }
     }
