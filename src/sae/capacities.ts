@@ -64,9 +64,9 @@ export interface CreditState {
  * largest fractional part (ties → lower rank, then lower feature index). The new credit is
  * c_j = w_j − m_j ∈ (−1, 1): a feature is never more than one slot ahead of or behind its shares.
  *
- * Credits are keyed by feature index, so a re-ranking moves them with the features. A credit that
- * would push a clipped feature past m_max is forfeited (it could never be spent), and taken off G
- * with it so that Σ_j c_j = G throughout.
+ * No capacity exceeds m_max. Credits are keyed by feature index, so a re-ranking moves them with
+ * the features. A positive credit on a rank whose share m_max clips is forfeited (it could never be
+ * spent there), and taken off G with it so that Σ_j c_j = G throughout.
  *
  * The rounding cannot always meet both the per-feature bounds and the batch target (Σ⌊w_j⌋ > Q, or
  * too few features left below their ceiling); then the bounds win and G carries the difference to
@@ -106,12 +106,12 @@ export class CarriedCapacities {
     for (let r = 0; r < F; r++) {
       const j = order[r];
       let x = c[j] + s[r];
-      if (x > mMax) {
-        G -= x - mMax; // forfeit what m_max can never let this feature spend
+      if (s[r] >= mMax && x > mMax) {
+        G -= x - mMax; // a rank clipped at m_max can never spend credit: forfeit it
         x = mMax;
       }
       w[j] = x;
-      const m = x > 0 ? Math.floor(x) : 0;
+      const m = x <= 0 ? 0 : x >= mMax ? mMax : Math.floor(x);
       out[j] = m;
       floorSum += m;
     }
@@ -123,7 +123,7 @@ export class CarriedCapacities {
       let n = 0;
       for (let j = 0; j < F; j++) {
         const f = w[j] - out[j];
-        if (f > 0) frac[n++] = f;
+        if (f > 0 && out[j] < mMax) frac[n++] = f;
       }
       if (extra > n) extra = n;
       const cut = extra === n ? 0 : kthLargest(frac, n, extra);
@@ -131,7 +131,7 @@ export class CarriedCapacities {
       let given = 0;
       for (let r = 0; r < F && given < extra; r++) {
         const j = order[r];
-        if (w[j] - out[j] > cut) {
+        if (w[j] - out[j] > cut && out[j] < mMax) {
           out[j]++;
           given++;
         }
@@ -139,7 +139,7 @@ export class CarriedCapacities {
       for (let r = 0; r < F && given < extra; r++) {
         const j = order[r];
         const f = w[j] - out[j];
-        if (f > 0 && f === cut) {
+        if (f > 0 && f === cut && out[j] < mMax) {
           out[j]++;
           given++;
         }
