@@ -13,6 +13,7 @@ const TABLE: Array<[keyof TrainConfig, Kind, string]> = [
   ['expansion', 'num', 'F = expansion × d when --width is not given (default 8)'],
   ['k', 'int', 'mean active features per token; batch budget M = k·B (default 32)'],
   ['capacities', 'str', 'Feature Choice capacities: zipf | uniform (default zipf)'],
+  ['capacityRounding', 'str', 'Feature Choice rounding: carry (shares kept in expectation) | floor (Algorithm 1 as printed) (default carry)'],
   ['zipfAlpha', 'num', 'Zipf exponent α (default 1.0)'],
   ['zipfBeta', 'num', 'Zipf bias β (default 6.8)'],
   ['mMax', 'int', 'Feature Choice cap per feature (default B)'],

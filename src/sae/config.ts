@@ -31,6 +31,12 @@ export interface TrainConfig {
   /** mean active features per token; the batch budget is M = k·B (SPEC §5) */
   k: number;
   capacities: Capacities;
+  /**
+   * how Feature Choice shares become whole capacities (SPEC §5 "Rounding"): 'carry' realises each
+   * share in expectation with a per-feature credit carried across batches, every batch using the
+   * whole budget; 'floor' is Algorithm 1 as printed (wide SAEs get features of capacity 0)
+   */
+  capacityRounding: 'carry' | 'floor';
   zipfAlpha: number;
   zipfBeta: number;
   /** per-feature cap on tokens for Feature Choice; 0 → B (no cap) */
@@ -81,6 +87,7 @@ export const DEFAULTS: TrainConfig = {
   expansion: 8,
   k: 32,
   capacities: 'zipf',
+  capacityRounding: 'carry',
   zipfAlpha: 1.0,
   zipfBeta: 6.8,
   mMax: 0,
@@ -115,7 +122,7 @@ export const DEFAULTS: TrainConfig = {
 };
 
 const KINDS: Record<keyof TrainConfig, 'int' | 'num' | 'str' | 'phases'> = {
-  activation: 'str', width: 'int', expansion: 'num', k: 'int', capacities: 'str', zipfAlpha: 'num', zipfBeta: 'num',
+  activation: 'str', width: 'int', expansion: 'num', k: 'int', capacities: 'str', capacityRounding: 'str', zipfAlpha: 'num', zipfBeta: 'num',
   mMax: 'int', rankInterval: 'int', densityEma: 'num', batchSize: 'int', steps: 'int', phases: 'phases', lr: 'num',
   lrWarmupSteps: 'int', lrDecay: 'str', lrDecayStart: 'num', beta1: 'num', beta2: 'num', eps: 'num', weightDecay: 'num',
   maxGradNorm: 'num', l1Coef: 'num', auxK: 'int', auxKCoef: 'num', auxZipfCoef: 'num', deadWindow: 'int', nfmCoef: 'num',
@@ -174,6 +181,7 @@ export function resolveConfig(...parts: Array<Record<string, unknown> | undefine
   const cfg = c as unknown as TrainConfig;
   oneOf('activation', cfg.activation, ACTIVATIONS);
   oneOf('capacities', cfg.capacities, ['zipf', 'uniform']);
+  oneOf('capacityRounding', cfg.capacityRounding, ['carry', 'floor']);
   oneOf('lrDecay', cfg.lrDecay, ['none', 'linear', 'cosine']);
   oneOf('bDecInit', cfg.bDecInit, ['zero', 'mean']);
   oneOf('expectPreprocessing', cfg.expectPreprocessing, ['any', 'center_unit_norm', 'none', 'dataset_scale']);
