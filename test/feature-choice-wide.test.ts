@@ -5,7 +5,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { writeSynth } from '../src/synth/synth.js';
 import { train } from '../src/sae/train.js';
 import { kernelFactory } from '../src/kernels/index.js';
-import { loadCheckpoint } from '../src/sae/checkpoint.js';
+import { checkpointConfig, loadCheckpoint } from '../src/sae/checkpoint.js';
+import { readSafetensors } from '../src/util/safetensors.js';
 import { calibrateThresholds, selectionForCheckpoint } from '../src/sae/inference.js';
 import { evaluateSae } from '../src/eval/evaluate.js';
 import { openShards } from '../src/store/reader.js';
@@ -50,10 +51,35 @@ describe('Feature Choice at F 4,096 / B 256 / k 4 with capacities in expectation
 
   it('exported thresholds reproduce the batch selection’s L0 one token at a time', async () => {
     const ck = await loadCheckpoint(path.join(root, 'zipf', 'final'), { withState: 'if-present' });
+    expect(checkpointConfig(ck).capacityRounding).toBe('carry');
     const set = await openShards(data);
     const cal = await calibrateThresholds(ck.params, set, selectionForCheckpoint(ck), { batchSize: 256, batches: 32, kernels });
     expect(Math.abs(cal.batchL0 - 4) / 4).toBeLessThan(0.01);
     const ev = await evaluateSae(ck.params, set, () => ({ kind: 'jumprelu', threshold: cal.threshold }), { batchSize: 256, maxRows: 32 * 256, kernels });
     expect(Math.abs(ev.l0 - cal.batchL0) / cal.batchL0).toBeLessThan(0.02);
+  });
+});
+
+describe('Feature Choice checkpoints carry the credits', () => {
+  const short = { activation: 'feature', width: 512, k: 3, batchSize: 128, steps: 30, rankInterval: 4, logEvery: 5, checkpointEvery: 1000, deadWindow: 512 };
+
+  it('resume with credits in flight gives the weights of an uninterrupted run, bit for bit', async () => {
+    const whole = await train({ data, out: path.join(root, 'whole'), config: short, kernels });
+    const cut = path.join(root, 'cut');
+    await train({ data, out: cut, config: short, stopAfterSteps: 13, kernels });
+    const mid = await loadCheckpoint(path.join(cut, 'checkpoint'), { withState: true });
+    expect(mid.state!.snapshot.capacityCredit.some((c) => c !== 0)).toBe(true);
+    const second = await train({ data, out: cut, config: {}, resume: cut, kernels });
+    for (const name of ['W_enc', 'W_dec', 'b_enc', 'b_dec']) {
+      const u = (await readSafetensors(path.join(whole.final!, 'sae.safetensors'))).tensors[name].data as Float32Array;
+      const v = (await readSafetensors(path.join(second.final!, 'sae.safetensors'))).tensors[name].data as Float32Array;
+      expect(Buffer.from(v.buffer, v.byteOffset, v.byteLength).equals(Buffer.from(u.buffer, u.byteOffset, u.byteLength))).toBe(true);
+    }
+  });
+
+  it('reads a checkpoint from before the option existed as Algorithm 1’s floor', async () => {
+    const ck = await loadCheckpoint(path.join(root, 'whole', 'final'), { withState: true });
+    delete (ck.cfg.sae_train!.config as unknown as Record<string, unknown>).capacityRounding;
+    expect(checkpointConfig(ck).capacityRounding).toBe('floor');
   });
 });
