@@ -83,6 +83,12 @@ export class CarriedCapacities {
   lastTarget = 0;
   private readonly w: Float64Array;
   private readonly frac: Float64Array;
+  /** ties at the cut, as ranks: reuses frac's memory once the cut is found */
+  private readonly ties: Int32Array;
+  /** the ranking last seen, and each feature's share and rank under it (rebuilt when it changes) */
+  private readonly seenOrder: Int32Array;
+  private readonly shareOf: Float64Array;
+  private readonly rankOf: Int32Array;
 
   constructor(shares: Shares, mMax: number) {
     this.F = shares.byRank.length;
@@ -91,6 +97,24 @@ export class CarriedCapacities {
     this.credit = new Float64Array(this.F);
     this.w = new Float64Array(this.F);
     this.frac = new Float64Array(this.F);
+    this.ties = new Int32Array(this.frac.buffer);
+    this.seenOrder = new Int32Array(this.F).fill(-1);
+    this.shareOf = new Float64Array(this.F);
+    this.rankOf = new Int32Array(this.F);
+  }
+
+  /** Index shares and ranks by feature, so that a batch reads every array in feature order (cache-friendly at large F). */
+  private follow(order: Int32Array): void {
+    const { F, seenOrder } = this;
+    let same = true;
+    for (let r = 0; r < F && same; r++) same = seenOrder[r] === order[r];
+    if (same) return;
+    seenOrder.set(order);
+    const s = this.shares.byRank;
+    for (let r = 0; r < F; r++) {
+      this.shareOf[order[r]] = s[r];
+      this.rankOf[order[r]] = r;
+    }
   }
 
   /**
@@ -99,14 +123,14 @@ export class CarriedCapacities {
    */
   next(order: Int32Array, out: Int32Array): Int32Array {
     const { F, credit: c, w, frac, mMax } = this;
-    const s = this.shares.byRank;
     if (order.length !== F || out.length !== F) throw new RangeError(`CarriedCapacities: ${order.length} ranks / ${out.length} outputs for ${F} features`);
+    this.follow(order);
+    const { shareOf: s, rankOf, ties } = this;
     let G = this.batchCredit;
     let floorSum = 0;
-    for (let r = 0; r < F; r++) {
-      const j = order[r];
-      let x = c[j] + s[r];
-      if (s[r] >= mMax && x > mMax) {
+    for (let j = 0; j < F; j++) {
+      let x = c[j] + s[j];
+      if (s[j] >= mMax && x > mMax) {
         G -= x - mMax; // a rank clipped at m_max can never spend credit: forfeit it
         x = mMax;
       }
@@ -127,22 +151,20 @@ export class CarriedCapacities {
       }
       if (extra > n) extra = n;
       const cut = extra === n ? 0 : kthLargest(frac, n, extra);
-      // strictly above the cut first, then ties at the cut in rank order
+      // every feature strictly above the cut, then the ties at the cut in rank order
       let given = 0;
-      for (let r = 0; r < F && given < extra; r++) {
-        const j = order[r];
-        if (w[j] - out[j] > cut && out[j] < mMax) {
-          out[j]++;
-          given++;
-        }
-      }
-      for (let r = 0; r < F && given < extra; r++) {
-        const j = order[r];
+      let nt = 0;
+      for (let j = 0; j < F; j++) {
         const f = w[j] - out[j];
-        if (f > 0 && f === cut && out[j] < mMax) {
+        if (!(f > 0 && f >= cut && out[j] < mMax)) continue;
+        if (f > cut) {
           out[j]++;
           given++;
-        }
+        } else ties[nt++] = rankOf[j];
+      }
+      if (given < extra) {
+        const byRank = ties.subarray(0, nt).sort();
+        for (let i = 0; given < extra; i++, given++) out[order[byRank[i]]]++;
       }
     } else if (extra < 0) {
       extra = 0; // the bounds win over the target; G carries the excess
