@@ -4,6 +4,7 @@ export { createReferenceKernels } from './kernels/reference.js';
 export { kernelFactory, type KernelName } from './kernels/index.js';
 export * from './sae/selection.js';
 export * from './sae/zipf.js';
+export * from './sae/capacities.js';
 export { FeatureStats } from './sae/density.js';
 export { lossAndGrad, nfmLosses, allocWorkspace, type ObjectiveSpec, type LossTerms, type AuxLossSpec } from './sae/objective.js';
 export { resolveConfig, resolveWidth, defaultLr, learningRate, DEFAULTS, ACTIVATIONS, type TrainConfig, type Activation, type PhaseConfig } from './sae/config.js';

@@ -129,7 +129,7 @@ describe('auto defaults', () => {
   });
 
   it('rejects zero and negative values instead of reading them as the default', () => {
-    for (const key of ['width', 'lr', 'deadWindow', 'shuffleWindow']) {
+    for (const key of ['width', 'lr', 'mMax', 'deadWindow', 'shuffleWindow']) {
       expect(message(() => resolveConfig({ [key]: 0 }))).toMatch(new RegExp(`${key} must be > 0 \\(omit it, or give "auto"`));
       expect(message(() => resolveConfig({ [key]: -1 }))).toMatch(new RegExp(`${key} must be > 0`));
     }

@@ -3,6 +3,7 @@ import { resolveConfig, learningRate, defaultLr, finetunePhase } from '../src/sa
 import { Trainer } from '../src/sae/trainer.js';
 import { Rng } from '../src/util/rng.js';
 import { resumeConfig } from '../src/sae/train.js';
+import { zipfShares } from '../src/sae/capacities.js';
 
 const d = 16;
 const F = 48;
@@ -102,6 +103,87 @@ describe('Trainer', () => {
     }
     expect(r.nfm).toBeGreaterThan(0);
     expect(r.fvu).toBeGreaterThan(0);
+  });
+});
+
+/**
+ * A Feature Choice trainer on all-positive affinities (positive x, positive W_enc, b_dec = 0, a
+ * learning rate too small to change that), so each feature fires on exactly its capacity of tokens
+ * and the density counts read the capacities back. Ranks stay the identity (no re-ranking).
+ */
+function capacityProbe(extra: Record<string, unknown>, dims: { d: number; F: number; B: number }, steps: number) {
+  const cfg = resolveConfig({ activation: 'feature', batchSize: dims.B, width: dims.F, steps, lr: 1e-12, bDecInit: 'zero', rankInterval: 10_000, ...extra });
+  const t = new Trainer({ cfg, d: dims.d, F: dims.F, deadWindow: dims.B });
+  t.init();
+  t.params.WencT.forEach((v, i) => (t.params.WencT[i] = Math.abs(v) + 0.01));
+  const rng = new Rng(1);
+  const x = new Float32Array(dims.B * dims.d);
+  const l0: number[] = [];
+  for (let s = 0; s < steps; s++) {
+    for (let i = 0; i < x.length; i++) x[i] = 0.1 + Math.abs(rng.normal());
+    l0.push(t.trainStep(x).l0 * dims.B);
+  }
+  return { t, l0, counts: t.featureStats().cumulativeCounts };
+}
+
+describe('Feature Choice capacities in training (SPEC §5 "Rounding")', () => {
+  const tiny = { d: 4, F: 4, B: 3 };
+  const zipfTiny = { k: 2, zipfAlpha: 1, zipfBeta: 0, mMax: 3 };
+
+  it('--capacity-rounding floor reproduces Algorithm 1 exactly (k=2, F=4, B=3, α=1, β=0)', () => {
+    // zipf_sum = 25/12, N = 6/(25/12) = 2.88; m = ⌊2.88, 1.44, 0.96, 0.72⌋ = 2, 1, 0, 0 every batch
+    const { l0, counts } = capacityProbe({ ...zipfTiny, capacityRounding: 'floor' }, tiny, 5);
+    expect(l0).toEqual([3, 3, 3, 3, 3]);
+    expect([...counts]).toEqual([10, 5, 0, 0]);
+  });
+
+  it('carry (the default) spends the whole budget M = k·B in every batch and stays within one slot of each share', () => {
+    const { l0, counts } = capacityProbe(zipfTiny, tiny, 25);
+    expect(new Set(l0)).toEqual(new Set([6]));
+    // shares 2.88, 1.44, 0.96, 0.72 per batch: after 25 batches 72, 36, 24, 18
+    [72, 36, 24, 18].forEach((owed, j) => expect(Math.abs(counts[j] - owed)).toBeLessThan(1));
+  });
+
+  it('carry realises uniform capacities when M/F is not whole: every feature fires, each within one slot of T·M/F', () => {
+    // k=4, B=64, F=48: M/F = 256/48 = 5.33…
+    const { l0, counts } = capacityProbe({ k: 4, capacities: 'uniform' }, { d: 8, F: 48, B: 64 }, 9);
+    expect(new Set(l0)).toEqual(new Set([256]));
+    for (const c of counts) expect(Math.abs(c - (9 * 256) / 48)).toBeLessThan(1);
+  });
+
+  it('resumes Feature Choice bit for bit with credits in flight', () => {
+    const cfg = resolveConfig({ activation: 'feature', k: 4, width: F, batchSize: B, steps: 9, seed: 2, rankInterval: 3, lr: 1e-2 });
+    const data = batches(13, 9);
+    const full = new Trainer({ cfg, d, F, deadWindow: B });
+    full.init(data[0]);
+    for (const x of data) full.trainStep(x);
+
+    const first = new Trainer({ cfg, d, F, deadWindow: B });
+    first.init(data[0]);
+    for (const x of data.slice(0, 5)) first.trainStep(x);
+    const snap = first.snapshot();
+    // credits are in flight: fractional, not all zero
+    expect(snap.capacityCredit.some((c) => c !== 0 && !Number.isInteger(c))).toBe(true);
+    const second = new Trainer({ cfg, d, F, deadWindow: B, params: { ...first.params, WencT: first.params.WencT.slice(), bEnc: first.params.bEnc.slice(), Wdec: first.params.Wdec.slice(), bDec: first.params.bDec.slice() } });
+    second.restore(snap);
+    for (const x of data.slice(5)) second.trainStep(x);
+    expect(Buffer.from(second.params.Wdec.buffer).equals(Buffer.from(full.params.Wdec.buffer))).toBe(true);
+    expect(Buffer.from(second.params.WencT.buffer).equals(Buffer.from(full.params.WencT.buffer))).toBe(true);
+    expect(Buffer.from(second.snapshot().capacityCredit.buffer).equals(Buffer.from(full.snapshot().capacityCredit.buffer))).toBe(true);
+  });
+
+  it('starts Feature Choice credits from zero after a Mutual Choice phase', () => {
+    const cfg = resolveConfig({ activation: 'mutual', steps: 3, phases: [{ activation: 'feature', steps: 1 }], k: 4, width: F, batchSize: B, rankInterval: 100 });
+    const t = new Trainer({ cfg, d, F, deadWindow: B });
+    const data = batches(4, 4);
+    t.init(data[0]);
+    for (const x of data.slice(0, 3)) t.trainStep(x);
+    expect(t.snapshot().capacityCredit.every((c) => c === 0)).toBe(true);
+    t.trainStep(data[3]);
+    // one Feature Choice batch from zero: credit = share − capacity for every feature
+    const share = zipfShares(4, F, B, cfg.zipfAlpha, cfg.zipfBeta, B).byRank;
+    const credit = t.snapshot().capacityCredit;
+    for (let j = 0; j < F; j++) expect(share[j] - credit[j]).toBe(Math.round(share[j] - credit[j]));
   });
 });
 

@@ -86,6 +86,7 @@ export async function saveCheckpoint(
       const tensors: Record<string, Tensor> = {
         order: { dtype: 'I32', shape: [s.order.length], data: s.order },
         dying: { dtype: 'U8', shape: [s.dying.length], data: s.dying },
+        capacity_credit: { dtype: 'F64', shape: [s.capacityCredit.length], data: s.capacityCredit },
       };
       s.m.forEach((a, i) => (tensors[`adam_m.${i}`] = f32([a.length], a)));
       s.v.forEach((a, i) => (tensors[`adam_v.${i}`] = f32([a.length], a)));
@@ -96,6 +97,7 @@ export async function saveCheckpoint(
         tokens: s.tokens,
         rng: s.rng,
         lastRankStep: s.lastRankStep,
+        batchCredit: s.batchCredit,
         stats: s.stats,
         dataPosition: extra?.dataPosition ?? null,
         moments: s.m.length,
@@ -178,6 +180,13 @@ export async function loadCheckpoint(dir: string, opts: { withState: boolean | '
   const dying = s.dying?.data;
   if (!(order instanceof Int32Array) || order.length !== F) throw new UserError(`${label}: state tensor order missing or wrong size`);
   if (!(dying instanceof Uint8Array) || dying.length !== F) throw new UserError(`${label}: state tensor dying missing or wrong size`);
+  // Feature Choice credits (SPEC §5 "Rounding"); a checkpoint from before capacityRounding existed floored and has none
+  const legacy = (cfg.sae_train.config as unknown as Record<string, unknown>)?.capacityRounding === undefined;
+  let capacityCredit = s.capacity_credit?.data;
+  if (capacityCredit === undefined && legacy) capacityCredit = new Float64Array(F);
+  if (!(capacityCredit instanceof Float64Array) || capacityCredit.length !== F) throw new UserError(`${label}: state tensor capacity_credit missing or wrong size`);
+  for (let i = 0; i < F; i++) if (!(Math.abs(capacityCredit[i]) < 1)) throw new UserError(`${label}: state tensor capacity_credit holds ${capacityCredit[i]}, outside (−1, 1)`);
+  const batchCredit = state.batchCredit ?? (legacy ? 0 : undefined);
   // a resume must be exact: every piece of state is checked, none is defaulted
   const bad = (what: string): never => {
     throw new UserError(`${label}: state.json has ${what}`);
@@ -192,6 +201,7 @@ export async function loadCheckpoint(dir: string, opts: { withState: boolean | '
   const rng = state.rng;
   if (!Array.isArray(rng) || rng.length !== 4 || !rng.every((v) => Number.isInteger(v) && v >= 0 && v < 2 ** 32)) bad('no valid RNG state');
   if (typeof state.dataPosition !== 'object' || state.dataPosition === null) bad('no data position');
+  if (typeof batchCredit !== 'number' || !Number.isFinite(batchCredit)) bad('no valid batchCredit');
   const stats = state.stats as { F?: unknown } | undefined;
   if (typeof stats !== 'object' || stats === null || stats.F !== F) bad(`density statistics for another width than ${F}`);
   const seen = new Uint8Array(F);
@@ -209,6 +219,8 @@ export async function loadCheckpoint(dir: string, opts: { withState: boolean | '
       lastRankStep: lastRankStep as number,
       order,
       dying,
+      capacityCredit,
+      batchCredit: batchCredit as number,
       stats: state.stats as TrainerSnapshot['stats'],
       m,
       v,
@@ -223,9 +235,11 @@ export function checkpointConfig(ck: LoadedCheckpoint): TrainConfig {
   const c = ck.cfg.sae_train?.config;
   if (typeof c !== 'object' || c === null || Array.isArray(c)) throw new UserError(`checkpoint ${ck.dir}: cfg.json has no training config`);
   try {
-    // checkpoints written before 'auto' existed stored 0 for a derived default
     const raw = { ...(c as unknown as Record<string, unknown>) };
-    for (const key of ['width', 'lr', 'deadWindow', 'shuffleWindow']) if (raw[key] === 0) raw[key] = 'auto';
+    // checkpoints written before 'auto' existed stored 0 for a derived default
+    for (const key of ['width', 'lr', 'mMax', 'deadWindow', 'shuffleWindow']) if (raw[key] === 0) raw[key] = 'auto';
+    // checkpoints from before capacityRounding existed were trained with Algorithm 1's floor
+    if (raw.capacityRounding === undefined) raw.capacityRounding = 'floor';
     return resolveConfig(raw);
   } catch (err) {
     throw new UserError(`checkpoint ${ck.dir}: ${(err as Error).message}`);

@@ -33,10 +33,16 @@ export interface TrainConfig {
   /** mean active features per token; the batch budget is M = k·B (SPEC §5) */
   k: number;
   capacities: Capacities;
+  /**
+   * how Feature Choice shares become whole capacities (SPEC §5 "Rounding"): 'carry' realises each
+   * share in expectation with a per-feature credit carried across batches, every batch using the
+   * whole budget; 'floor' is Algorithm 1 as printed (wide SAEs get features of capacity 0)
+   */
+  capacityRounding: 'carry' | 'floor';
   zipfAlpha: number;
   zipfBeta: number;
-  /** per-feature cap on tokens for Feature Choice; 0 → B (no cap) */
-  mMax: number;
+  /** Feature Choice cap per feature per batch; auto → B (no cap) */
+  mMax: number | Auto;
   /** recompute density ranks (Zipf capacities, dying set) every this many steps */
   rankInterval: number;
   densityEma: number;
@@ -83,9 +89,10 @@ export const DEFAULTS: TrainConfig = {
   expansion: 8,
   k: 32,
   capacities: 'zipf',
+  capacityRounding: 'carry',
   zipfAlpha: 1.0,
   zipfBeta: 6.8,
-  mMax: 0,
+  mMax: 'auto',
   rankInterval: 100,
   densityEma: 0.99,
   batchSize: 1536,
@@ -118,7 +125,7 @@ export const DEFAULTS: TrainConfig = {
 
 type Kind = 'int' | 'num' | 'str' | 'phases';
 const KINDS: Record<keyof TrainConfig, Kind> = {
-  activation: 'str', width: 'int', expansion: 'num', k: 'int', capacities: 'str', zipfAlpha: 'num', zipfBeta: 'num',
+  activation: 'str', width: 'int', expansion: 'num', k: 'int', capacities: 'str', capacityRounding: 'str', zipfAlpha: 'num', zipfBeta: 'num',
   mMax: 'int', rankInterval: 'int', densityEma: 'num', batchSize: 'int', steps: 'int', phases: 'phases', lr: 'num',
   lrWarmupSteps: 'int', lrDecay: 'str', lrDecayStart: 'num', beta1: 'num', beta2: 'num', eps: 'num', weightDecay: 'num',
   maxGradNorm: 'num', l1Coef: 'num', auxK: 'int', auxKCoef: 'num', auxZipfCoef: 'num', deadWindow: 'int', nfmCoef: 'num',
@@ -130,7 +137,7 @@ const KINDS: Record<keyof TrainConfig, Kind> = {
  * Keys whose default is derived ('auto'). An explicit value must be a real setting: 0 is never a
  * stand-in for the default (a user who types --lr 0 does not mean the width-scaled rate).
  */
-export const AUTO_KEYS = ['width', 'lr', 'auxKCoef', 'auxZipfCoef', 'deadWindow', 'shuffleWindow'] as const satisfies ReadonlyArray<keyof TrainConfig>;
+export const AUTO_KEYS = ['width', 'lr', 'mMax', 'auxKCoef', 'auxZipfCoef', 'deadWindow', 'shuffleWindow'] as const satisfies ReadonlyArray<keyof TrainConfig>;
 export const isAutoKey = (key: string): boolean => (AUTO_KEYS as readonly string[]).includes(key);
 
 function bad(msg: string): never {
@@ -190,6 +197,7 @@ export function resolveConfig(...parts: Array<Record<string, unknown> | undefine
   const cfg = c as unknown as TrainConfig;
   checkTrainable(cfg.activation);
   oneOf('capacities', cfg.capacities, ['zipf', 'uniform']);
+  oneOf('capacityRounding', cfg.capacityRounding, ['carry', 'floor']);
   oneOf('lrDecay', cfg.lrDecay, ['none', 'linear', 'cosine']);
   oneOf('bDecInit', cfg.bDecInit, ['zero', 'mean']);
   oneOf('expectPreprocessing', cfg.expectPreprocessing, ['any', 'center_unit_norm', 'none', 'dataset_scale']);
@@ -205,8 +213,8 @@ export function resolveConfig(...parts: Array<Record<string, unknown> | undefine
     if (v === 'auto') return;
     if (!((v as number) >= 0)) bad(`${key} must be ≥ 0${isAutoKey(key) ? ' (omit it, or give "auto", for the default)' : ''}, got ${v}`);
   };
-  (['batchSize', 'steps', 'expansion', 'zipfAlpha', 'rankInterval', 'logEvery', 'checkpointEvery', 'auxK', 'nfmSample', 'width', 'lr', 'deadWindow', 'shuffleWindow'] as const).forEach(pos);
-  (['mMax', 'lrWarmupSteps', 'weightDecay', 'maxGradNorm', 'l1Coef', 'auxKCoef', 'auxZipfCoef', 'nfmCoef', 'nfmInfCoef', 'seed'] as const).forEach(nonneg);
+  (['batchSize', 'steps', 'expansion', 'zipfAlpha', 'rankInterval', 'logEvery', 'checkpointEvery', 'auxK', 'nfmSample', 'width', 'lr', 'mMax', 'deadWindow', 'shuffleWindow'] as const).forEach(pos);
+  (['lrWarmupSteps', 'weightDecay', 'maxGradNorm', 'l1Coef', 'auxKCoef', 'auxZipfCoef', 'nfmCoef', 'nfmInfCoef', 'seed'] as const).forEach(nonneg);
   // Feature Choice cannot leave a feature dead, and the paper trains it without auxiliary losses
   if (cfg.auxKCoef === 'auto') cfg.auxKCoef = cfg.activation === 'relu' || cfg.activation === 'feature' ? 0 : 1 / 32;
   if (cfg.auxZipfCoef === 'auto') cfg.auxZipfCoef = cfg.activation === 'mutual' ? 1 / 32 : 0;
@@ -216,7 +224,6 @@ export function resolveConfig(...parts: Array<Record<string, unknown> | undefine
   if (!(cfg.beta1 >= 0 && cfg.beta1 < 1) || !(cfg.beta2 >= 0 && cfg.beta2 < 1)) bad('beta1 and beta2 must be in [0, 1)');
   if (!(cfg.eps > 0)) bad(`eps must be > 0, got ${cfg.eps}`);
   if (!(cfg.lrDecayStart >= 0 && cfg.lrDecayStart <= 1)) bad(`lrDecayStart must be in [0, 1], got ${cfg.lrDecayStart}`);
-  if (cfg.mMax < 0) bad(`mMax must be ≥ 1 (or 0 for no cap), got ${cfg.mMax}`);
   for (const ph of allPhases(cfg)) checkTrainable(ph.activation);
   return cfg;
 }
@@ -228,7 +235,6 @@ export function resolveWidth(cfg: TrainConfig, d: number): number {
   // typed arrays hold at most 2^31 − 1 elements: W (F×d) and the affinities of a batch (B×F)
   if (F * d > 2 ** 31 - 1 || cfg.batchSize * F > 2 ** 31 - 1) bad(`width ${F} is too large for d=${d} and batch ${cfg.batchSize}`);
   if (cfg.k >= F) bad(`k must be < width (k=${cfg.k}, width=${F})`);
-  if (cfg.mMax !== 0 && cfg.mMax < 1) bad('mMax must be ≥ 1');
   return F;
 }
 
@@ -240,6 +246,11 @@ export function defaultLr(F: number): number {
 /** The configured learning rate, or the width-scaled default. */
 export function baseLearningRate(cfg: TrainConfig, F: number): number {
   return cfg.lr === 'auto' ? defaultLr(F) : cfg.lr;
+}
+
+/** Feature Choice's per-feature cap m_max for a batch of B tokens (SPEC §5: B when not set). */
+export function featureCap(cfg: TrainConfig, B: number): number {
+  return cfg.mMax === 'auto' ? B : Math.min(cfg.mMax, B);
 }
 
 /** Shuffle-buffer rows: the configured number, or 16 batches. */

@@ -4,7 +4,8 @@ import { BatchStream, type ShardSet } from '../store/reader.js';
 import { UserError } from '../util/errors.js';
 import { allocCodes } from './selection.js';
 import { capacitiesByFeature, uniformCapacities, zipfCapacities } from './zipf.js';
-import { phaseOfStep } from './config.js';
+import { CarriedCapacities, uniformShares, zipfShares } from './capacities.js';
+import { phaseOfStep, featureCap } from './config.js';
 import { checkpointConfig, type LoadedCheckpoint } from './checkpoint.js';
 
 /**
@@ -31,12 +32,28 @@ export function selectionForCheckpoint(ck: LoadedCheckpoint): (B: number) => Sel
       return () => ({ kind: 'relu' });
     case 'feature': {
       const order = ck.state?.snapshot.order ?? Int32Array.from({ length: F }, (_, i) => i);
+      if (cfg.capacityRounding === 'carry') {
+        // SPEC §5 "Rounding": each call is one batch; shares are realised in expectation over the
+        // batches evaluated, from zero credit (ties as in training: uniform by feature index)
+        const identity = Int32Array.from({ length: F }, (_, i) => i);
+        let carried: CarriedCapacities | null = null;
+        let carriedB = 0;
+        return (B) => {
+          const mMax = featureCap(cfg, B);
+          if (!carried || carriedB !== B) {
+            const shares = cfg.capacities === 'uniform' ? uniformShares(cfg.k, F, B, mMax) : zipfShares(cfg.k, F, B, cfg.zipfAlpha, cfg.zipfBeta, mMax);
+            carried = new CarriedCapacities(shares, mMax);
+            carriedB = B;
+          }
+          return { kind: 'feature', capacity: carried.next(cfg.capacities === 'uniform' ? identity : order, new Int32Array(F)) };
+        };
+      }
       return (B) => ({
         kind: 'feature',
         capacity:
           cfg.capacities === 'uniform'
             ? uniformCapacities(cfg.k, B, F)
-            : capacitiesByFeature(zipfCapacities(cfg.k, F, B, cfg.zipfAlpha, cfg.zipfBeta, cfg.mMax > 0 ? Math.min(cfg.mMax, B) : B), order),
+            : capacitiesByFeature(zipfCapacities(cfg.k, F, B, cfg.zipfAlpha, cfg.zipfBeta, featureCap(cfg, B)), order),
       });
     }
     default:

@@ -6,7 +6,8 @@ import { allocParams, initParams, tensors } from './params.js';
 import { allocWorkspace, batchVariance, lossAndGrad, type AuxLossSpec, type LossTerms, type Workspace } from './objective.js';
 import { FeatureStats } from './density.js';
 import { capacitiesByFeature, densityRanking, dyingFeatures, uniformCapacities, zipfCapacities } from './zipf.js';
-import { allPhases, baseLearningRate, learningRate, phaseAt, type PhaseConfig, type TrainConfig } from './config.js';
+import { CarriedCapacities, uniformShares, zipfShares } from './capacities.js';
+import { allPhases, baseLearningRate, learningRate, phaseAt, type PhaseConfig, type TrainConfig, featureCap } from './config.js';
 
 /** Everything besides the weights that an exact resume needs (SPEC §10). */
 export interface TrainerSnapshot {
@@ -17,6 +18,9 @@ export interface TrainerSnapshot {
   /** density rank order (order[r] = feature of rank r+1) in force */
   order: Int32Array;
   dying: Uint8Array;
+  /** Feature Choice credits by feature index and the batch total's credit (zeros unless capacityRounding is carry) */
+  capacityCredit: Float64Array;
+  batchCredit: number;
   stats: ReturnType<FeatureStats['toState']>;
   /** Adam first and second moments, same order as tensors(params) */
   m: Float32Array[];
@@ -59,6 +63,10 @@ export class Trainer {
   private order: Int32Array;
   private dying: Uint8Array;
   private dyingCount = 0;
+  /** Feature Choice capacities in expectation (capacityRounding carry), and this batch's capacities */
+  private readonly carried: CarriedCapacities | null;
+  private readonly identityOrder: Int32Array;
+  private readonly capacity: Int32Array;
   private lastRankStep = 0;
   step = 0;
   tokens = 0;
@@ -84,6 +92,17 @@ export class Trainer {
     this.rng = Rng.derive(cfg.seed, 'trainer');
     this.order = identity(F);
     this.dying = new Uint8Array(F);
+    this.identityOrder = identity(F);
+    this.capacity = new Int32Array(F);
+    // credits start at zero and move only in Feature Choice phases: a switch from Mutual Choice starts from zero
+    const fc = this.phases.some((ph) => ph.activation === 'feature');
+    this.carried = fc && cfg.capacityRounding === 'carry' ? new CarriedCapacities(this.shares(B), featureCap(cfg, B)) : null;
+  }
+
+  private shares(B: number) {
+    const { cfg, F } = this;
+    const mMax = featureCap(cfg, B);
+    return cfg.capacities === 'uniform' ? uniformShares(cfg.k, F, B, mMax) : zipfShares(cfg.k, F, B, cfg.zipfAlpha, cfg.zipfBeta, mMax);
   }
 
   /** Fresh weights (SPEC §4), b_dec from the first batch's mean when configured. */
@@ -111,9 +130,11 @@ export class Trainer {
       case 'relu':
         return { kind: 'relu' };
       case 'feature': {
+        // SPEC §5 "Rounding": shares realised in expectation; uniform shares tie-break by feature index
+        if (this.carried) return { kind: 'feature', capacity: this.carried.next(cfg.capacities === 'uniform' ? this.identityOrder : this.order, this.capacity) };
         if (cfg.capacities === 'uniform') return { kind: 'feature', capacity: uniformCapacities(cfg.k, B, F) };
         // SPEC §5 / algorithm 1: capacities by density rank, mapped onto features by the current ranking
-        const byRank = zipfCapacities(cfg.k, F, B, cfg.zipfAlpha, cfg.zipfBeta, cfg.mMax > 0 ? cfg.mMax : B);
+        const byRank = zipfCapacities(cfg.k, F, B, cfg.zipfAlpha, cfg.zipfBeta, featureCap(cfg, B));
         return { kind: 'feature', capacity: capacitiesByFeature(byRank, this.order) };
       }
       default:
@@ -188,6 +209,8 @@ export class Trainer {
       lastRankStep: this.lastRankStep,
       order: this.order.slice(),
       dying: this.dying.slice(),
+      capacityCredit: this.carried ? this.carried.credit.slice() : new Float64Array(this.F),
+      batchCredit: this.carried ? this.carried.batchCredit : 0,
       stats: this.stats.toState(),
       m: this.m.map((a) => a.slice()),
       v: this.v.map((a) => a.slice()),
@@ -202,6 +225,8 @@ export class Trainer {
     this.dying = s.dying.slice();
     this.dyingCount = this.dying.reduce((a, b) => a + b, 0);
     if (!opts.optimizer) return;
+    if (s.capacityCredit.length !== this.F) throw new Error('snapshot width mismatch');
+    this.carried?.restore({ credit: s.capacityCredit, batchCredit: s.batchCredit });
     this.step = s.step;
     this.tokens = s.tokens;
     this.rng = new Rng(s.rng);
