@@ -178,7 +178,9 @@ export function unpickle(data: Uint8Array, opts: UnpickleOptions): unknown {
       }
       case 0x65: {
         const vs = popMark();
-        asList(top(), 'APPENDS').push(...vs);
+        const list = asList(top(), 'APPENDS');
+        // not push(...vs): a long run of items would overflow the argument limit
+        for (const v of vs) list.push(v);
         break;
       }
       case 0x73: {

@@ -1,4 +1,5 @@
 import * as path from 'node:path';
+import { constants as bufferConstants } from 'node:buffer';
 import { UserError } from '../util/errors.js';
 import { ITEMSIZE, numel, type RawTensor, type WeightDtype } from './tensors.js';
 import { ZipReader, type ZipEntry } from './zip.js';
@@ -186,6 +187,9 @@ function describeGlobal(v: unknown): string {
 function checkBounds(t: TensorRef, bad: (why: string) => never): void {
   const n = numel(t.shape);
   if (n === 0) return;
+  // stride-0 (expanded) views are legal, so a tiny storage can claim a huge tensor
+  const bytes = n * ITEMSIZE[t.storage.dtype];
+  if (!Number.isSafeInteger(bytes) || bytes > bufferConstants.MAX_LENGTH) bad(`tensor [${t.shape.join(', ')}] is too large to hold in memory`);
   let last = t.offset;
   for (let d = 0; d < t.shape.length; d++) last += (t.shape[d] - 1) * t.stride[d];
   if (last >= t.storage.numel) {
@@ -218,8 +222,14 @@ function materialise(t: TensorRef, storage: Uint8Array): Uint8Array {
     let src = t.offset;
     for (let d = 0; d < rank - 1; d++) src += idx[d] * t.stride[d];
     src *= size;
-    for (let i = 0; i < inner; i++, src += innerStride) {
-      for (let b = 0; b < size; b++) out[o++] = storage[src + b];
+    if (innerStride === size) {
+      // rows that are themselves contiguous (a slice of a bigger matrix) copy in one go
+      out.set(storage.subarray(src, src + inner * size), o);
+      o += inner * size;
+    } else {
+      for (let i = 0; i < inner; i++, src += innerStride) {
+        for (let b = 0; b < size; b++) out[o++] = storage[src + b];
+      }
     }
     let d = rank - 2;
     while (d >= 0 && ++idx[d] === t.shape[d]) idx[d--] = 0;

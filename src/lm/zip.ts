@@ -1,6 +1,8 @@
 import { promises as fs } from 'node:fs';
 import * as zlib from 'node:zlib';
+import { constants as bufferConstants } from 'node:buffer';
 import { UserError } from '../util/errors.js';
+import { describeFsError } from '../util/atomic.js';
 
 /**
  * A read-only view of a zip archive whose entries are stored uncompressed, which is what
@@ -38,7 +40,12 @@ export class ZipReader {
   ) {}
 
   static async open(file: string, label = file): Promise<ZipReader> {
-    const fh = await fs.open(file, 'r');
+    let fh: fs.FileHandle;
+    try {
+      fh = await fs.open(file, 'r');
+    } catch (e) {
+      throw describeFsError(e, label);
+    }
     try {
       const { size } = await fh.stat();
       const { cdOffset, cdSize, count } = await findCentralDirectory(fh, size, label);
@@ -64,6 +71,7 @@ export class ZipReader {
     // torch never compresses; inflating is possible but would only hide a file torch did not write
     if (entry.method !== 0) bad(`is compressed (method ${entry.method}); torch.save stores entries uncompressed`);
     if (entry.compressedSize !== entry.size) bad(`is stored but its sizes differ (${entry.compressedSize} vs ${entry.size})`);
+    if (entry.size > bufferConstants.MAX_LENGTH) bad(`is ${entry.size} bytes, more than one buffer can hold here (${bufferConstants.MAX_LENGTH})`);
     if (entry.localHeaderOffset + 30 > this.dataEnd) bad(`has its local header past the central directory (offset ${entry.localHeaderOffset})`);
     const local = await readAt(this.fh, entry.localHeaderOffset, 30, this.label);
     const dv = view(local);
