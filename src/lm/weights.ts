@@ -4,6 +4,7 @@ import { UserError } from '../util/errors.js';
 import type { LmConfig } from './config.js';
 import { openSafetensors, type OpenSafetensors } from './safetensors-reader.js';
 import { toFloat32, type RawTensor } from './tensors.js';
+import { readTorchBin } from './torch-bin.js';
 
 /**
  * The host LM's weights as the forward uses them: float32, Hugging Face's own values (no folding
@@ -73,31 +74,23 @@ export async function openWeights(dir: string): Promise<TensorSource> {
   const single = path.join(dir, 'model.safetensors');
   const index = path.join(dir, 'model.safetensors.index.json');
   let files: OpenSafetensors[];
-  let owner: Map<string, OpenSafetensors>;
   if (await exists(single)) {
     files = [await openSafetensors(single)];
   } else if (await exists(index)) {
-    let map: Record<string, string>;
-    try {
-      map = (JSON.parse(await fs.readFile(index, 'utf8')) as { weight_map: Record<string, string> }).weight_map;
-    } catch {
-      throw new UserError(`${index}: not a valid safetensors index (no weight_map)`);
-    }
-    if (typeof map !== 'object' || map === null) throw new UserError(`${index}: not a valid safetensors index (no weight_map)`);
-    const shardNames = [...new Set(Object.values(map))].sort();
-    for (const s of shardNames) if (typeof s !== 'string' || s.includes('/') || s.includes('\\')) throw new UserError(`${index}: malformed shard name ${JSON.stringify(s)}`);
+    const { map, shards } = await indexShards(index);
     files = [];
-    for (const s of shardNames) files.push(await openSafetensors(path.join(dir, s)));
+    for (const s of shards) files.push(await openSafetensors(path.join(dir, s)));
     for (const [name, s] of Object.entries(map)) {
-      const f = files[shardNames.indexOf(s)];
-      if (!f.entries.has(name)) throw new UserError(`${index}: lists ${name} in ${s}, which does not hold it`);
+      if (!files[shards.indexOf(s)].entries.has(name)) throw new UserError(`${index}: lists ${name} in ${s}, which does not hold it`);
     }
   } else if (await exists(path.join(dir, 'pytorch_model.bin'))) {
-    return openTorchBin(path.join(dir, 'pytorch_model.bin'));
+    return openTorchBin(dir, ['pytorch_model.bin']);
+  } else if (await exists(path.join(dir, 'pytorch_model.bin.index.json'))) {
+    return openTorchBin(dir, (await indexShards(path.join(dir, 'pytorch_model.bin.index.json'))).shards);
   } else {
-    throw new UserError(`${dir}: no weights (model.safetensors, model.safetensors.index.json or pytorch_model.bin)`);
+    throw new UserError(`${dir}: no weights (model.safetensors, model.safetensors.index.json, pytorch_model.bin or its index)`);
   }
-  owner = new Map();
+  const owner = new Map<string, OpenSafetensors>();
   for (const f of files) {
     for (const name of f.entries.keys()) {
       const c = canonicalName(name);
@@ -116,9 +109,34 @@ export async function openWeights(dir: string): Promise<TensorSource> {
   };
 }
 
-/** pytorch_model.bin is a zip of pickles: never unpickled. */
-async function openTorchBin(file: string): Promise<TensorSource> {
-  throw new UserError(`${file}: only a pickle checkpoint is here, which is never executed; convert it to model.safetensors`);
+/**
+ * pytorch_model.bin (or its shards) is a zip of pickles: read through the restricted reader, which
+ * understands torch's storage layout and refuses every other global, so nothing is ever executed.
+ */
+async function openTorchBin(dir: string, files: string[]): Promise<TensorSource> {
+  const byCanon = new Map<string, RawTensor>();
+  for (const f of files) {
+    for (const [n, t] of Object.entries(await readTorchBin(path.join(dir, f)))) {
+      const c = canonicalName(n);
+      if (byCanon.has(c)) throw new UserError(`${path.join(dir, f)}: tensor ${c} appears twice`);
+      byCanon.set(c, t);
+    }
+  }
+  return { names: [...byCanon.keys()], read: async (c) => byCanon.get(c)!, close: async () => undefined };
+}
+
+/** Shard file names of a Hugging Face index (model.safetensors.index.json, pytorch_model.bin.index.json). */
+async function indexShards(index: string): Promise<{ map: Record<string, string>; shards: string[] }> {
+  let map: Record<string, string>;
+  try {
+    map = (JSON.parse(await fs.readFile(index, 'utf8')) as { weight_map: Record<string, string> }).weight_map;
+  } catch {
+    throw new UserError(`${index}: not a valid weight index (no weight_map)`);
+  }
+  if (typeof map !== 'object' || map === null) throw new UserError(`${index}: not a valid weight index (no weight_map)`);
+  const shards = [...new Set(Object.values(map))].sort();
+  for (const s of shards) if (typeof s !== 'string' || s.includes('/') || s.includes('\\')) throw new UserError(`${index}: malformed shard name ${JSON.stringify(s)}`);
+  return { map, shards };
 }
 
 /** Which tensors a family needs, with their shapes, in Hugging Face's names (prefix stripped). */
