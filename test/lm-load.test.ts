@@ -1,4 +1,7 @@
-import { spawnSync } from 'node:child_process';
+import { execFile, spawnSync } from 'node:child_process';
+import { readFileSync, readdirSync } from 'node:fs';
+import { promisify } from 'node:util';
+import { FakeHub } from './fake-hub.js';
 import { promises as fs } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -88,6 +91,15 @@ describe('checkpoint layouts a real model folder can have', () => {
     await fs.writeFile(path.join(dir, 'model.safetensors.index.json'), JSON.stringify({ metadata: {}, weight_map: weightMap }));
     expect(await logitsOf(dir)).toEqual(gpt2Logits);
   });
+
+  for (const [name, from] of [['gpt2', GPT2], ['gpt-neox', NEOX]] as const) {
+    it(`reads a ${name} folder with only pytorch_model.bin through the restricted reader`, async () => {
+      const dir = path.join(root, `bin-${name}`);
+      await copyModelFiles(from, dir);
+      await fs.copyFile(path.join(FIX, '..', 'torch-bin', name, 'pytorch_model.bin'), path.join(dir, 'pytorch_model.bin'));
+      expect(await logitsOf(dir)).toEqual(name === 'gpt2' ? gpt2Logits : neoxLogits);
+    });
+  }
 
   it('widens BF16 weights exactly', async () => {
     const bf = Object.fromEntries(Object.entries(gpt2Raw).map(([n, t]) => [n, { dtype: 'BF16' as const, shape: t.shape, bytes: toBf16Bytes(f32(t)) }]));
@@ -203,11 +215,11 @@ describe('bad model folders get one line', () => {
     expect(await loadError(dir)).toMatch(/ln_f\.bias has 4 bytes for F32 \[64\]/);
   });
 
-  it('a folder with only a pickle checkpoint is never unpickled', async () => {
+  it('a pickle checkpoint that tries to run code is refused, naming the global', async () => {
     const dir = path.join(root, 'pickle');
     await copyModelFiles(GPT2, dir);
-    await fs.writeFile(path.join(dir, 'pytorch_model.bin'), 'PK\u0003\u0004 not really');
-    expect(await loadError(dir)).toMatch(/pytorch_model\.bin/);
+    await fs.copyFile(path.join(FIX, '..', 'torch-bin', 'malicious', 'pytorch_model.bin'), path.join(dir, 'pytorch_model.bin'));
+    expect(await loadError(dir)).toMatch(/pytorch_model\.bin.*refusing to load global posix\.system/);
   });
 });
 
@@ -280,5 +292,24 @@ describe('sae model info | run', () => {
       expect(r.stderr).toMatch(/^sae: error: /);
     }
     await expect(fs.stat(out)).rejects.toThrow();
+  });
+});
+
+describe('models by Hub id from the command line', () => {
+  const run = promisify(execFile);
+  const gpt2Tree = Object.fromEntries(readdirSync(GPT2).map((f) => [f, readFileSync(path.join(GPT2, f))]));
+  const hub = new FakeHub({ 'openai-community/gpt2': { revisions: { main: gpt2Tree } } }, { gpt2: 'openai-community/gpt2' });
+  beforeAll(() => hub.start());
+  afterAll(() => hub.stop());
+
+  it('sae model info gpt2 downloads into the Hugging Face cache, then works offline', async () => {
+    const env = { ...process.env, HF_HOME: path.join(root, 'hf-home'), HF_ENDPOINT: hub.url, HF_HUB_OFFLINE: '' };
+    const first = await run(process.execPath, [bin, 'model', 'info', 'gpt2', '--json'], { env });
+    expect(JSON.parse(first.stdout)).toMatchObject({ family: 'gpt2', layers: 3, vocab: 769 });
+    const before = hub.requests.length;
+    expect(before).toBeGreaterThan(0);
+    const second = await run(process.execPath, [bin, 'model', 'info', 'gpt2', '--json'], { env: { ...env, HF_HUB_OFFLINE: '1' } });
+    expect(JSON.parse(second.stdout).dir).toMatch(/models--gpt2[\\/]snapshots[\\/]/);
+    expect(hub.requests.length).toBe(before);
   });
 });
