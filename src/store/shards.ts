@@ -186,6 +186,13 @@ export interface ShardWriterOptions {
   overwrite?: boolean;
   /** how the caller's user asks for overwrite (e.g. "add --force to replace them"), for the refusal */
   overwriteHint?: string;
+  /**
+   * Continue an interrupted write: these shards (shard-00000.. in order) are complete and kept;
+   * later shard files, temp files and any manifest in the directory are removed (ours, unfinished).
+   */
+  resume?: ShardFileEntry[];
+  /** called as each shard is completed (renamed into place), with its index */
+  onShard?: (entry: ShardFileEntry, index: number) => void | Promise<void>;
   /** Parquet compression (default UNCOMPRESSED: float activations barely compress) */
   codec?: 'UNCOMPRESSED' | 'SNAPPY';
 }
@@ -233,6 +240,7 @@ export class ShardWriter {
   private readonly gMean: Float32Array;
   private readonly gNorm: Float32Array;
   private gRows = 0;
+  private readonly onShard?: (entry: ShardFileEntry, index: number) => void | Promise<void>;
   private current: OpenShard | null = null;
   private readonly done: ShardFileEntry[] = [];
   private total = 0;
@@ -249,6 +257,7 @@ export class ShardWriter {
     this.groupRows = Math.min(opts.rowGroupRows ?? defaultRowGroupRows(this.d, this.rowsPerShard), this.rowsPerShard);
     this.preprocess = opts.preprocess ?? false;
     this.codec = opts.codec ?? 'UNCOMPRESSED';
+    this.onShard = opts.onShard;
     this.schema = shardSchema(meta);
     this.kv = metaToKv(meta);
     this.gAct = new Float32Array(this.groupRows * this.d);
@@ -272,6 +281,19 @@ export class ShardWriter {
       names = await fs.readdir(dir);
     } catch (err) {
       throw describeFsError(err, `reading ${dir}`);
+    }
+    if (opts.resume) {
+      const keep = new Set(opts.resume.map((e, i) => {
+        if (e.file !== shardFileName(i)) throw new Error(`ShardWriter resume: entry ${i} is ${e.file}`);
+        return e.file;
+      }));
+      for (const n of names) {
+        if ((n === MANIFEST || /^shard-\d+\.parquet$/.test(n) || /^\.shard-\d+\.parquet\.tmp-/.test(n)) && !keep.has(n)) await fs.rm(path.join(dir, n), { force: true });
+      }
+      const w = new ShardWriter(dir, meta, opts);
+      w.done.push(...opts.resume);
+      w.total = opts.resume.reduce((a, e) => a + e.rows, 0);
+      return w;
     }
     const existing = names.filter((n) => n === MANIFEST || /^shard-\d+\.parquet$/.test(n));
     if (existing.length) {
@@ -431,9 +453,11 @@ export class ShardWriter {
       await this.abort();
       throw describeFsError(err, `writing ${final}`);
     }
-    this.done.push({ file: name, rows: cur.rows });
+    const entry = { file: name, rows: cur.rows };
+    this.done.push(entry);
     this.total += cur.rows;
     this.current = null;
+    await this.onShard?.(entry, this.done.length - 1);
   }
 
   /** Drop the shard in progress (its temp file); completed shards stay. */
