@@ -181,6 +181,27 @@ async function main() {
     const n = refs.length;
     console.log(`| ${dir} | ${n} | ${re}/${n} | ${je}/${n} | ${rd}/${n} | ${jd}/${n} |`);
   }
+
+  if (process.argv.includes('--codepoints')) {
+    // Where the TypeScript port could differ: its translation of the pre-tokenizer's Oniguruma regex
+    // (\s, \p{L}, \p{N} on exotic characters). Every code point below U+30000 in five contexts.
+    const contexts = (ch) => [`a${ch}b`, `a ${ch} b`, `x${ch}${ch} y`, `${ch}  z`, `1${ch}2`];
+    const differ = [];
+    let n = 0;
+    for (let c = 0; c < 0x30000; c++) {
+      if (c >= 0xd800 && c < 0xe000) continue; // lone surrogates are not text
+      for (const text of contexts(String.fromCodePoint(c))) {
+        n++;
+        const a = (await rust.encode(text, null, { addSpecialTokens: false })).getIds();
+        if (!same(a, js.encode(text, { add_special_tokens: false }).ids)) {
+          differ.push(`U+${c.toString(16).toUpperCase().padStart(4, '0')}`);
+          break;
+        }
+      }
+    }
+    console.log('');
+    console.log(`code points: ${n} texts, ${differ.length} code points where the libraries differ ${differ.slice(0, 20).join(' ')}`);
+  }
 }
 
 await main();
