@@ -11,7 +11,11 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { Tokenizer as JsTokenizer } from '@huggingface/tokenizers';
-import { Tokenizer as RustTokenizer } from 'tokenizers';
+// The Rust binding is not a dependency of the package (docs/tokenizer.md); only this bench uses it.
+const { Tokenizer: RustTokenizer } = await import('tokenizers').catch(() => {
+  console.error('bench/tokenizer.mjs compares against the Rust binding: npm install --no-save tokenizers');
+  process.exit(2);
+});
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const arg = (name, dflt) => {
