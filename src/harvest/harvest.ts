@@ -173,6 +173,8 @@ export async function harvest<P>(opts: HarvestOptions<P>): Promise<HarvestSummar
     );
   }
   rows = done.reduce((a, e) => a + e.rows, 0);
+  // claim the folder for this harvest before the first shard, so another harvest cannot mix in
+  if (!journal) await saveJournal(false);
 
   // --- the stream of contexts, from the journal's cursor ---------------------------------------
   const packer = new ContextPacker<P>(cfg.ctx, tokenizer.bosId, tokenizer.eosId, cfg.mode);

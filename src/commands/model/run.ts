@@ -7,6 +7,7 @@ import { writeSafetensors, type Tensor } from '../../util/safetensors.js';
 import { loadModel, modelFlags } from '../../lm/load.js';
 import { parseHook } from '../../lm/hooks.js';
 import { activationStats } from '../../lm/stats.js';
+import { loadTokenizer } from '../../lm/tokenizer.js';
 
 /** --ids 5,17,42 → one sequence. */
 function parseIdList(s: string): number[] {
@@ -34,9 +35,10 @@ async function readIdsFile(file: string): Promise<number[][]> {
 
 export default class ModelRun extends SaeCommand {
   static override description =
-    'Run a host LM on token ids and print statistics of each captured hook and the loss; with --save, write the captured hooks, logits and per-token losses as safetensors, to check a model against another implementation before harvesting from it';
+    'Run a host LM on text or token ids and print statistics of each captured hook and the loss; with --save, write the captured hooks, logits and per-token losses as safetensors, to check a model against another implementation before harvesting from it';
 
   static override examples = [
+    '<%= config.bin %> model run fixtures/hf-tiny/gpt2 --text "The quick brown fox" --bos --hook blocks.1.hook_resid_pre',
     '<%= config.bin %> model run fixtures/hf-tiny/gpt2 --ids 464,627,624,275 --hook blocks.1.hook_resid_pre',
     '<%= config.bin %> model run fixtures/hf-tiny/gpt2 --ids-file batch.json --hook blocks.0.hook_mlp_out --hook ln_final.hook_normalized --save out.safetensors',
   ];
@@ -47,8 +49,10 @@ export default class ModelRun extends SaeCommand {
 
   static override flags = {
     ...modelFlags,
-    ids: Flags.string({ description: 'comma-separated token ids of one sequence', exclusive: ['ids-file'] }),
-    'ids-file': Flags.string({ description: 'JSON array of equal-length token-id arrays (a batch)', exclusive: ['ids'] }),
+    text: Flags.string({ description: 'text of one sequence, tokenized with the model folder’s tokenizer.json', exclusive: ['ids', 'ids-file'] }),
+    bos: Flags.boolean({ description: 'prepend the model’s BOS token to --text (as harvest does)' }),
+    ids: Flags.string({ description: 'comma-separated token ids of one sequence', exclusive: ['ids-file', 'text'] }),
+    'ids-file': Flags.string({ description: 'JSON array of equal-length token-id arrays (a batch)', exclusive: ['ids', 'text'] }),
     hook: Flags.string({ description: 'hook to capture (repeatable), e.g. blocks.6.hook_resid_pre', multiple: true }),
     save: Flags.string({ description: 'write the captured hooks [batch, positions, d], logits and loss_per_token to this safetensors file' }),
     json: Flags.boolean({ description: 'print the report as JSON' }),
@@ -56,10 +60,10 @@ export default class ModelRun extends SaeCommand {
 
   async run(): Promise<void> {
     const { args, flags } = await this.parse(ModelRun);
-    let rows: number[][];
+    let rows: number[][] | null = null;
     if (flags.ids !== undefined) rows = [parseIdList(flags.ids)];
     else if (flags['ids-file'] !== undefined) rows = await readIdsFile(flags['ids-file']);
-    else throw new UserError('give the input with --ids or --ids-file');
+    else if (flags.text === undefined) throw new UserError('give the input with --text, --ids or --ids-file');
     if (flags.save) {
       const st = await fs.stat(flags.save).catch(() => null);
       if (st?.isDirectory()) throw new UserError(`--save ${flags.save} is a directory; give a file name`);
@@ -67,12 +71,20 @@ export default class ModelRun extends SaeCommand {
         throw new UserError(`--save ${flags.save}: its folder does not exist`);
       });
     }
-    const { model } = await loadModel(args.model, flags);
+    const { model, dir } = await loadModel(args.model, flags);
+    if (flags.text !== undefined) {
+      const tok = await loadTokenizer(dir);
+      const ids = Array.from(tok.encode(flags.text));
+      rows = [flags.bos ? [tok.bosId, ...ids] : ids];
+      if (!rows[0].length) throw new UserError('--text encodes to no tokens');
+    }
+    if (!rows) throw new Error('unreachable');
     const hooks = flags.hook ?? [];
     for (const h of hooks) parseHook(h, model.cfg);
-    const B = rows.length;
-    const T = rows[0].length;
-    const ids = Int32Array.from(rows.flat());
+    const batch = rows;
+    const B = batch.length;
+    const T = batch[0].length;
+    const ids = Int32Array.from(batch.flat());
     const r = model.run(ids, B, T, { capture: hooks, logits: !!flags.save, loss: T > 1 });
     const d = model.cfg.dModel;
     const report = {
