@@ -27,7 +27,8 @@ export default class Train extends SaeCommand {
   ];
 
   static override flags = {
-    data: Flags.string({ description: 'activation shards (directory or .parquet file)', required: true }),
+    data: Flags.string({ description: 'activation shards (directory or .parquet file), or - for shards announced on stdin by sae harvest / sae shuffle', required: true }),
+    follow: Flags.boolean({ description: 'with --data -: if the upstream stage dies, wait for its folder to be completed instead of failing' }),
     out: Flags.string({ description: 'run directory (checkpoint/, final/, metrics.jsonl, summary.json)', required: true }),
     config: Flags.string({ description: 'JSON config file (keys as in TrainConfig; flags override it)' }),
     resume: Flags.string({ description: 'continue from a training checkpoint or run directory, bit-exactly, with the phases it recorded (repeating its flags is fine; --steps/--finetune-steps may lengthen an unfinished phase)' }),
@@ -83,6 +84,7 @@ export default class Train extends SaeCommand {
       const summary = await train({
         data: flags.data,
         allowNoManifest: flags['allow-no-manifest'],
+        follow: flags.follow,
         out: flags.out,
         config,
         resume: flags.resume,

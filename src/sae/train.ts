@@ -6,6 +6,8 @@ import { describeFsError, writeFileAtomic } from '../util/atomic.js';
 import { ensureOutDir, pathKind } from '../util/outdir.js';
 import { checkCompatible, openShards, type DataPosition } from '../store/reader.js';
 import { openBatchSource } from '../store/prefetch.js';
+import { PipeBatchSource, firstShard, readAnnouncements } from '../store/pipe.js';
+import type { Readable } from 'node:stream';
 import type { Preprocessing } from '../store/preprocess.js';
 import { resolveConfig, resolveWidth, shuffleWindowRows, totalSteps, allPhases, type TrainConfig, type PhaseConfig } from './config.js';
 import { Trainer, type StepReport } from './trainer.js';
@@ -16,6 +18,10 @@ export interface TrainOptions {
   data: string;
   /** accept a shard directory without manifest.json (hand-made) */
   allowNoManifest?: boolean;
+  /** with data '-': where the shard announcements come from (default stdin) */
+  input?: Readable;
+  /** with data '-': when the upstream dies, wait for its folder instead of failing */
+  follow?: boolean;
   /** run directory: checkpoint/, final/, metrics.jsonl, summary.json */
   out: string;
   /** partial config (flags and/or a config file), validated by resolveConfig */
@@ -174,7 +180,12 @@ function cfgJson(cfg: TrainConfig, d: number, F: number, step: number, deadWindo
 /** Stream shards into the trainer (SPEC §8), with logs, periodic checkpoints and exact resume. */
 export async function train(opts: TrainOptions): Promise<TrainSummary> {
   const note = opts.onNote ?? (() => undefined);
-  const set = await openShards(opts.data, { allowNoManifest: opts.allowNoManifest });
+  // `--data -`: shards announced on stdin by an upstream stage, trained on as they arrive
+  const piped = opts.data === '-';
+  if (piped && opts.resume) throw new UserError('a run fed from a pipe cannot resume exactly (a pipe cannot be replayed); train on the upstream’s output folder instead, e.g. with --init-from');
+  const announced = piped ? readAnnouncements(opts.input ?? process.stdin, { follow: opts.follow }) : null;
+  const first = announced ? await firstShard(announced) : null;
+  const set = first ? first.set : await openShards(opts.data, { allowNoManifest: opts.allowNoManifest });
   const d = set.meta.d;
 
   let cfg: TrainConfig;
@@ -196,7 +207,7 @@ export async function train(opts: TrainOptions): Promise<TrainSummary> {
     throw new UserError(`checkpoint ${ck.dir} has width ${ck.cfg.d_sae} but the run asks for ${F}`);
   const width = ck ? ck.cfg.d_sae : F;
   if (cfg.k >= width) throw new UserError(`k must be < width (k=${cfg.k}, width=${width})`);
-  if (set.rows < cfg.batchSize) throw new UserError(`${opts.data} holds ${set.rows} rows, fewer than one batch of ${cfg.batchSize}`);
+  if (!piped && set.rows < cfg.batchSize) throw new UserError(`${opts.data} holds ${set.rows} rows, fewer than one batch of ${cfg.batchSize}`);
 
   // a resumed run keeps the dead window it started with, even when --steps extends it
   const saved = opts.resume ? ck?.cfg.sae_train?.deadWindow : undefined;
@@ -221,7 +232,11 @@ export async function train(opts: TrainOptions): Promise<TrainSummary> {
   await truncateLog(logFile, trainer.step);
 
   const windowRows = shuffleWindowRows(cfg);
-  const stream = openBatchSource(set, { batchSize: cfg.batchSize, windowRows: Math.max(windowRows, cfg.batchSize), seed: cfg.seed, loop: true }, position, opts.prefetch ?? 2);
+  const streamOpts = { batchSize: cfg.batchSize, windowRows: Math.max(windowRows, cfg.batchSize), seed: cfg.seed, loop: true };
+  const stream =
+    announced && first
+      ? new PipeBatchSource(announced, first, cfg.batchSize, windowRows, cfg.seed, (all) => openBatchSource(all, { ...streamOpts, windowRows: Math.min(streamOpts.windowRows, all.rows) }, undefined, opts.prefetch ?? 2))
+      : openBatchSource(set, streamOpts, position, opts.prefetch ?? 2);
   const x = new Float32Array(cfg.batchSize * d);
   const meta = { hook: set.meta.hook, model: set.meta.model, preprocessing: set.meta.preprocessing };
 
