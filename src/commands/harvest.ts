@@ -1,0 +1,133 @@
+import { Args, Flags } from '@oclif/core';
+import { SaeCommand } from '../util/command.js';
+import { UserError } from '../util/errors.js';
+import { Progress, fmtTokens } from '../util/progress.js';
+import { sharedFlags } from '../cli/flags.js';
+import { loadModel } from '../lm/load.js';
+import { loadTokenizer } from '../lm/tokenizer.js';
+import { lmKernelFactory, type KernelName } from '../kernels/index.js';
+import { PREPROCESSINGS, type Preprocessing } from '../store/preprocess.js';
+import { announceEnd, announceShard, metaDigest } from '../store/pipe.js';
+import { openShards } from '../store/reader.js';
+import { corpusSpecFromFlags, openCorpus } from '../harvest/corpus.js';
+import { harvest, type HarvestConfig } from '../harvest/harvest.js';
+
+export default class Harvest extends SaeCommand {
+  static override description =
+    'Run text through the host LM and write the activations at one or more hooks to Parquet shards (SPEC §1, §10): contexts of --ctx tokens with BOS first, preprocessing applied once, resumable by rerunning the same command';
+
+  static override examples = [
+    '<%= config.bin %> harvest --model fixtures/hf-tiny/gpt2 --out acts/ --max-tokens 100000',
+    '<%= config.bin %> harvest docs/*.jsonl --text-field body --model gpt2 --hook blocks.6.hook_resid_pre --out acts/',
+    '<%= config.bin %> harvest --hub HuggingFaceFW/fineweb --name sample-10BT --split train --model gpt2 --out acts/ --max-tokens 10000000',
+    '<%= config.bin %> harvest --model gpt2 --out acts/ --ndjson | <%= config.bin %> train --data - --out runs/mc --activation mutual',
+  ];
+
+  static override strict = false;
+
+  static override args = {
+    corpus: Args.string({ description: 'corpus files, folders or globs (.txt, .jsonl, .parquet), or - for stdin; default: the embedded Brown corpus' }),
+  };
+
+  static override flags = {
+    out: Flags.string({ description: 'output folder (one shard set; a subfolder per hook when several)', required: true }),
+    model: Flags.string({ description: 'host LM: a Hugging Face model folder or Hub id', default: 'gpt2' }),
+    revision: Flags.string({ description: 'Hub revision of the model (branch, tag such as step143000, or commit)' }),
+    hook: Flags.string({ description: 'hook to harvest, repeatable (several from one forward pass)', multiple: true, default: ['blocks.6.hook_resid_pre'] }),
+    ctx: Flags.integer({ description: 'tokens per context, BOS first', default: 64 }),
+    pad: Flags.boolean({ description: 'one document per context, padded (padding is not harvested) instead of documents joined with EOS' }),
+    'skip-bos': Flags.boolean({ description: 'leave position 0 (BOS) out of the shards: its norm is an outlier' }),
+    'max-tokens': Flags.integer({ description: 'stop after this many harvested tokens (rows)' }),
+    'shard-rows': Flags.integer({ description: 'rows per shard file', default: 65536 }),
+    dtype: Flags.string({ description: 'stored activation type, widened to float32 on read', options: ['float32', 'float16', 'bfloat16'], default: 'float32' }),
+    preprocessing: Flags.string({ description: 'normalisation applied once before writing (SPEC §3)', options: [...PREPROCESSINGS], default: 'center_unit_norm' }),
+    batch: Flags.integer({ description: 'contexts per forward pass', default: 32 }),
+    hub: Flags.string({ description: 'corpus: a Hub dataset id (e.g. HuggingFaceFW/fineweb), streamed with range requests' }),
+    name: Flags.string({ description: 'corpus: the Hub dataset config (e.g. sample-10BT)' }),
+    split: Flags.string({ description: 'corpus: the Hub dataset split (default train)' }),
+    'corpus-revision': Flags.string({ description: 'corpus: the Hub dataset revision (default main, pinned to its commit)' }),
+    'text-field': Flags.string({ description: 'corpus: JSONL field / Parquet column holding the text (default text)' }),
+    blocks: Flags.boolean({ description: 'corpus: one document per blank-line-separated block of a .txt file (default: per file)' }),
+    ndjson: Flags.boolean({ description: 'print one NDJSON line per finished shard on stdout (for | sae train --data - or | sae shuffle --data -)' }),
+    force: Flags.boolean({ description: 'replace another (or a finished) harvest in --out; only files a harvest writes are removed' }),
+    quiet: Flags.boolean({ description: 'no progress on stderr' }),
+    kernels: sharedFlags.kernels,
+  };
+
+  async run(): Promise<void> {
+    const { argv, flags } = await this.parse(Harvest);
+    const inputs = argv as string[];
+    if (flags.ctx < 2) throw new UserError(`--ctx must be at least 2, got ${flags.ctx}`);
+    if (flags['shard-rows'] < 1) throw new UserError('--shard-rows must be ≥ 1');
+    if (flags.batch < 1) throw new UserError('--batch must be ≥ 1');
+    if (flags['max-tokens'] !== undefined && flags['max-tokens'] < 1) throw new UserError('--max-tokens must be ≥ 1');
+    const progress = new Progress('harvest', !flags.quiet);
+    const spec = corpusSpecFromFlags(inputs, { hub: flags.hub, name: flags.name, split: flags.split, revision: flags['corpus-revision'], textField: flags['text-field'], blocks: flags.blocks });
+    const { model, dir, resolved } = await loadModel(flags.model, { revision: flags.revision, kernels: lmKernelFactory(flags.kernels as KernelName), onProgress: (m) => progress.line(m) });
+    const tokenizer = await loadTokenizer(dir);
+    const corpus = await openCorpus(spec);
+    const config: HarvestConfig = {
+      model: resolved.repo ?? flags.model,
+      revision: resolved.commit ?? resolved.revision ?? 'local',
+      hooks: flags.hook,
+      ctx: flags.ctx,
+      mode: flags.pad ? 'pad' : 'concat',
+      skipBos: flags['skip-bos'],
+      maxTokens: flags['max-tokens'] ?? null,
+      shardRows: flags['shard-rows'],
+      dtype: flags.dtype as HarvestConfig['dtype'],
+      preprocessing: flags.preprocessing as Preprocessing,
+      corpus: corpus.describe(),
+      tokenizer: tokenizer.digest,
+      batch: flags.batch,
+    };
+    const controller = new AbortController();
+    const onSigint = () => {
+      if (controller.signal.aborted) process.exit(130);
+      progress.line('interrupt: finishing the batch in flight; rerun the same command to continue');
+      controller.abort();
+    };
+    process.on('SIGINT', onSigint);
+    const t0 = Date.now();
+    const digests = new Map<string, string>();
+    let lastLine = t0;
+    try {
+      const s = await harvest({
+        out: flags.out,
+        config,
+        model,
+        tokenizer,
+        corpus,
+        force: flags.force,
+        signal: controller.signal,
+        onShard: async (e) => {
+          if (!flags.ndjson) return;
+          if (!digests.has(e.hook)) digests.set(e.hook, metaDigest((await openShards(e.shard)).meta));
+          process.stdout.write(announceShard({ shard: e.shard, rows: e.rows, metadata: digests.get(e.hook)! }));
+        },
+        onProgress: (p) => {
+          // a line every few seconds (logs stay short); the bar on a terminal
+          if (config.maxTokens) progress.tick(p.rows, config.maxTokens, `${p.shards} shards`);
+          if (Date.now() - lastLine < 5000) return;
+          lastLine = Date.now();
+          const secs = (Date.now() - t0) / 1000;
+          const rate = p.rows / Math.max(secs, 1e-3);
+          const eta = config.maxTokens ? ` ETA ${Math.max(0, (config.maxTokens - p.rows) / Math.max(rate, 1e-9)).toFixed(0)}s` : '';
+          progress.line(`${fmtTokens(p.rows)} tokens, ${p.contexts} contexts, ${p.shards} shards, ${rate.toFixed(0)} tok/s${eta}`);
+        },
+      });
+      progress.done();
+      const st = corpus.stats();
+      if (st.skippedEmpty || st.skippedInvalidUtf8) progress.line(`skipped ${st.skippedEmpty} empty and ${st.skippedInvalidUtf8} invalid UTF-8 documents`);
+      if (!s.complete) {
+        progress.line(`interrupted after ${s.rows} rows in ${s.shards} complete shards; rerun the same command to continue`);
+        this.exit(130);
+      }
+      progress.line(`harvested ${s.rows} tokens at ${config.hooks.join(', ')} into ${s.shards} shards in ${((Date.now() - t0) / 1000).toFixed(1)}s`);
+      if (flags.ndjson) process.stdout.write(announceEnd(s.shards, s.rows));
+      else process.stdout.write(Object.values(s.dirs).join('\n') + '\n');
+    } finally {
+      process.off('SIGINT', onSigint);
+    }
+  }
+}
