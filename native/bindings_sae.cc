@@ -1,5 +1,5 @@
 // Node-API bindings of the SAE kernels (src/kernels/native.ts): argument validation, then one
-// call into the Instance.
+// call into the Instance. The module also exports the LM ops (bindings_lm.cc).
 #include <cmath>
 
 #include "instance.h"
@@ -9,7 +9,9 @@ namespace sae {
 
 // Bumped whenever the JS-facing signatures change, so that a stale build is detected
 // (API_VERSION in src/kernels/native.ts).
-constexpr int kApiVersion = 2;
+constexpr int kApiVersion = 3;
+
+napi_status defineLmBindings(napi_env env, napi_value exports);  // bindings_lm.cc
 
 static Instance* inst(napi_env env, napi_value v) {
   napi_valuetype t;
@@ -385,5 +387,6 @@ NAPI_MODULE_INIT() {
       {"optimizerStep", nullptr, jsOptimizerStep, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
   };
   if (napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props) != napi_ok) return nullptr;
+  if (defineLmBindings(env, exports) != napi_ok) return nullptr;
   return exports;
 }

@@ -10,6 +10,7 @@
   extern const ::sae::SelectOps kSelect;         \
   extern const ::sae::SparseOps kSparse;         \
   extern const ::sae::OptimizerOps kOptimizer;   \
+  extern const ::sae::LmOps kLm;                 \
   }
 SAE_DECLARE_TABLES(isa512)
 SAE_DECLARE_TABLES(isa256)
@@ -19,9 +20,9 @@ SAE_DECLARE_TABLES(isa128)
 namespace sae {
 
 // Addresses only: constant-initialised, so no code compiled for a wider instruction set runs here.
-static const IsaOps k512 = {"avx512", &isa512::kGemm, &isa512::kSelect, &isa512::kSparse, &isa512::kOptimizer};
-static const IsaOps k256 = {"avx2", &isa256::kGemm, &isa256::kSelect, &isa256::kSparse, &isa256::kOptimizer};
-static const IsaOps k128 = {"sse2", &isa128::kGemm, &isa128::kSelect, &isa128::kSparse, &isa128::kOptimizer};
+static const IsaOps k512 = {"avx512", &isa512::kGemm, &isa512::kSelect, &isa512::kSparse, &isa512::kOptimizer, &isa512::kLm};
+static const IsaOps k256 = {"avx2", &isa256::kGemm, &isa256::kSelect, &isa256::kSparse, &isa256::kOptimizer, &isa256::kLm};
+static const IsaOps k128 = {"sse2", &isa128::kGemm, &isa128::kSelect, &isa128::kSparse, &isa128::kOptimizer, &isa128::kLm};
 
 bool cpuHas512() {
   __builtin_cpu_init();

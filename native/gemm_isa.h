@@ -1,7 +1,7 @@
 // The packed SGEMM, compiled once per instruction set (see isa_variants.h): the MR×NR
 // register-blocked micro-kernel, the packing it reads, and its drivers — the SAE encoder's scan,
-// which hands each finished tile to the selections while it is in L1, and the dense accumulation
-// used by the sparse passes when the codes are dense.
+// which hands each finished tile to the selections while it is in L1, the dense accumulation
+// used by the sparse passes when the codes are dense, and the host LM's linear layers.
 
 // ----------------------------------------------------------------------------------- packing
 
@@ -352,5 +352,132 @@ static void denseAccum(const AccumJob& J) {
   }
 }
 
+// ------------------------------------------------------------------------------- LM linear
+//
+// The same MR×NR register blocking with the roles turned around: outputs along the vectors (NR)
+// and tokens broadcast (MR), so that a finished tile is MR row segments of y, stored as vectors.
+
+// Tokens [0, n) of x [n×K] as micro-panels of MR tokens, panel = [k][MR] over the whole K (a
+// k-block of a panel is then contiguous); tokens past n are zero. Panels [p0, p1).
+static void packTokens(const float* x, int n, int K, int p0, int p1, float* Ap) {
+  for (int p = p0; p < p1; p++) {
+    float* __restrict dst = Ap + (size_t)p * MR * K;
+    const int rows = imin(MR, n - p * MR);
+    for (int r = 0; r < MR; r++) {
+      const float* __restrict src = x + (size_t)(p * MR + (r < rows ? r : 0)) * K;
+      for (int k = 0; k < K; k++) dst[(size_t)k * MR + r] = r < rows ? src[k] : 0.0f;
+    }
+  }
+}
+
+// Outputs [f0, f0+nf) and k in [k0, k0+kc) of W as panels of NR outputs, panel = [k][NR]:
+// W is [K×m] when inOut ('in_out': row k holds the outputs, a straight copy), else [m×K]
+// ('out_in': a transpose). Outputs past the end are zero.
+static void packLinearW(const float* W, bool inOut, int K, int m, int f0, int nf, int k0, int kc, float* Bp) {
+  const int npn = (nf + NR - 1) / NR;
+  for (int q = 0; q < npn; q++) {
+    float* __restrict dst = Bp + (size_t)q * NR * kc;
+    const int o = f0 + q * NR;
+    const int cols = imin(NR, nf - q * NR);
+    if (inOut) {
+      for (int k = 0; k < kc; k++) {
+        const float* __restrict src = W + (size_t)(k0 + k) * m + o;
+        if (cols == NR) {
+          vstore(dst + (size_t)k * NR, vloadu(src));
+          vstore(dst + (size_t)k * NR + VL, vloadu(src + VL));
+        } else {
+          for (int c = 0; c < NR; c++) dst[(size_t)k * NR + c] = c < cols ? src[c] : 0.0f;
+        }
+      }
+    } else {
+      for (int c = 0; c < NR; c++) {
+        const float* __restrict src = W + (size_t)(o + (c < cols ? c : 0)) * K + k0;
+        for (int k = 0; k < kc; k++) dst[(size_t)k * NR + c] = c < cols ? src[k] : 0.0f;
+      }
+    }
+  }
+}
+
+// y[r][0..NR) (+)= Σ_k ap[k][r]·bp[k][NR] (+ bias) for the MR tokens of a panel: the product
+// stays in registers over the k-block, then goes straight to the rows of y (first k-block:
+// stored with the bias; later ones: added). rows/cols < MR/NR at the edges go through tile.
+static inline void linearKernel(const float* __restrict ap, const float* __restrict bp, int kc, float* y, size_t ldy,
+                                int rows, int cols, bool first, const float* bias, float* __restrict tile) {
+  V a0[MR], a1[MR];
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; r++) {
+    a0[r] = vzero();
+    a1[r] = vzero();
+  }
+  for (int k = 0; k < kc; k++) {
+    const V b0 = vload(bp);
+    const V b1 = vload(bp + VL);
+#if SAE_ISA_LEVEL >= 256
+    _mm_prefetch((const char*)(bp + 8 * NR), _MM_HINT_T0);
+#endif
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; r++) {
+      const V w = vset1(ap[r]);
+      a0[r] = vfma(w, b0, a0[r]);
+      a1[r] = vfma(w, b1, a1[r]);
+    }
+    ap += MR;
+    bp += NR;
+  }
+  if (rows == MR && cols == NR) {
+    const V c0 = first && bias ? vloadu(bias) : vzero(), c1 = first && bias ? vloadu(bias + VL) : vzero();
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; r++) {
+      float* yr = y + (size_t)r * ldy;
+      if (first) {
+        vstoreu(yr, vadd(a0[r], c0));
+        vstoreu(yr + VL, vadd(a1[r], c1));
+      } else {
+        vstoreu(yr, vadd(vloadu(yr), a0[r]));
+        vstoreu(yr + VL, vadd(vloadu(yr + VL), a1[r]));
+      }
+    }
+    return;
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; r++) {
+    vstore(tile + r * NR, a0[r]);
+    vstore(tile + r * NR + VL, a1[r]);
+  }
+  for (int r = 0; r < rows; r++) {
+    float* yr = y + (size_t)r * ldy;
+    for (int c = 0; c < cols; c++)
+      yr[c] = first ? tile[r * NR + c] + (bias ? bias[c] : 0.0f) : yr[c] + tile[r * NR + c];
+  }
+}
+
+// One thread's outputs [o0, o1) of y = x·W + bias for every token, blocked like a BLIS GEMM for
+// the host LM's shapes (K up to 3072): blocks of nb·NR outputs × kLinearKc of k packed into L2;
+// per token panel (packed once for all threads) its k-slice stays in L1 across the block's output
+// panels. y[i][j] = ((bias + Σ_k∈block0) + Σ_k∈block1) + …, each block's sum one FMA chain in k
+// order: the same for any thread count or output partition.
+static void linear(const LinearJob& J) {
+  const int K = J.K;
+  const int Nc = NR * J.nb;
+  const int np = (J.n + MR - 1) / MR;
+  for (int f0 = J.o0; f0 < J.o1; f0 += Nc) {
+    const int nf = imin(Nc, J.o1 - f0);
+    const int npn = (nf + NR - 1) / NR;
+    for (int k0 = 0; k0 < K; k0 += kLinearKc) {
+      const int kc = imin(kLinearKc, K - k0);
+      packLinearW(J.W, J.inOut, K, J.m, f0, nf, k0, kc, J.Wp);
+      for (int p = 0; p < np; p++) {
+        const float* ap = J.Xp + (size_t)p * MR * K + (size_t)k0 * MR;
+        const int rows = imin(MR, J.n - p * MR);
+        for (int q = 0; q < npn; q++) {
+          const int o = f0 + q * NR;
+          linearKernel(ap, J.Wp + (size_t)q * NR * kc, kc, J.y + (size_t)p * MR * J.m + o, (size_t)J.m, rows,
+                       imin(NR, nf - q * NR), k0 == 0, J.bias ? J.bias + o : nullptr, J.tile);
+        }
+      }
+    }
+  }
+}
+
 extern const GemmOps kGemm;
-const GemmOps kGemm = {MR, NR, packedXFloats, packedWFloats, packX, scan, denseAccum};
+const GemmOps kGemm = {MR, NR, packedXFloats, packedWFloats, packX, scan, denseAccum, packTokens, linear};

@@ -105,6 +105,52 @@ struct ScanJob {
   Consumer* c = nullptr;
 };
 
+// One thread's share of causal attention: query blocks [u0, u1) of the B·H·⌈T/QB⌉ units
+// (sequence b, head h, queries of one block), each independent of the others.
+struct AttnJob {
+  const float* q = nullptr;
+  const float* k = nullptr;
+  const float* v = nullptr;
+  float* out = nullptr;
+  float* pattern = nullptr;  // [B, H, T, T] or null
+  int B = 0, T = 0, H = 0, hd = 0;
+  int QB = 64;  // queries per unit
+  int64_t u0 = 0, u1 = 0;
+  float scale = 1;
+  float* kt = nullptr;  // scratch: one head's keys transposed, hd × T (padded)
+  float* s = nullptr;   // scratch: T (padded) scores
+  float* acc = nullptr; // scratch: hd
+};
+
+// k-block of the LM's linear layers: a token panel's slice (NR·KC floats) stays in L1.
+constexpr int kLinearKc = 256;
+
+// One thread's share of an LM linear layer y[n×m] = x[n×K]·W + bias (see linear in gemm_isa.h).
+struct LinearJob {
+  const float* Xp = nullptr;  // x packed as panels of MR tokens (packTokens), all n tokens
+  int n = 0, K = 0, m = 0;
+  const float* W = nullptr;   // [K×m] when inOut, else [m×K]
+  bool inOut = false;
+  const float* bias = nullptr;  // m, or null
+  int o0 = 0, o1 = 0;           // this thread's outputs
+  int nb = 1;                   // panels of NR outputs per packed block of W
+  float* Wp = nullptr;          // nb·NR·kLinearKc floats, 64-byte aligned
+  float* tile = nullptr;        // MR×NR, 64-byte aligned
+  float* y = nullptr;
+};
+
+// The host LM's elementwise and per-row ops (lm_isa.h).
+struct LmOps {
+  void (*layerNorm)(const float* x, int r0, int r1, int d, const float* w, const float* b, float eps, float* y);
+  void (*geluTanh)(float* x, size_t n);
+  void (*geluErf)(float* x, size_t n);
+  void (*add)(float* a, const float* b, size_t n);
+  // rows [r0, r1) of x [B·T, H·hd]; cs = cos, sn = sin, each [T][dims/2]
+  void (*rotary)(float* x, int r0, int r1, int T, int H, int hd, int half, const float* cs, const float* sn);
+  void (*attention)(const AttnJob& job);
+  void (*crossEntropy)(const float* logits, int r0, int r1, int V, const int32_t* targets, float* loss);
+};
+
 // The packed SGEMM (gemm_isa.h): packing, the MR×NR register-blocked micro-kernel and its drivers.
 struct GemmOps {
   int MR;  // rows of a micro-tile (broadcast side)
@@ -114,6 +160,8 @@ struct GemmOps {
   void (*packX)(const float* x, const float* bDec, float* xcOut, int tok0, int ntok, int d, float* Xp);
   void (*scan)(const ScanJob& job);
   void (*denseAccum)(const AccumJob& job);
+  void (*packTokens)(const float* x, int n, int K, int p0, int p1, float* Ap);  // panels [p0, p1) of MR tokens
+  void (*linear)(const LinearJob& job);
 };
 
 // The selections' vectorised search (select_isa.h).
@@ -151,6 +199,7 @@ struct IsaOps {
   const SelectOps* select;
   const SparseOps* sparse;
   const OptimizerOps* opt;
+  const LmOps* lm;
 };
 
 bool cpuHas512();

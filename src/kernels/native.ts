@@ -30,11 +30,11 @@ import type {
 } from './types.js';
 
 /** Must equal kApiVersion in native/bindings_sae.cc. */
-const API_VERSION = 2;
+const API_VERSION = 3;
 
 type Handle = object & { readonly __native: unique symbol };
 
-/** The addon's surface (see native/bindings_sae.cc). */
+/** The addon's surface (see native/bindings_sae.cc and native/bindings_lm.cc). */
 interface Addon {
   info(): { apiVersion: number; threads: number; isa: string; isas: string[] };
   create(d: number, F: number, maxB: number, isa: string | null): Handle;
@@ -133,6 +133,11 @@ function required(): Addon {
   const a = load();
   if (!a) throw new Error(`native kernels unavailable: ${loadError}; build them with \`node scripts/build-native.mjs\``);
   return a;
+}
+
+/** The loaded addon, for the LM ops (src/kernels/lm-native.ts); throws when it is unavailable. */
+export function nativeAddon(): object {
+  return required();
 }
 
 const isF32 = (a: unknown): a is Float32Array => a instanceof Float32Array;
