@@ -9,8 +9,9 @@
 //
 // Environment: CXX (compiler, default g++), SAE_REQUIRE_NATIVE=1, SAE_SKIP_NATIVE=1 (do nothing),
 // SAE_NATIVE_VERBOSE=1 (print the compiler command and its full output).
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -67,40 +68,53 @@ if (fs.existsSync(out) && process.env.SAE_FORCE_NATIVE !== '1') {
 }
 
 fs.mkdirSync(outDir, { recursive: true });
+// One object per source, compiled in parallel (the sources are independent translation units),
+// then one link. Objects live in build/obj and are rebuilt whenever the addon is.
+const objDir = path.join(outDir, 'obj');
+fs.mkdirSync(objDir, { recursive: true });
 const tmp = path.join(outDir, `.sae_kernels.node.${process.pid}.tmp`);
-const flags = [
-  '-O3',
-  '-std=gnu++17',
-  '-fPIC',
-  '-shared',
-  '-pthread',
-  '-fvisibility=hidden',
-  '-fno-math-errno',
-  '-ffp-contract=fast',
-  '-Wall',
-  `-I${include}`,
-  `-I${nativeDir}`,
-  ...sources,
-  '-o',
-  tmp,
-];
+const cflags = ['-O3', '-std=gnu++17', '-fPIC', '-pthread', '-fvisibility=hidden', '-fno-math-errno', '-ffp-contract=fast', '-Wall', `-I${include}`, `-I${nativeDir}`];
 
-function compile(extra) {
-  const args = [...flags, ...extra];
+function run(args) {
   if (verbose) console.error(`${cxx} ${args.join(' ')}`);
-  return spawnSync(cxx, args, { encoding: 'utf8' });
+  return new Promise((resolve) => {
+    const child = spawn(cxx, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let text = '';
+    child.stdout.on('data', (b) => (text += b));
+    child.stderr.on('data', (b) => (text += b));
+    child.on('error', (error) => resolve({ status: null, error, text }));
+    child.on('close', (status) => resolve({ status, text }));
+  });
 }
+
+function failed(r) {
+  fs.rmSync(tmp, { force: true });
+  const first = r.text.split('\n').find((l) => /error/i.test(l)) ?? r.text.split('\n')[0] ?? '';
+  skip(`${cxx} failed${first ? `: ${first.trim().slice(0, 200)}` : ''}; SAE_NATIVE_VERBOSE=1 shows the full output`);
+}
+
+const objects = sources.map((s) => path.join(objDir, `${path.basename(s, '.cc')}.o`));
+const jobs = Math.max(1, Math.min(sources.length, os.availableParallelism?.() ?? os.cpus().length));
+let next = 0;
+const results = [];
+await Promise.all(
+  Array.from({ length: jobs }, async () => {
+    while (next < sources.length) {
+      const i = next++;
+      results[i] = await run([...cflags, '-c', sources[i], '-o', objects[i]]);
+    }
+  }),
+);
+for (const r of results) if (verbose && r.text) console.error(r.text);
+const bad = results.find((r) => r.error || r.status !== 0);
+if (bad) failed(bad);
 
 // Link libstdc++ statically when the toolchain allows it (the addon then does not depend on the
 // system's libstdc++ version); otherwise link it dynamically.
-let r = compile(['-static-libstdc++', '-static-libgcc']);
-if (r.status !== 0) r = compile([]);
-if (verbose && (r.stdout || r.stderr)) console.error(`${r.stdout}${r.stderr}`);
-if (r.error || r.status !== 0) {
-  fs.rmSync(tmp, { force: true });
-  const text = `${r.stderr ?? ''}${r.stdout ?? ''}`;
-  const first = text.split('\n').find((l) => /error/i.test(l)) ?? text.split('\n')[0] ?? '';
-  skip(`${cxx} failed${first ? `: ${first.trim().slice(0, 200)}` : ''}; SAE_NATIVE_VERBOSE=1 shows the full output`);
-}
+const link = ['-shared', '-pthread', ...objects, '-o', tmp];
+let r = await run([...link, '-static-libstdc++', '-static-libgcc']);
+if (r.status !== 0) r = await run(link);
+if (verbose && r.text) console.error(r.text);
+if (r.error || r.status !== 0) failed(r);
 fs.renameSync(tmp, out);
 if (verbose) console.error(`sae: built ${path.relative(root, out)}`);

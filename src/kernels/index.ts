@@ -1,4 +1,7 @@
 import type { KernelFactory } from './types.js';
+import type { LmKernels } from './lm-types.js';
+import { createReferenceLmKernels } from './lm-reference.js';
+import { createNativeLmKernels } from './lm-native.js';
 import { createReferenceKernels } from './reference.js';
 import { createNativeKernels, nativeAvailable, nativeLoadError } from './native.js';
 import { UserError } from '../util/errors.js';
@@ -23,6 +26,27 @@ export function kernelFactory(name: KernelName): KernelFactory {
       return createNativeKernels;
     case 'auto':
       return nativeAvailable() ? createNativeKernels : createReferenceKernels;
+    default:
+      throw new UserError(`unknown kernels "${String(name)}" (auto, reference or native)`);
+  }
+}
+
+/**
+ * The host LM's kernels for a name, with kernelFactory's semantics: 'reference' = the float64
+ * TypeScript oracle, 'native' = the addon's LM ops (float32, multithreaded), 'auto' = native when
+ * the addon was built and loads, else reference.
+ */
+export function lmKernelFactory(name: KernelName): LmKernels {
+  switch (name) {
+    case 'reference':
+      return createReferenceLmKernels();
+    case 'native':
+      if (!nativeAvailable()) {
+        throw new UserError(`native kernels unavailable (${nativeLoadError()}); build them with \`node scripts/build-native.mjs\` (needs g++ and Node's headers), or use --kernels reference`);
+      }
+      return createNativeLmKernels();
+    case 'auto':
+      return nativeAvailable() ? createNativeLmKernels() : createReferenceLmKernels();
     default:
       throw new UserError(`unknown kernels "${String(name)}" (auto, reference or native)`);
   }

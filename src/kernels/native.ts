@@ -29,12 +29,12 @@ import type {
   SparseCodes,
 } from './types.js';
 
-/** Must equal kApiVersion in native/sae_kernels.cc. */
-const API_VERSION = 2;
+/** Must equal kApiVersion in native/bindings_sae.cc. */
+const API_VERSION = 3;
 
 type Handle = object & { readonly __native: unique symbol };
 
-/** The addon's surface (see the N-API glue at the end of native/sae_kernels.cc). */
+/** The addon's surface (see native/bindings_sae.cc and native/bindings_lm.cc). */
 interface Addon {
   info(): { apiVersion: number; threads: number; isa: string; isas: string[] };
   create(d: number, F: number, maxB: number, isa: string | null): Handle;
@@ -133,6 +133,11 @@ function required(): Addon {
   const a = load();
   if (!a) throw new Error(`native kernels unavailable: ${loadError}; build them with \`node scripts/build-native.mjs\``);
   return a;
+}
+
+/** The loaded addon, for the LM ops (src/kernels/lm-native.ts); throws when it is unavailable. */
+export function nativeAddon(): object {
+  return required();
 }
 
 const isF32 = (a: unknown): a is Float32Array => a instanceof Float32Array;
@@ -252,7 +257,7 @@ function createNativeKernelsWith(shape: KernelShape, isa: string | null): SaeKer
     },
 
     optimizerStep(p: SaeParams, g: SaeParams, m: readonly FloatArray[], v: readonly FloatArray[], hp: OptimizerHyper): number {
-      // Fused: two passes over memory instead of the primitives' six (see native/sae_kernels.cc).
+      // Fused: two passes over memory instead of the primitives' six (see native/optimizer.cc).
       if (!paramsF32(p) || !paramsF32(g) || m.length !== 4 || v.length !== 4 || !allF32(...m, ...v)) {
         return composedOptimizerStep(kernels, p, g, m, v, hp);
       }

@@ -1,0 +1,170 @@
+// The host LM's ops (issue 8) on the thread pool: the `LmKernels` seam of src/kernels/lm-types.ts.
+// Linear layers run on the packed SGEMM (gemm_isa.h), the rest on lm_isa.h. Every split below is
+// over whole rows, elements or attention units whose results do not depend on which thread
+// computes them, so outputs are bit-identical for any pool size.
+#include "lm_ops.h"
+
+#include <cmath>
+
+#define SAE_ISA_BODY "lm_isa.h"
+#include "isa_variants.h"
+
+namespace sae {
+
+static void need(bool ok) {
+  if (!ok) fail("out of memory (native LM scratch)");
+}
+
+LmInstance::LmInstance(const IsaOps* ops) : ops_(ops), T_(pool().size()), th_(T_) {}
+
+// Elementwise work below this size stays on the calling thread: waking the pool costs more.
+constexpr size_t kSerialElems = 1 << 14;
+
+void LmInstance::linear(const float* x, int n, int K, const float* W, int m, bool inOut, const float* bias, float* y) {
+  if (n == 0 || m == 0) return;
+  const GemmOps& g = *ops_->gemm;
+  const int T = T_;
+  const int np = (n + g.MR - 1) / g.MR;
+  // packed blocks of W of up to 320 KiB (nb·NR outputs × kLinearKc), L2-resident
+  const int kc = std::min(std::max(K, 1), kLinearKc);
+  const int nb = (int)std::max<int64_t>(1, std::min<int64_t>(64, (320 * 1024) / ((int64_t)g.NR * kc * 4)));
+  need(Xp_.reserve((size_t)np * g.MR * K + 1));
+  for (auto& h : th_) {
+    need(h.Wp.reserve((size_t)nb * g.NR * kc));
+    need(h.tile.reserve((size_t)g.MR * g.NR));
+  }
+  float* Xp = Xp_.data();
+  pool().run([&](int t) {
+    const int p0 = (int)((int64_t)np * t / T), p1 = (int)((int64_t)np * (t + 1) / T);
+    if (p1 > p0) g.packTokens(x, n, K, p0, p1, Xp);
+  });
+  // outputs split in whole panels of NR
+  const int npn = (m + g.NR - 1) / g.NR;
+  pool().run([&](int t) {
+    LinearJob J;
+    J.o0 = (int)((int64_t)npn * t / T) * g.NR;
+    J.o1 = std::min(m, (int)((int64_t)npn * (t + 1) / T) * g.NR);
+    if (J.o1 <= J.o0) return;
+    J.Xp = Xp;
+    J.n = n;
+    J.K = K;
+    J.m = m;
+    J.W = W;
+    J.inOut = inOut;
+    J.bias = bias;
+    J.nb = nb;
+    J.Wp = th_[t].Wp.data();
+    J.tile = th_[t].tile.data();
+    J.y = y;
+    g.linear(J);
+  });
+}
+
+template <class Fn>
+static void rows(int n, int T, size_t work, Fn&& fn) {
+  if (work < kSerialElems || T == 1) {
+    fn(0, n);
+    return;
+  }
+  pool().run([&](int t) {
+    const int r0 = (int)((int64_t)n * t / T), r1 = (int)((int64_t)n * (t + 1) / T);
+    if (r1 > r0) fn(r0, r1);
+  });
+}
+
+template <class Fn>
+static void elems(size_t n, int T, Fn&& fn) {
+  if (n < kSerialElems || T == 1) {
+    fn((size_t)0, n);
+    return;
+  }
+  pool().run([&](int t) {
+    const size_t i0 = (n * t / T) & ~size_t(15);
+    const size_t i1 = t + 1 == T ? n : ((n * (t + 1) / T) & ~size_t(15));
+    if (i1 > i0) fn(i0, i1);
+  });
+}
+
+void LmInstance::layerNorm(const float* x, int n, int d, const float* w, const float* b, float eps, float* y) {
+  const LmOps& o = *ops_->lm;
+  rows(n, T_, (size_t)n * d, [&](int r0, int r1) { o.layerNorm(x, r0, r1, d, w, b, eps, y); });
+}
+
+void LmInstance::gelu(float* x, size_t n, bool erf) {
+  const LmOps& o = *ops_->lm;
+  elems(n, T_, [&](size_t i0, size_t i1) { (erf ? o.geluErf : o.geluTanh)(x + i0, i1 - i0); });
+}
+
+void LmInstance::add(float* a, const float* b, size_t n) {
+  const LmOps& o = *ops_->lm;
+  elems(n, T_, [&](size_t i0, size_t i1) { o.add(a + i0, b + i0, i1 - i0); });
+}
+
+void LmInstance::rotary(float* x, int B, int T, int H, int hd, int dims, double base) {
+  const int half = dims / 2;
+  if (half == 0 || B == 0 || T == 0) return;
+  // θ = t·base^(−2i/dims) in double, as the reference computes it; the table is reused while
+  // (T, dims, base) stay the same (every layer of a forward pass)
+  if (T != rotT_ || dims != rotDims_ || base != rotBase_) {
+    need(cos_.reserve((size_t)T * half));
+    need(sin_.reserve((size_t)T * half));
+    for (int t = 0; t < T; t++)
+      for (int i = 0; i < half; i++) {
+        const double th = t * std::pow(base, (-2.0 * i) / dims);
+        cos_[(size_t)t * half + i] = (float)std::cos(th);
+        sin_[(size_t)t * half + i] = (float)std::sin(th);
+      }
+    rotT_ = T;
+    rotDims_ = dims;
+    rotBase_ = base;
+  }
+  const LmOps& o = *ops_->lm;
+  const float* cs = cos_.data();
+  const float* sn = sin_.data();
+  rows(B * T, T_, (size_t)B * T * H * dims, [&](int r0, int r1) { o.rotary(x, r0, r1, T, H, hd, half, cs, sn); });
+}
+
+void LmInstance::attention(const float* q, const float* k, const float* v, int B, int T, int H, int hd, float* out,
+                           float* pattern) {
+  if (B == 0 || T == 0 || H == 0) return;
+  constexpr int QB = 64;
+  const int nq = (T + QB - 1) / QB;
+  const int64_t units = (int64_t)B * H * nq;
+  const size_t Tp = (size_t)(T + 63) / 64 * 64;
+  for (auto& h : th_) {
+    need(h.kt.reserve(Tp * hd));
+    need(h.s.reserve(Tp));
+    need(h.acc.reserve((size_t)hd + 64));
+  }
+  const LmOps& o = *ops_->lm;
+  const int T0 = units < T_ ? 1 : T_;
+  auto work = [&](int t) {
+    AttnJob J;
+    J.q = q;
+    J.k = k;
+    J.v = v;
+    J.out = out;
+    J.pattern = pattern;
+    J.B = B;
+    J.T = T;
+    J.H = H;
+    J.hd = hd;
+    J.QB = QB;
+    J.u0 = units * t / T0;
+    J.u1 = units * (t + 1) / T0;
+    J.scale = (float)(1.0 / std::sqrt((double)hd));
+    J.kt = th_[t].kt.data();
+    J.s = th_[t].s.data();
+    J.acc = th_[t].acc.data();
+    if (J.u1 > J.u0) o.attention(J);
+  };
+  if (T0 == 1) work(0);
+  else pool().run(work);
+}
+
+void LmInstance::crossEntropy(const float* logits, int n, int V, const int32_t* targets, float* loss) {
+  const LmOps& o = *ops_->lm;
+  rows(n, T_, (size_t)n * V, [&](int r0, int r1) { o.crossEntropy(logits, r0, r1, V, targets, loss); });
+}
+
+}  // namespace sae

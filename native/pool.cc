@@ -1,0 +1,31 @@
+#include "pool.h"
+
+#include <sched.h>
+
+#include <cstdlib>
+
+namespace sae {
+
+static int poolSizeFromEnv() {
+  const char* env = std::getenv("SAE_THREADS");
+  if (env && *env) {
+    const int n = std::atoi(env);
+    if (n >= 1 && n <= 256) return n;
+  }
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) {
+    const int n = CPU_COUNT(&set);
+    if (n >= 1) return std::min(n, 64);
+  }
+  const unsigned h = std::thread::hardware_concurrency();
+  return h >= 1 ? (int)std::min(h, 64u) : 1;
+}
+
+Pool& pool() {
+  // Intentionally leaked: worker threads live for the life of the process.
+  static Pool* p = new Pool(poolSizeFromEnv());
+  return *p;
+}
+
+}  // namespace sae
