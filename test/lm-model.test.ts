@@ -2,6 +2,8 @@ import * as path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { HookedTransformer } from '../src/lm/model.js';
 import { readSafetensors } from '../src/util/safetensors.js';
+import { lmKernelFactory } from '../src/kernels/index.js';
+import { nativeAvailable as nativeLmAvailable } from '../src/kernels/native.js';
 
 // The fixtures' references come from an independent implementation of Hugging Face's forward
 // (fixtures/hf-tiny/*/README.md): every hook, logits, per-token losses, and splice losses.
@@ -15,8 +17,10 @@ function maxAbsDiff(a: Float32Array, b: Float32Array): number {
   return m;
 }
 
-for (const family of ['gpt2', 'gpt-neox']) {
-  describe(`${family} fixture through the model-folder loader`, () => {
+const kernelNames = ['reference', ...(nativeLmAvailable() ? ['native'] : [])] as const;
+
+for (const [family, kernels] of (['gpt2', 'gpt-neox'] as const).flatMap((f) => kernelNames.map((k) => [f, k] as const))) {
+  describe(`${family} fixture through the model-folder loader (${kernels} kernels)`, () => {
     let model: HookedTransformer;
     let ref: Record<string, Float32Array>;
     let ids: Int32Array;
@@ -25,7 +29,7 @@ for (const family of ['gpt2', 'gpt-neox']) {
 
     beforeAll(async () => {
       const dir = path.join(FIXTURES, family);
-      model = await HookedTransformer.load(dir);
+      model = await HookedTransformer.load(dir, lmKernelFactory(kernels));
       const f = await readSafetensors(path.join(dir, 'reference.safetensors'));
       ref = {};
       for (const [name, t] of Object.entries(f.tensors)) if (t.dtype === 'F32') ref[name] = t.data as Float32Array;

@@ -8,6 +8,8 @@ import { loadModel, modelFlags } from '../../lm/load.js';
 import { parseHook } from '../../lm/hooks.js';
 import { activationStats } from '../../lm/stats.js';
 import { loadTokenizer } from '../../lm/tokenizer.js';
+import { sharedFlags } from '../../cli/flags.js';
+import { lmKernelFactory, type KernelName } from '../../kernels/index.js';
 
 /** --ids 5,17,42 → one sequence. */
 function parseIdList(s: string): number[] {
@@ -56,6 +58,7 @@ export default class ModelRun extends SaeCommand {
     hook: Flags.string({ description: 'hook to capture (repeatable), e.g. blocks.6.hook_resid_pre', multiple: true }),
     save: Flags.string({ description: 'write the captured hooks [batch, positions, d], logits and loss_per_token to this safetensors file' }),
     json: Flags.boolean({ description: 'print the report as JSON' }),
+    kernels: sharedFlags.kernels,
   };
 
   async run(): Promise<void> {
@@ -71,7 +74,7 @@ export default class ModelRun extends SaeCommand {
         throw new UserError(`--save ${flags.save}: its folder does not exist`);
       });
     }
-    const { model, dir } = await loadModel(args.model, flags);
+    const { model, dir } = await loadModel(args.model, { revision: flags.revision, kernels: lmKernelFactory(flags.kernels as KernelName) });
     if (flags.text !== undefined) {
       const tok = await loadTokenizer(dir);
       const ids = Array.from(tok.encode(flags.text));
