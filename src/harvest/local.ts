@@ -179,13 +179,15 @@ export class StdinUnit implements Unit {
     if (this.used) throw new UserError('stdin (-) can be read only once');
     this.used = true;
     const lines = splitLines(this.stream);
-    // look ahead to the first line with content, then replay what was looked at
+    // look ahead to the first line with content, then replay what was looked at; next() by hand,
+    // since leaving a for-await loop early would close the generator
     const seen: Line[] = [];
     let first = -1;
-    for await (const line of lines) {
-      seen.push(line);
-      first = firstNonSpace(line.bytes);
-      if (first !== -1) break;
+    while (first === -1) {
+      const step = await lines.next();
+      if (step.done) break;
+      seen.push(step.value);
+      first = firstNonSpace(step.value.bytes);
     }
     async function* replay(): AsyncGenerator<Line> {
       yield* seen;
