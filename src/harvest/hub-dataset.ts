@@ -77,6 +77,8 @@ interface Client {
   endpoint: string;
   token?: string;
   fetch: typeof fetch;
+  /** the Hub's X-Error-Code of the last failed request; @huggingface/hub keeps only the status */
+  errorCode: string | null;
 }
 
 export async function resolveHubDataset(spec: HubDatasetSpec, opts: HubOptions = {}): Promise<ResolvedHubDataset> {
@@ -216,7 +218,14 @@ async function makeClient(opts: HubOptions): Promise<Client> {
     // @huggingface/hub refuses other tokens with a TypeError; say so in the CLI's terms
     throw new UserError('HF_TOKEN must be a Hugging Face access token starting with hf_');
   }
-  return { endpoint, token, fetch: opts.fetch ?? globalThis.fetch };
+  const base = opts.fetch ?? globalThis.fetch;
+  const client: Client = { endpoint, token, errorCode: null, fetch: base };
+  client.fetch = async (input, init) => {
+    const res = await base(input, init);
+    if (!res.ok) client.errorCode = res.headers.get('x-error-code');
+    return res;
+  };
+  return client;
 }
 
 /** HF_TOKEN, else the file `huggingface-cli login` writes (as src/lm/hub.ts reads it). */
@@ -230,6 +239,7 @@ async function tokenFromEnv(): Promise<string | undefined> {
 
 /** Run a Hub API call, turning what can go wrong into one line that says what to do. */
 async function call<T>(client: Client, id: string, revision: string, fn: () => Promise<T>): Promise<T> {
+  client.errorCode = null;
   try {
     return await fn();
   } catch (err) {
@@ -240,7 +250,8 @@ async function call<T>(client: Client, id: string, revision: string, fn: () => P
         throw new UserError(`dataset ${id} is gated or private (HTTP ${status}); accept its terms on the Hub and set HF_TOKEN to a token with access`);
       }
       if (status === 404) {
-        if (/revision|invalid rev/i.test(err.message)) throw new UserError(`revision ${revision} not found in dataset ${id} on ${client.endpoint}`);
+        const revisionMissing = client.errorCode === 'RevisionNotFound' || (client.errorCode === null && /invalid rev id|revision not found/i.test(err.message));
+        if (revisionMissing) throw new UserError(`revision ${revision} not found in dataset ${id} on ${client.endpoint}`);
         throw new UserError(`dataset ${id} not found on ${client.endpoint} (HTTP 404)${client.token ? '' : ', or it is private: set HF_TOKEN'}`);
       }
       throw new UserError(`the Hub at ${client.endpoint} answered HTTP ${status} for dataset ${id}: ${oneLine(err.message)}`);
