@@ -4,7 +4,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { Readable } from 'node:stream';
 import { parquetWriteBuffer } from 'hyparquet-writer';
-import { openCorpus, corpusSpecFromFlags, brownCorpus, type Corpus, type CorpusPosition, type CorpusSpec, type OpenCorpusOptions } from '../src/harvest/corpus.js';
+import { openCorpus, brownCorpus, type Corpus, type CorpusPosition, type CorpusSpec, type OpenCorpusOptions } from '../src/harvest/corpus.js';
 import { brownToText } from '../src/harvest/brown.js';
 import { UserError } from '../src/util/errors.js';
 
@@ -353,7 +353,8 @@ describe('bad input', () => {
     expect(err.message).toMatch(/unknown format/);
   });
 
-  it('files and a Hub dataset together', () => {
-    expect(() => corpusSpecFromFlags(['a.txt'], { hub: 'x/y' })).toThrow(UserError);
+  it('files and a Hub dataset together', async () => {
+    const err = await userErrorOf(open({ inputs: ['a.txt'], hub: { id: 'x/y' } }));
+    expect(err.message).toMatch(/give one corpus/);
   });
 });

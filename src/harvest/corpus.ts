@@ -1,5 +1,5 @@
 /**
- * Corpora for `sae harvest`: an ordered, deterministic, resumable stream of documents from local
+ * Corpora for harvesting: an ordered, deterministic, resumable stream of documents from local
  * files, stdin, a Hub dataset, or the embedded Brown corpus.
  *
  *   const corpus = await openCorpus({ inputs: ['data/*.jsonl'] });
@@ -89,21 +89,6 @@ export async function openCorpus(spec: CorpusSpec = {}, opts: OpenCorpusOptions 
 /** The embedded Brown corpus; `heldout` is disjoint from the `train` split harvest reads by default. */
 export function brownCorpus(opts: { split?: BrownSplit } = {}): Promise<Corpus> {
   return openCorpus({ brown: opts.split ?? 'train' });
-}
-
-/**
- * The spec the CLI's arguments and flags describe: positional inputs, or `--hub` with `--name`,
- * `--split`, `--revision`; `--text-field`; `--blocks` for blank-line-separated `.txt` documents.
- */
-export function corpusSpecFromFlags(args: readonly string[], flags: { hub?: string; name?: string; split?: string; revision?: string; textField?: string; blocks?: boolean }): CorpusSpec {
-  if (flags.hub && args.length) throw new UserError('give either corpus files or --hub, not both');
-  if (!flags.hub && (flags.name !== undefined || flags.split !== undefined || flags.revision !== undefined)) {
-    throw new UserError('--name, --split and --revision apply to a --hub dataset');
-  }
-  const spec: CorpusSpec = { textField: flags.textField, txtMode: flags.blocks ? 'blocks' : 'file' };
-  if (flags.hub) spec.hub = { id: flags.hub, name: flags.name, split: flags.split, revision: flags.revision };
-  else if (args.length) spec.inputs = [...args];
-  return spec;
 }
 
 class UnitCorpus implements Corpus {

@@ -109,7 +109,7 @@ export async function resolveHubDataset(spec: HubDatasetSpec, opts: HubOptions =
     const converted = await fromParquetBranch(client, spec.id, spec.name ?? 'default', split);
     if (converted) return converted;
   }
-  throw new UserError(`found no Parquet files for ${where} at ${revision}; only Parquet datasets can be streamed (check --name and --split)`);
+  throw new UserError(`found no Parquet files for ${where} at ${revision}; only Parquet datasets can be streamed (check the config name and the split)`);
 }
 
 /** The units of a resolved dataset: one per Parquet file, read over range requests. */
@@ -175,7 +175,7 @@ function chooseConfig(configs: CardConfig[], name: string | undefined, id: strin
     return c;
   }
   const c = configs.find((x) => x.default === true) ?? configs.find((x) => x.config_name === 'default') ?? (configs.length === 1 ? configs[0] : undefined);
-  if (!c) throw new UserError(`dataset ${id} has several configs and no default; choose one with --name (configs: ${names})`);
+  if (!c) throw new UserError(`dataset ${id} has several configs and no default; name one (configs: ${names})`);
   return c;
 }
 

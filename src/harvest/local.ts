@@ -130,7 +130,7 @@ export async function* blocks(lines: AsyncIterable<Line>, firstRow: number): Asy
 /**
  * One JSON object per line. Blank lines are not records. A line that is not JSON, or an object
  * without the field, stops the read with the line number: that is a wrong file or a wrong
- * --text-field, and skipping it would hide that. A line that parses but holds bytes that are not
+ * text field, and skipping it would hide that. A line that parses but holds bytes that are not
  * UTF-8 is a bad document, counted and skipped like any other.
  */
 export async function* jsonlRecords(lines: AsyncIterable<Line>, firstRow: number, name: string, field: string): AsyncGenerator<RawRecord> {
@@ -150,7 +150,7 @@ export async function* jsonlRecords(lines: AsyncIterable<Line>, firstRow: number
       throw new UserError(`${name}: line ${n + 1} is not a JSON object`);
     }
     if (!(field in value)) {
-      throw new UserError(`${name}: line ${n + 1} has no field "${field}" (fields: ${Object.keys(value).join(', ')}); choose one with --text-field`);
+      throw new UserError(`${name}: line ${n + 1} has no field "${field}" (fields: ${Object.keys(value).join(', ')}); name the field that holds the text`);
     }
     const text = (value as Record<string, unknown>)[field];
     if (text !== null && typeof text !== 'string') {

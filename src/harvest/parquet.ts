@@ -36,7 +36,7 @@ export class ParquetUnit implements Unit {
     const metadata = await this.metadata;
     const top = parquetSchema(metadata).children.map((c) => c.element.name);
     if (!top.includes(this.column)) {
-      throw new UserError(`${this.name}: no column "${this.column}" (columns: ${top.join(', ')}); choose one with --text-field`);
+      throw new UserError(`${this.name}: no column "${this.column}" (columns: ${top.join(', ')}); name the column that holds the text`);
     }
     return { file, metadata };
   }
@@ -74,7 +74,7 @@ function record(row: number, value: unknown, name: string, column: string): RawR
     return text === null ? { row, text: null, invalidUtf8: true } : { row, text };
   }
   if (typeof value === 'string') return { row, text: value };
-  throw new UserError(`${name}: column "${column}" holds ${typeof value} values, not text; choose the text column with --text-field`);
+  throw new UserError(`${name}: column "${column}" holds ${typeof value} values, not text; name the column that holds the text`);
 }
 
 export function oneLine(err: unknown): string {
