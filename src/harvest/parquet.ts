@@ -53,7 +53,8 @@ export class ParquetUnit implements Unit {
     }
     const readGroup = (g: { start: number; end: number }): Promise<Record<string, unknown>[]> =>
       parquetReadObjects({ file, metadata, columns: [this.column], rowStart: g.start, rowEnd: g.end, parsers: rawStrings }).catch((err: unknown) => {
-        throw new UserError(`${this.name}: corrupt Parquet data in rows ${g.start}-${g.end - 1} (${oneLine(err)})`);
+        // corrupt pages and failed range requests alike; the cause says which
+        throw new UserError(`${this.name}: cannot read rows ${g.start}-${g.end - 1} (${oneLine(err)})`);
       });
     // the next row group is fetched while this one's documents are consumed
     let next = groups.length ? readGroup(groups[0]) : null;
