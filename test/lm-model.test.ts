@@ -17,7 +17,7 @@ function maxAbsDiff(a: Float32Array, b: Float32Array): number {
   return m;
 }
 
-const kernelNames = ['reference', ...(nativeLmAvailable() ? ['native'] : [])] as const;
+const kernelNames: Array<'reference' | 'native'> = ['reference', ...(nativeLmAvailable() ? (['native'] as const) : [])];
 
 for (const [family, kernels] of (['gpt2', 'gpt-neox'] as const).flatMap((f) => kernelNames.map((k) => [f, k] as const))) {
   describe(`${family} fixture through the model-folder loader (${kernels} kernels)`, () => {

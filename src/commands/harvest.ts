@@ -9,8 +9,18 @@ import { lmKernelFactory, type KernelName } from '../kernels/index.js';
 import { PREPROCESSINGS, type Preprocessing } from '../store/preprocess.js';
 import { announceEnd, announceShard, metaDigest } from '../store/pipe.js';
 import { openShards } from '../store/reader.js';
-import { corpusSpecFromFlags, openCorpus } from '../harvest/corpus.js';
+import { openCorpus, type CorpusSpec } from '../harvest/corpus.js';
 import { harvest, type HarvestConfig } from '../harvest/harvest.js';
+
+/** The corpus the arguments and flags describe: files/globs/-, or --hub with --name/--split/--corpus-revision. */
+function corpusSpec(inputs: string[], f: { hub?: string; name?: string; split?: string; 'corpus-revision'?: string; 'text-field'?: string; blocks?: boolean }): CorpusSpec {
+  if (f.hub && inputs.length) throw new UserError('give either corpus files or --hub, not both');
+  if (!f.hub && (f.name !== undefined || f.split !== undefined || f['corpus-revision'] !== undefined)) throw new UserError('--name, --split and --corpus-revision apply to a --hub dataset');
+  const spec: CorpusSpec = { textField: f['text-field'], txtMode: f.blocks ? 'blocks' : 'file' };
+  if (f.hub) spec.hub = { id: f.hub, name: f.name, split: f.split, revision: f['corpus-revision'] };
+  else if (inputs.length) spec.inputs = inputs;
+  return spec;
+}
 
 export default class Harvest extends SaeCommand {
   static override description =
@@ -62,10 +72,11 @@ export default class Harvest extends SaeCommand {
     if (flags.batch < 1) throw new UserError('--batch must be ≥ 1');
     if (flags['max-tokens'] !== undefined && flags['max-tokens'] < 1) throw new UserError('--max-tokens must be ≥ 1');
     const progress = new Progress('harvest', !flags.quiet);
-    const spec = corpusSpecFromFlags(inputs, { hub: flags.hub, name: flags.name, split: flags.split, revision: flags['corpus-revision'], textField: flags['text-field'], blocks: flags.blocks });
+    const spec = corpusSpec(inputs, flags);
+    // the corpus first: a bad one fails before any model loads
+    const corpus = await openCorpus(spec);
     const { model, dir, resolved } = await loadModel(flags.model, { revision: flags.revision, kernels: lmKernelFactory(flags.kernels as KernelName), onProgress: (m) => progress.line(m) });
     const tokenizer = await loadTokenizer(dir);
-    const corpus = await openCorpus(spec);
     const config: HarvestConfig = {
       model: resolved.repo ?? flags.model,
       revision: resolved.commit ?? resolved.revision ?? 'local',
