@@ -116,6 +116,8 @@ export async function harvest<P>(opts: HarvestOptions<P>): Promise<HarvestSummar
   const dirs: Record<string, string> = {};
   for (const h of cfg.hooks) dirs[h] = hookDir(opts.out, cfg.hooks, h);
   if (!journal) await clearHarvest(opts.out, cfg.hooks, dirs);
+  // a kill during an atomic journal write leaves its temp file: ours, and stale now
+  for (const f of await fs.readdir(opts.out)) if (f.startsWith(`.${JOURNAL}.tmp-`)) await fs.rm(path.join(opts.out, f), { force: true });
 
   const d = model.cfg.dModel;
   const done: ShardFileEntry[] = [];
