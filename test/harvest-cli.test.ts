@@ -132,7 +132,7 @@ describe('the pipe protocol', () => {
     input.write(announceShard({ shard: path.join(out, 'shard-00000.parquet'), rows: 1000, metadata: digest }));
     const it = readAnnouncements(input);
     const first = await firstShard(it);
-    const src = new PipeBatchSource(it, first, 100, 500, 0, (all) => openBatchSource(all, { batchSize: 100, windowRows: 500, seed: 0, loop: true }));
+    const src = new PipeBatchSource(it, first, 100, 500, 0, (all) => openBatchSource(all, { batchSize: 100, windowRows: 500, seed: 0, loop: true }, undefined, 0));
     const x = new Float32Array(100 * 64);
     // the upstream has announced one shard and is still running: batches flow anyway
     expect(await src.next(x)).toBe(true);

@@ -9,7 +9,8 @@ import { openShards } from '../store/reader.js';
 import type { HookedTransformer } from '../lm/model.js';
 import type { LmTokenizer } from '../lm/tokenizer.js';
 import { parseHook } from '../lm/hooks.js';
-import { ContextPacker, type PackMode, type StreamPosition } from './contexts.js';
+import type { PackMode } from './contexts.js';
+import { ActivationRows, cursorAt, type ContextSpan, type RowCursor } from './rows.js';
 
 /**
  * `sae harvest` (SPEC §1, §10): documents → tokens → contexts → the host LM up to the deepest
@@ -68,21 +69,13 @@ export interface HarvestSummary {
   complete: boolean;
 }
 
-/** Where the next row comes from. */
-interface Cursor<P> {
-  start: StreamPosition<P>;
-  /** context index of that context */
-  context: number;
-  /** its rows already in completed shards */
-  rowsDone: number;
-}
 
 interface Journal<P> {
   format: 'sae-harvest/1';
   config: HarvestConfig;
   shards: number;
   rows: number;
-  cursor: Cursor<P> | null;
+  cursor: RowCursor<P> | null;
   complete: boolean;
 }
 
@@ -126,9 +119,9 @@ export async function harvest<P>(opts: HarvestOptions<P>): Promise<HarvestSummar
   const writers = new Map<string, ShardWriter>();
   const completed = new Map<string, number>();
   let rows = journal?.rows ?? 0;
-  let cursor: Cursor<P> | null = journal?.cursor ?? null;
-  // contexts appended but not yet behind a completed shard: [context, start, first row, rows]
-  const live: Array<{ context: number; start: StreamPosition<P>; first: number; rows: number }> = [];
+  let cursor: RowCursor<P> | null = journal?.cursor ?? null;
+  // contexts appended but not yet behind a completed shard
+  const live: ContextSpan<P>[] = [];
 
   const saveJournal = async (complete: boolean) => {
     const j: Journal<P> = { format: 'sae-harvest/1', config: cfg, shards: done.length, rows: done.reduce((a, e) => a + e.rows, 0), cursor, complete };
@@ -141,11 +134,8 @@ export async function harvest<P>(opts: HarvestOptions<P>): Promise<HarvestSummar
     await opts.onShard?.({ hook, dir: dirs[hook], shard: path.join(dirs[hook], entry.file), rows: entry.rows });
     if (![...completed.values()].every((c) => c === index + 1) || completed.size < cfg.hooks.length) return;
     done.push(entry);
-    const end = done.reduce((a, e) => a + e.rows, 0);
-    // the context holding row end − 1 is where a resume picks up (its remaining rows, if any)
-    while (live.length && live[0].first + live[0].rows <= end - 1) live.shift();
-    const c = live[0];
-    cursor = { start: c.start, context: c.context, rowsDone: end - c.first };
+    // the context holding the shard's last row is where a resume picks up
+    cursor = cursorAt(live, done.reduce((a, e) => a + e.rows, 0));
     await saveJournal(false);
   };
 
@@ -178,86 +168,21 @@ export async function harvest<P>(opts: HarvestOptions<P>): Promise<HarvestSummar
   // claim the folder for this harvest before the first shard, so another harvest cannot mix in
   if (!journal) await saveJournal(false);
 
-  // --- the stream of contexts, from the journal's cursor ---------------------------------------
-  const packer = new ContextPacker<P>(cfg.ctx, tokenizer.bosId, tokenizer.eosId, cfg.mode);
-  const docs = opts.corpus.documents(cursor?.start.after ?? null)[Symbol.asyncIterator]();
-  let firstDoc = true;
-  let lastPos: P | null = cursor?.start.after ?? null;
-  let corpusEnded = false;
-  let contextIndex = cursor?.context ?? 0;
-  let skipRows = cursor?.rowsDone ?? 0;
-  const nextContext = async () => {
-    for (;;) {
-      const c = packer.take();
-      if (c) return c;
-      if (corpusEnded) return undefined;
-      const r = await docs.next();
-      if (r.done) {
-        corpusEnded = true;
-        continue;
-      }
-      packer.push(tokenizer.encode(r.value.text), lastPos, firstDoc ? (cursor?.start.offset ?? 0) : 0);
-      firstDoc = false;
-      lastPos = r.value.position;
-    }
-  };
-
-  const B = cfg.batch;
-  const T = cfg.ctx;
-  const ids = new Int32Array(B * T);
-  const hookRows = new Float32Array(B * T * d);
-  const tok = new Int32Array(B * T);
-  const ctxIds = new Int32Array(B * T);
-  const pos = new Int32Array(B * T);
+  // --- the row stream, from the journal's cursor ------------------------------------------------
+  const stream = new ActivationRows<P>(model, tokenizer, opts.corpus, cfg, cursor, rows);
   let batches = 0;
   let stopped = false;
   try {
     for (;;) {
-      if (cfg.maxTokens !== null && rows >= cfg.maxTokens) break;
-      const batch = [];
-      while (batch.length < B) {
-        const c = await nextContext();
-        if (!c) break;
-        batch.push(c);
-      }
-      if (!batch.length) break;
-      for (let i = 0; i < batch.length; i++) ids.set(batch[i].ids, i * T);
-      const res = model.run(ids.subarray(0, batch.length * T), batch.length, T, { capture: cfg.hooks });
-      // which rows of which context go to the shards, in order
-      let n = 0;
-      const picks: Array<[number, number]> = [];
-      for (let i = 0; i < batch.length; i++) {
-        const c = batch[i];
-        const first = cfg.skipBos ? 1 : 0;
-        let from = first + skipRows;
-        skipRows = 0;
-        const ctxRows = c.valid - first;
-        let take = c.valid - from;
-        if (cfg.maxTokens !== null) take = Math.min(take, cfg.maxTokens - rows - n);
-        if (take > 0) {
-          live.push({ context: contextIndex, start: c.start, first: rows + n - (from - first), rows: ctxRows });
-          for (let t = from; t < from + take; t++) {
-            tok[n] = c.ids[t];
-            ctxIds[n] = contextIndex;
-            pos[n] = t;
-            picks.push([i, t]);
-            n++;
-          }
-        }
-        contextIndex++;
-        if (cfg.maxTokens !== null && rows + n >= cfg.maxTokens) break;
-      }
-      for (const h of cfg.hooks) {
-        const x = res.captured[h];
-        for (let r = 0; r < n; r++) {
-          const [i, t] = picks[r];
-          hookRows.set(x.subarray((i * T + t) * d, (i * T + t + 1) * d), r * d);
-        }
-        await writers.get(h)!.append(hookRows.subarray(0, n * d), n, tok, ctxIds, pos);
-      }
-      rows += n;
+      const left = cfg.maxTokens === null ? Infinity : cfg.maxTokens - rows;
+      if (left <= 0) break;
+      const b = await stream.next(left);
+      if (!b) break;
+      live.push(...b.spans);
+      for (const h of cfg.hooks) await writers.get(h)!.append(b.acts[h], b.n, b.tokenIds, b.contextIds, b.positions);
+      rows += b.n;
       batches++;
-      opts.onProgress?.({ rows, contexts: contextIndex, shards: done.length });
+      opts.onProgress?.({ rows, contexts: stream.contexts, shards: done.length });
       if (opts.signal?.aborted || (opts.stopAfterBatches !== undefined && batches >= opts.stopAfterBatches)) {
         stopped = true;
         break;
@@ -270,13 +195,13 @@ export async function harvest<P>(opts: HarvestOptions<P>): Promise<HarvestSummar
   if (stopped) {
     // what a kill leaves: completed shards and the journal; the shard in progress is dropped
     for (const w of writers.values()) await w.abort();
-    return { out: opts.out, dirs, rows: done.reduce((a, e) => a + e.rows, 0), contexts: contextIndex, shards: done.length, complete: false };
+    return { out: opts.out, dirs, rows: done.reduce((a, e) => a + e.rows, 0), contexts: stream.contexts, shards: done.length, complete: false };
   }
   for (const w of writers.values()) await w.close();
   cursor = null;
   await saveJournal(true);
   if (rows === 0) throw new UserError('the corpus yielded no tokens to harvest');
-  return { out: opts.out, dirs, rows, contexts: contextIndex, shards: done.length, complete: true };
+  return { out: opts.out, dirs, rows, contexts: stream.contexts, shards: done.length, complete: true };
 }
 
 async function readJournal<P>(file: string): Promise<Journal<P> | null> {
