@@ -483,3 +483,201 @@ describe('BatchStream', () => {
     );
   });
 });
+
+/** Every finite binary16 value, by bit pattern, computed from the definition (not the library's table). */
+function f16Value(h: number): number {
+  const s = h & 0x8000 ? -1 : 1;
+  const e = (h >> 10) & 31;
+  const m = h & 1023;
+  return e === 0 ? s * m * 2 ** -24 : s * (1024 + m) * 2 ** (e - 25);
+}
+
+/** Reference round-to-nearest-even to binary16 by search over the positive values. */
+function refF16(x: number): number {
+  const a = Math.abs(x);
+  let lo = 0;
+  let hi = 0x7bff;
+  if (a >= f16Value(hi)) return Math.sign(x) * f16Value(hi); // overflow is refused by the writer
+  while (hi - lo > 1) {
+    const mid = (lo + hi) >> 1;
+    if (f16Value(mid) <= a) lo = mid;
+    else hi = mid;
+  }
+  const dl = a - f16Value(lo);
+  const dh = f16Value(hi) - a;
+  const h = dl < dh ? lo : dh < dl ? hi : lo % 2 === 0 ? lo : hi;
+  return (x < 0 || Object.is(x, -0) ? -1 : 1) * f16Value(h);
+}
+
+/** Reference round-to-nearest-even to bfloat16: the nearer of the two truncations. */
+function refBf16(x: number): number {
+  const f = new Float32Array([x]);
+  const u = new Uint32Array(f.buffer);
+  const t = u[0] >>> 16;
+  const at = (h: number) => {
+    u[0] = h << 16;
+    return f[0];
+  };
+  const lo = at(t);
+  const hi = at(t + 1);
+  const dl = Math.abs(x - lo);
+  const dh = Math.abs(hi - x);
+  return dl < dh ? lo : dh < dl ? hi : t % 2 === 0 ? lo : hi;
+}
+
+/** Values across the ranges that matter: subnormal in float16, ties, signs, large. */
+function awkwardRows(n: number, d: number): Float32Array {
+  const x = new Float32Array(n * d);
+  const special = [0, -0, 1, -1, 1 + 2 ** -11, 1 + 3 * 2 ** -11, 2 ** -14, 2 ** -24, 3 * 2 ** -25, 1e-7, 65504, -65519, 1 + 2 ** -8, 1 + 3 * 2 ** -8, 1e-30, 3e5];
+  let s = 12345;
+  for (let i = 0; i < x.length; i++) {
+    s = (Math.imul(s, 1103515245) + 12345) >>> 0;
+    const u = s / 2 ** 32;
+    x[i] = i < special.length ? special[i] : (u - 0.5) * 10 ** Math.floor(u * 1000 % 9 - 5);
+  }
+  return x;
+}
+
+async function duck(): Promise<{ all: (sql: string) => Promise<Record<string, unknown>[]>; close: () => void }> {
+  const { DuckDBInstance } = await import('@duckdb/node-api');
+  const inst = await DuckDBInstance.create(':memory:');
+  const con = await inst.connect();
+  return {
+    all: async (sql: string) => (await con.runAndReadAll(sql)).getRowObjectsJson() as Record<string, unknown>[],
+    close: () => {
+      con.closeSync();
+      inst.closeSync();
+    },
+  };
+}
+
+describe('storage dtypes', () => {
+  const d = 8;
+  const n = 300;
+
+  it.each(['float16', 'bfloat16'] as const)('rounds %s to nearest even and widens to float32 on every read path', async (dtype) => {
+    const dir = fresh();
+    const x = awkwardRows(n, d);
+    if (dtype === 'float16') for (let i = 0; i < x.length; i++) if (Math.abs(x[i]) > 65504) x[i] = 1 / x[i];
+    const m = meta({ d, dtype });
+    const w = await ShardWriter.create(dir, m, { rowsPerShard: 128, rowGroupRows: 50 });
+    await w.append(x, n, Int32Array.from({ length: n }, (_, i) => i), Int32Array.from({ length: n }, (_, i) => i >> 3), Int32Array.from({ length: n }, (_, i) => i & 7));
+    await w.close();
+    const ref = Float32Array.from(x, dtype === 'float16' ? refF16 : refBf16);
+    const set = await openShards(dir);
+    expect(set.meta.dtype).toBe(dtype);
+    const got = await allRows(set);
+    expect(Buffer.from(got.buffer).equals(Buffer.from(ref.buffer))).toBe(true);
+    const c = await readRows(set, 1, 3, 40);
+    expect(Array.from(c.acts)).toEqual(Array.from(ref.subarray((128 + 3) * d, (128 + 40) * d)));
+    expect(Array.from(c.tokenIds)).toEqual(Array.from({ length: 37 }, (_, i) => 131 + i));
+    const s = new BatchStream(set, { batchSize: n, seed: 1, loop: false });
+    const out = new Float32Array(n * d);
+    expect(await s.next(out)).toBe(true);
+    const byFirst = (a: Float32Array) => Array.from({ length: n }, (_, r) => Array.from(a.subarray(r * d, r * d + d)).join(',')).sort();
+    expect(byFirst(out)).toEqual(byFirst(ref));
+  });
+
+  it('preprocesses in float32 before rounding and keeps raw_mean/raw_norm in float32', async () => {
+    const raw = awkwardRows(64, d).map((v) => Math.max(-1e3, Math.min(1e3, v)));
+    for (const dtype of ['float16', 'bfloat16'] as const) {
+      const dir = fresh();
+      const w = await ShardWriter.create(dir, meta({ d, dtype, preprocessing: 'center_unit_norm' }), { preprocess: true });
+      await w.append(raw.slice(), 64);
+      await w.close();
+      const want = raw.slice();
+      const mean = new Float32Array(64);
+      const norm = new Float32Array(64);
+      preprocessRows(want, 64, d, 'center_unit_norm', undefined, mean, norm);
+      const c = await readRows(await openShards(dir), 0, 0, 64);
+      expect(Array.from(c.acts)).toEqual(Array.from(want, dtype === 'float16' ? refF16 : refBf16));
+      expect(Array.from(c.rawMean!)).toEqual(Array.from(mean));
+      expect(Array.from(c.rawNorm!)).toEqual(Array.from(norm));
+    }
+  });
+
+  it('refuses values that would overflow float16, judged after dataset_scale', async () => {
+    const w = await ShardWriter.create(fresh(), meta({ d: 2, dtype: 'float16' }));
+    expect((await userErrorOf(w.append(new Float32Array([1, 65520]), 1))).message).toBe('row 0: activation value 65520 is out of range for float16 (largest 65504)');
+    await w.append(new Float32Array([1, 65519]), 1); // rounds down to 65504
+    const s = await ShardWriter.create(fresh(), meta({ d: 2, dtype: 'float16', preprocessing: 'dataset_scale', scale: 4 }), { preprocess: true });
+    expect((await userErrorOf(s.append(new Float32Array([1, 20000]), 1))).message).toMatch(/value 80000 is out of range for float16/);
+    expect((await userErrorOf(() => kvToMeta(metaToKv(meta()).map((e) => (e.key === 'sae.dtype' ? { ...e, value: 'int8' } : e)), 'f'))).message).toMatch(
+      /unsupported dtype "int8" \(one of float32, float16, bfloat16\)/,
+    );
+  });
+
+  it('refuses a shard whose column does not match its sae.dtype', async () => {
+    const dir = fresh();
+    await fs.mkdir(dir);
+    const m = meta({ dtype: 'float16' });
+    const buf = parquetWriteBuffer({
+      schema: shardSchema(meta()),
+      columnData: [
+        { name: 'activation', data: [[1, 2, 3, 4]] },
+        { name: 'token_id', data: new Int32Array(1) },
+        { name: 'context_id', data: new Int32Array(1) },
+        { name: 'position', data: new Int32Array(1) },
+      ],
+      kvMetadata: metaToKv(m),
+    });
+    await fs.writeFile(path.join(dir, 'x.parquet'), new Uint8Array(buf));
+    expect((await userErrorOf(openShards(path.join(dir, 'x.parquet')))).message).toMatch(/no activation column of type list<float16> \(the metadata says sae\.dtype=float16\)/);
+  });
+
+  it('about halves the file size', async () => {
+    const size: Record<string, number> = {};
+    for (const dtype of ['float32', 'float16', 'bfloat16'] as const) {
+      const dir = fresh();
+      const w = await ShardWriter.create(dir, meta({ d: 256, dtype, preprocessing: 'center_unit_norm' }), { preprocess: true });
+      await w.append(awkwardRows(512, 256).map((v) => Math.max(-1e3, Math.min(1e3, v))), 512);
+      await w.close();
+      size[dtype] = (await fs.stat(path.join(dir, 'shard-00000.parquet'))).size;
+    }
+    for (const dtype of ['float16', 'bfloat16']) {
+      expect(size[dtype] / size.float32).toBeGreaterThan(0.5);
+      expect(size[dtype] / size.float32).toBeLessThan(0.56);
+    }
+  });
+
+  it('is read by DuckDB: float32 and float16 as FLOAT[], bfloat16 as BLOB[] decodable in SQL', async () => {
+    const db = await duck();
+    try {
+      const x = awkwardRows(40, d).map((v) => Math.max(-1e3, Math.min(1e3, v)));
+      for (const dtype of ['float32', 'float16', 'bfloat16'] as const) {
+        const dir = fresh();
+        const w = await ShardWriter.create(dir, meta({ d, dtype, preprocessing: 'center_unit_norm' }), { preprocess: true });
+        await w.append(x.slice(), 40, Int32Array.from({ length: 40 }, (_, i) => 7 * i));
+        await w.close();
+        const file = path.join(dir, 'shard-00000.parquet');
+        const ours = await readRows(await openShards(dir), 0, 0, 40);
+        const schema = await db.all(`DESCRIBE SELECT * FROM read_parquet('${file}')`);
+        expect(Object.fromEntries(schema.map((r) => [r.column_name, r.column_type]))).toEqual({
+          activation: dtype === 'bfloat16' ? 'BLOB[]' : 'FLOAT[]',
+          token_id: 'INTEGER',
+          context_id: 'INTEGER',
+          position: 'INTEGER',
+          raw_mean: 'FLOAT',
+          raw_norm: 'FLOAT',
+        });
+        let rowsSql = `SELECT activation, token_id, raw_mean, raw_norm FROM read_parquet('${file}')`;
+        if (dtype === 'bfloat16') {
+          // The README's recipe: bytes little-endian → u16 → sign, exponent, mantissa.
+          await db.all(`CREATE OR REPLACE MACRO bf16_bits(b) AS ('0x' || substr(hex(b), 3, 2) || substr(hex(b), 1, 2))::INTEGER`);
+          await db.all(
+            `CREATE OR REPLACE MACRO bf16_value(u) AS CAST((CASE WHEN u >> 15 = 1 THEN -1 ELSE 1 END) * CASE WHEN (u >> 7) & 255 = 0 THEN (u & 127) * 2.0 ^ -133 ELSE (128 + (u & 127)) * 2.0 ^ (((u >> 7) & 255) - 134) END AS FLOAT)`,
+          );
+          rowsSql = `SELECT list_transform(activation, b -> bf16_value(bf16_bits(b))) AS activation, token_id, raw_mean, raw_norm FROM read_parquet('${file}')`;
+        }
+        const got = await db.all(rowsSql);
+        expect(got.length).toBe(40);
+        expect(got.flatMap((r) => r.activation as number[])).toEqual(Array.from(ours.acts));
+        expect(got.map((r) => r.token_id)).toEqual(Array.from(ours.tokenIds));
+        expect(got.map((r) => r.raw_mean)).toEqual(Array.from(ours.rawMean!));
+        expect(got.map((r) => r.raw_norm)).toEqual(Array.from(ours.rawNorm!));
+      }
+    } finally {
+      db.close();
+    }
+  });
+});

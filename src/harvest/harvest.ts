@@ -159,7 +159,7 @@ export async function harvest<P>(opts: HarvestOptions<P>): Promise<HarvestSummar
       await ShardWriter.create(dirs[h], metaFor(h), {
         rowsPerShard: cfg.shardRows,
         preprocess: true,
-        resume,
+        continueAfter: resume,
         onShard: (entry, index) => shardDone(h, entry, index),
       }),
     );

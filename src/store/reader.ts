@@ -5,6 +5,7 @@ import { UserError } from '../util/errors.js';
 import { describeFsError } from '../util/atomic.js';
 import { Rng } from '../util/rng.js';
 import type { Preprocessing } from './preprocess.js';
+import type { ShardDtype } from './dtype.js';
 import { MANIFEST, SHARD_FORMAT, hasRawStats, kvToMeta, metaToKv, type ShardManifest, type ShardMeta } from './shards.js';
 
 export interface ShardFile {
@@ -63,8 +64,8 @@ function checkSchema(file: string, md: FileMetaData, meta: ShardMeta): void {
   const act = child(root, 'activation');
   let leaf = act;
   while (leaf && leaf.children.length === 1) leaf = leaf.children[0];
-  if (!act || !leaf || leaf.children.length !== 0 || leaf.element.type !== 'FLOAT' || act.element.converted_type !== 'LIST') {
-    throw new UserError(`${file}: no activation column of type list<float>`);
+  if (!act || !leaf || leaf.children.length !== 0 || !leafMatches(leaf.element, meta.dtype) || act.element.converted_type !== 'LIST') {
+    throw new UserError(`${file}: no activation column of type list<${meta.dtype}> (the metadata says sae.dtype=${meta.dtype})`);
   }
   const cols: [string, string][] = [
     ['token_id', 'INT32'],
@@ -76,6 +77,12 @@ function checkSchema(file: string, md: FileMetaData, meta: ShardMeta): void {
     const c = child(root, name);
     if (!c || c.element.type !== type) throw new UserError(`${file}: no ${name} column of type ${type}`);
   }
+}
+
+function leafMatches(e: SchemaTree['element'], dtype: ShardDtype): boolean {
+  if (dtype === 'float32') return e.type === 'FLOAT';
+  if (e.type !== 'FIXED_LEN_BYTE_ARRAY' || e.type_length !== 2) return false;
+  return dtype === 'float16' ? e.logical_type?.type === 'FLOAT16' : e.logical_type === undefined;
 }
 
 async function openFile(file: string): Promise<{ shard: ShardFile; meta: ShardMeta }> {
@@ -260,12 +267,13 @@ async function footerOf(f: ShardFile): Promise<FileMetaData> {
 
 /**
  * Decode rows [rowStart, rowEnd) of one file. Activations go to `acts` (row-major, starting at
- * row 0 of the buffer); every row is checked for length d and finite values. Other columns are
- * decoded only when asked for.
+ * row 0 of the buffer), widened to float32 from the storage dtype; every row is checked for
+ * length d and finite values. Other columns are decoded only when asked for.
  */
 async function decodeRows(
   f: ShardFile,
   d: number,
+  dtype: ShardDtype,
   rowStart: number,
   rowEnd: number,
   acts: Float32Array,
@@ -293,6 +301,10 @@ async function decodeRows(
   }
   let bad: UserError | null = null;
   let seen = 0;
+  // hyparquet hands FLOAT16 values over as numbers already, bfloat16 as 2-byte arrays (no logical type).
+  const bf16 = dtype === 'bfloat16';
+  const w32 = new Uint32Array(1);
+  const wf = new Float32Array(w32.buffer);
   try {
     await parquetRead({
       file: fileBuffer(f.path, size),
@@ -315,7 +327,14 @@ async function decodeRows(
               return;
             }
             for (let j = 0; j < d; j++) {
-              const v = row[j];
+              let v: number;
+              if (bf16) {
+                const b = (row as unknown as ArrayLike<Uint8Array>)[j];
+                w32[0] = (b[0] << 16) | (b[1] << 24);
+                v = wf[0];
+              } else {
+                v = row[j];
+              }
               if (v - v !== 0) {
                 bad = new UserError(`${f.path} row ${r}: activation contains ${Number.isNaN(v) ? 'NaN' : 'Inf'}`);
                 return;
@@ -360,7 +379,7 @@ export async function readRows(set: ShardSet, fileIndex: number, rowStart: numbe
     chunk.rawMean = new Float32Array(n);
     chunk.rawNorm = new Float32Array(n);
   }
-  if (n > 0) await decodeRows(f, d, rowStart, rowEnd, chunk.acts, chunk);
+  if (n > 0) await decodeRows(f, d, set.meta.dtype, rowStart, rowEnd, chunk.acts, chunk);
   return chunk;
 }
 
@@ -638,7 +657,7 @@ export class BatchStream {
     const key = `${file}/${g}`;
     if (this.groupKey === key) return;
     this.groupKey = '';
-    await decodeRows(this.set.files[file], this.d, start, start + rows, this.groupBuf);
+    await decodeRows(this.set.files[file], this.d, this.set.meta.dtype, start, start + rows, this.groupBuf);
     this.groupKey = key;
     this.decoded += rows;
   }

@@ -7,17 +7,19 @@ import { UserError } from '../util/errors.js';
 import { describeFsError, writeFileAtomic } from '../util/atomic.js';
 import { ensureOutDir } from '../util/outdir.js';
 import { isPreprocessing, preprocessRows, PREPROCESSINGS, type Preprocessing } from './preprocess.js';
+import { DTYPE_MAX, f32ToBf16Bits, f32ToF16Bits, isShardDtype, overflows, SHARD_DTYPES, type ShardDtype } from './dtype.js';
 
 /**
  * Activation shards (SPEC §10): a directory of `shard-NNNNN.parquet` files, one row per token,
  * plus `manifest.json`, written last, whose presence means the directory is complete.
  *
  * Columns: activation LIST<FLOAT> (standard three-level list, so pyarrow/DuckDB read it as
- * list<float>), token_id INT32, context_id INT32, position INT32, and with center_unit_norm
+ * list<float>; for 16-bit dtypes the element is FIXED_LEN_BYTE_ARRAY(2), see dtype.ts), token_id INT32, context_id INT32, position INT32, and with center_unit_norm
  * raw_mean FLOAT and raw_norm FLOAT (what splice-eval needs to map a reconstruction back).
  * context_id is INT32 rather than INT64: 2³¹ contexts of 64 tokens is far beyond any harvest this
  * toolkit will run, and hyparquet would hand INT64 back as BigInt on every read.
  */
+export { SHARD_DTYPES, type ShardDtype } from './dtype.js';
 export const SHARD_FORMAT = 'sae-activations/1';
 export const MANIFEST = 'manifest.json';
 const KV_PREFIX = 'sae.';
@@ -30,7 +32,8 @@ export interface ShardMeta {
   d: number;
   /** tokens per context (0 when rows are not token contexts, e.g. synthetic data) */
   ctx: number;
-  dtype: 'float32';
+  /** storage dtype of the activation column; rows are float32 in memory either way */
+  dtype: ShardDtype;
   preprocessing: Preprocessing;
   /** the constant factor of dataset_scale; absent otherwise */
   scale?: number;
@@ -102,7 +105,7 @@ export function kvToMeta(kv: readonly KeyValue[] | undefined, where: string): Sh
     hook: need('hook'),
     d: int('d'),
     ctx: int('ctx'),
-    dtype: need('dtype') as 'float32',
+    dtype: need('dtype') as ShardDtype,
     preprocessing: need('preprocessing') as Preprocessing,
     tokenizer: need('tokenizer'),
     dataset: need('dataset'),
@@ -119,7 +122,7 @@ export function validateMeta(meta: ShardMeta, where: string): void {
   };
   if (!Number.isSafeInteger(meta.d) || meta.d < 1) bad(`d must be a positive integer, got ${meta.d}`);
   if (!Number.isSafeInteger(meta.ctx) || meta.ctx < 0) bad(`ctx must be a non-negative integer, got ${meta.ctx}`);
-  if (meta.dtype !== 'float32') bad(`unsupported dtype ${JSON.stringify(meta.dtype)} (only float32)`);
+  if (!isShardDtype(meta.dtype)) bad(`unsupported dtype ${JSON.stringify(meta.dtype)} (one of ${SHARD_DTYPES.join(', ')})`);
   if (!isPreprocessing(meta.preprocessing)) {
     bad(`unknown preprocessing ${JSON.stringify(meta.preprocessing)} (one of ${PREPROCESSINGS.join(', ')})`);
   }
@@ -149,7 +152,7 @@ export function shardSchema(meta: ShardMeta): SchemaElement[] {
     { name: 'root', num_children: raw ? 6 : 4 },
     { name: 'activation', repetition_type: 'REQUIRED', converted_type: 'LIST', num_children: 1 },
     { name: 'list', repetition_type: 'REPEATED', num_children: 1 },
-    { name: 'element', type: 'FLOAT', repetition_type: 'REQUIRED' },
+    activationElement(meta.dtype),
     { name: 'token_id', type: 'INT32', repetition_type: 'REQUIRED' },
     { name: 'context_id', type: 'INT32', repetition_type: 'REQUIRED' },
     { name: 'position', type: 'INT32', repetition_type: 'REQUIRED' },
@@ -161,6 +164,18 @@ export function shardSchema(meta: ShardMeta): SchemaElement[] {
     );
   }
   return schema;
+}
+
+/** The leaf of the activation list for a storage dtype (see dtype.ts for the encodings). */
+export function activationElement(dtype: ShardDtype): SchemaElement {
+  switch (dtype) {
+    case 'float32':
+      return { name: 'element', type: 'FLOAT', repetition_type: 'REQUIRED' };
+    case 'float16':
+      return { name: 'element', type: 'FIXED_LEN_BYTE_ARRAY', type_length: 2, logical_type: { type: 'FLOAT16' }, repetition_type: 'REQUIRED' };
+    case 'bfloat16':
+      return { name: 'element', type: 'FIXED_LEN_BYTE_ARRAY', type_length: 2, repetition_type: 'REQUIRED' };
+  }
 }
 
 /**
@@ -186,15 +201,15 @@ export interface ShardWriterOptions {
   overwrite?: boolean;
   /** how the caller's user asks for overwrite (e.g. "add --force to replace them"), for the refusal */
   overwriteHint?: string;
-  /**
-   * Continue an interrupted write: these shards (shard-00000.. in order) are complete and kept;
-   * later shard files, temp files and any manifest in the directory are removed (ours, unfinished).
-   */
-  resume?: ShardFileEntry[];
   /** called as each shard is completed (renamed into place), with its index */
   onShard?: (entry: ShardFileEntry, index: number) => void | Promise<void>;
   /** Parquet compression (default UNCOMPRESSED: float activations barely compress) */
   codec?: 'UNCOMPRESSED' | 'SNAPPY';
+  /**
+   * Shards an earlier, interrupted run of the same job completed in this directory: they stay,
+   * and numbering and the manifest continue after them (for resumable writers such as shuffle).
+   */
+  continueAfter?: readonly ShardFileEntry[];
 }
 
 /**
@@ -231,6 +246,8 @@ export class ShardWriter {
   private readonly preprocess: boolean;
   private readonly codec: 'UNCOMPRESSED' | 'SNAPPY';
   private readonly schema: SchemaElement[];
+  /** the schema the pages are encoded with; see openShard */
+  private readonly encodeSchema: SchemaElement[];
   private readonly kv: KeyValue[];
   // One row group is staged here and handed to the Parquet encoder when full.
   private readonly gAct: Float32Array;
@@ -239,6 +256,8 @@ export class ShardWriter {
   private readonly gPos: Int32Array;
   private readonly gMean: Float32Array;
   private readonly gNorm: Float32Array;
+  /** bfloat16 bytes of one row group, which the Parquet encoder takes as 2-byte views */
+  private readonly g16: Uint8Array;
   private gRows = 0;
   private readonly onShard?: (entry: ShardFileEntry, index: number) => void | Promise<void>;
   private current: OpenShard | null = null;
@@ -259,6 +278,10 @@ export class ShardWriter {
     this.codec = opts.codec ?? 'UNCOMPRESSED';
     this.onShard = opts.onShard;
     this.schema = shardSchema(meta);
+    // float16 pages are written from our own rounded bytes, like bfloat16: hyparquet-writer's
+    // FLOAT16 conversion allocates per value and ran 4× slower than the rest of the write. The
+    // FLOAT16 annotation lives only in the footer, which is all readers consult.
+    this.encodeSchema = meta.dtype === 'float16' ? this.schema.map((e) => (e.name === 'element' ? activationElement('bfloat16') : e)) : this.schema;
     this.kv = metaToKv(meta);
     this.gAct = new Float32Array(this.groupRows * this.d);
     this.gTok = new Int32Array(this.groupRows);
@@ -266,6 +289,11 @@ export class ShardWriter {
     this.gPos = new Int32Array(this.groupRows);
     this.gMean = new Float32Array(this.raw ? this.groupRows : 0);
     this.gNorm = new Float32Array(this.raw ? this.groupRows : 0);
+    this.g16 = new Uint8Array(meta.dtype === 'float32' ? 0 : 2 * this.groupRows * this.d);
+    for (const e of opts.continueAfter ?? []) {
+      this.done.push({ ...e });
+      this.total += e.rows;
+    }
   }
 
   static async create(dir: string, meta: ShardMeta, opts: ShardWriterOptions = {}): Promise<ShardWriter> {
@@ -282,18 +310,17 @@ export class ShardWriter {
     } catch (err) {
       throw describeFsError(err, `reading ${dir}`);
     }
-    if (opts.resume) {
-      const keep = new Set(opts.resume.map((e, i) => {
-        if (e.file !== shardFileName(i)) throw new Error(`ShardWriter resume: entry ${i} is ${e.file}`);
-        return e.file;
-      }));
+    const continued = opts.continueAfter ?? [];
+    continued.forEach((e, i) => {
+      if (e.file !== shardFileName(i) || !Number.isSafeInteger(e.rows) || e.rows < 1) throw new Error(`ShardWriter: bad continueAfter entry ${JSON.stringify(e)}`);
+    });
+    const kept = new Set(continued.map((e) => e.file));
+    if (opts.continueAfter) {
+      // continuing an interrupted write: later shards, temp files and a manifest are ours, unfinished
       for (const n of names) {
-        if ((n === MANIFEST || /^shard-\d+\.parquet$/.test(n) || /^\.shard-\d+\.parquet\.tmp-/.test(n)) && !keep.has(n)) await fs.rm(path.join(dir, n), { force: true });
+        if ((n === MANIFEST || /^shard-\d+\.parquet$/.test(n) || /^\.shard-\d+\.parquet\.tmp-/.test(n)) && !kept.has(n)) await fs.rm(path.join(dir, n), { force: true });
       }
-      const w = new ShardWriter(dir, meta, opts);
-      w.done.push(...opts.resume);
-      w.total = opts.resume.reduce((a, e) => a + e.rows, 0);
-      return w;
+      return new ShardWriter(dir, meta, opts);
     }
     const existing = names.filter((n) => n === MANIFEST || /^shard-\d+\.parquet$/.test(n));
     if (existing.length) {
@@ -307,6 +334,11 @@ export class ShardWriter {
 
   get rowsWritten(): number {
     return this.total + (this.current?.rows ?? 0) + this.gRows;
+  }
+
+  /** rows in shards that are complete on disk (renamed into place) */
+  get rowsInCompletedShards(): number {
+    return this.total;
   }
 
   /**
@@ -347,6 +379,7 @@ export class ShardWriter {
         throw new UserError(`row ${this.rowsWritten + r}: activation contains ${Number.isNaN(v) ? 'NaN' : 'Inf'}`);
       }
     }
+    if (this.meta.dtype !== 'float32') this.checkRange(acts, n);
     let done = 0;
     while (done < n) {
       const take = Math.min(n - done, this.groupLimit() - this.gRows);
@@ -379,6 +412,24 @@ export class ShardWriter {
     }
   }
 
+  /**
+   * Refuse values that would round to ±Inf in the storage dtype, judged on the value that will be
+   * stored: after dataset_scale (computed as preprocessRows does), while center_unit_norm rows
+   * are within [−1, 1] and cannot overflow.
+   */
+  private checkRange(acts: Float32Array, n: number): void {
+    const dtype = this.meta.dtype;
+    const mode = this.preprocess ? this.meta.preprocessing : 'none';
+    if (mode === 'center_unit_norm') return;
+    const s = mode === 'dataset_scale' ? Math.fround(this.meta.scale!) : 1;
+    for (let i = 0; i < n * this.d; i++) {
+      const v = mode === 'dataset_scale' ? Math.fround(acts[i] * s) : acts[i];
+      if (overflows(v, dtype)) {
+        throw new UserError(`row ${this.rowsWritten + Math.floor(i / this.d)}: activation value ${v} is out of range for ${dtype} (largest ${DTYPE_MAX[dtype]})`);
+      }
+    }
+  }
+
   /** A row group never straddles two shards, so the last group of a shard may be short. */
   private groupLimit(): number {
     return Math.min(this.groupRows, this.rowsPerShard - (this.current?.rows ?? 0));
@@ -396,7 +447,7 @@ export class ShardWriter {
     const sink = new FileSink(fh);
     const pq = new ParquetWriter({
       writer: sink,
-      schema: this.schema,
+      schema: this.encodeSchema,
       codec: this.codec,
       statistics: false,
       kvMetadata: this.kv,
@@ -411,16 +462,33 @@ export class ShardWriter {
     if (!this.current) this.current = await this.openShard();
     const cur = this.current;
     const d = this.d;
-    // hyparquet-writer's list encoder wants plain arrays, one per row.
-    const rows: number[][] = new Array(n);
+    // hyparquet-writer's list encoder wants plain arrays, one per row. Rounding to a 16-bit dtype
+    // happens here, after preprocessing in float32; its little-endian bytes go in as 2-byte views.
+    const rows: (number | Uint8Array)[][] = new Array(n);
+    const dtype = this.meta.dtype;
+    const round = dtype === 'float16' ? f32ToF16Bits : f32ToBf16Bits;
     for (let r = 0; r < n; r++) {
-      const row = new Array<number>(d);
       const o = r * d;
-      for (let j = 0; j < d; j++) row[j] = this.gAct[o + j];
-      rows[r] = row;
+      if (dtype !== 'float32') {
+        const row = new Array<Uint8Array>(d);
+        for (let j = 0; j < d; j++) {
+          const h = round(this.gAct[o + j]);
+          const b = 2 * (o + j);
+          this.g16[b] = h & 0xff;
+          this.g16[b + 1] = h >>> 8;
+          row[j] = this.g16.subarray(b, b + 2);
+        }
+        rows[r] = row;
+      } else {
+        const row = new Array<number>(d);
+        for (let j = 0; j < d; j++) row[j] = this.gAct[o + j];
+        rows[r] = row;
+      }
     }
     const columnData: ColumnSource[] = [
-      { name: 'activation', data: rows },
+      // PLAIN always: dictionary encoding never pays for dense activations, and the writer's
+      // sampling heuristic would make the encoding depend on the values.
+      { name: 'activation', data: rows, encoding: 'PLAIN' },
       { name: 'token_id', data: this.gTok.slice(0, n) },
       { name: 'context_id', data: this.gCtx.slice(0, n) },
       { name: 'position', data: this.gPos.slice(0, n) },
@@ -445,6 +513,7 @@ export class ShardWriter {
     const name = shardFileName(this.done.length);
     const final = path.join(this.dir, name);
     try {
+      cur.pq.schema = this.schema;
       await cur.pq.finish();
       await cur.fh.sync();
       await cur.fh.close();

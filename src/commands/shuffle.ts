@@ -1,0 +1,57 @@
+import { Flags } from '@oclif/core';
+import { SaeCommand } from '../util/command.js';
+import { UserError } from '../util/errors.js';
+import { sharedFlags } from '../cli/flags.js';
+import { Progress } from '../util/progress.js';
+import { formatBytes, parseBytes } from '../shuffle/plan.js';
+import { shuffleShards } from '../shuffle/shuffle.js';
+
+export default class Shuffle extends SaeCommand {
+  static override description =
+    'Shuffle activation shards fully within a memory budget (SPEC §1): rows are dealt into bucket files, each bucket is permuted in memory and written out; deterministic for a seed, resumable, metadata kept with the shuffle recorded';
+
+  static override examples = [
+    '<%= config.bin %> shuffle --data data/harvest --out data/shuffled',
+    '<%= config.bin %> shuffle --data data/harvest --out data/shuffled --memory 8GB --seed 1 --shard-rows 131072',
+  ];
+
+  static override flags = {
+    data: Flags.string({ description: 'input activation shards: a folder with manifest.json, or one .parquet file', required: true }),
+    out: Flags.string({ description: 'output folder for the shuffled shards (scratch goes to its shuffle-work/ until done)', required: true }),
+    memory: Flags.string({ description: 'memory budget for the row buffers, e.g. 512MB, 2GB (K/M/G are powers of 1024; Node itself needs ~100MB more)', default: '2GB' }),
+    seed: Flags.integer({ description: 'random seed of the permutation (default 0)' }),
+    'shard-rows': Flags.integer({ description: 'rows per output shard (default 65536)' }),
+    force: Flags.boolean({ description: 'replace what a shuffle left in --out (shards, manifest, scratch of a shuffle with other settings); other files stay' }),
+    'allow-no-manifest': sharedFlags['allow-no-manifest'],
+  };
+
+  async run(): Promise<void> {
+    const { flags } = await this.parse(Shuffle);
+    const memory = parseBytes(flags.memory);
+    if (memory === null) throw new UserError(`--memory must be a size such as 512MB or 2GB, got "${flags.memory}"`);
+    if (flags['shard-rows'] !== undefined && flags['shard-rows'] < 1) throw new UserError(`--shard-rows must be ≥ 1, got ${flags['shard-rows']}`);
+    const t0 = Date.now();
+    const progress = new Progress('shuffle');
+    let s;
+    try {
+      s = await shuffleShards({
+        data: flags.data,
+        out: flags.out,
+        memory,
+        seed: flags.seed,
+        shardRows: flags['shard-rows'],
+        force: flags.force,
+        allowNoManifest: flags['allow-no-manifest'],
+        progress,
+      });
+    } finally {
+      progress.done();
+    }
+    const secs = (Date.now() - t0) / 1000;
+    this.info(
+      `shuffle: ${s.rows} rows in ${s.shards} shard${s.shards === 1 ? '' : 's'} through ${s.buckets} bucket${s.buckets === 1 ? '' : 's'} ` +
+        `(buffer ${formatBytes(s.arenaBytes)}), ${secs.toFixed(1)}s${s.resumed ? ', resumed' : ''}`,
+    );
+    process.stdout.write(s.out + '\n');
+  }
+}
