@@ -112,6 +112,15 @@ describe('sae harvest', () => {
     }
   });
 
+  it('pipes through sae shuffle into sae train: harvest | shuffle | train', () => {
+    const cmd =
+      `node ${bin} ${base(path.join(root, 'p1'), '--max-tokens', '6000', '--shard-rows', '1000', '--ndjson').join(' ')}` +
+      ` | node ${bin} shuffle --data - --out ${path.join(root, 'p2')} --memory 1MB --shard-rows 1500 --ndjson` +
+      ` | node ${bin} train --data - --out ${path.join(root, 'p3')} --width 128 --k 4 --batch-size 256 --steps 30 --quiet --json`;
+    const summary = JSON.parse(execFileSync('bash', ['-o', 'pipefail', '-c', cmd], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }));
+    expect(summary.steps).toBe(30);
+  });
+
   it('pipes into sae train --data -', () => {
     const out = path.join(root, 'piped');
     const run = path.join(root, 'piped-run');

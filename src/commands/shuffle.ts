@@ -5,6 +5,8 @@ import { sharedFlags } from '../cli/flags.js';
 import { Progress } from '../util/progress.js';
 import { formatBytes, parseBytes } from '../shuffle/plan.js';
 import { shuffleShards } from '../shuffle/shuffle.js';
+import { announceEnd, announceShard, collectAnnounced, metaDigest, readAnnouncements } from '../store/pipe.js';
+import { openShards } from '../store/reader.js';
 
 export default class Shuffle extends SaeCommand {
   static override description =
@@ -16,7 +18,9 @@ export default class Shuffle extends SaeCommand {
   ];
 
   static override flags = {
-    data: Flags.string({ description: 'input activation shards: a folder with manifest.json, or one .parquet file', required: true }),
+    data: Flags.string({ description: 'input activation shards: a folder with manifest.json, one .parquet file, or - for shards announced on stdin by sae harvest --ndjson', required: true }),
+    ndjson: Flags.boolean({ description: 'print one NDJSON line per finished shard on stdout (for | sae train --data -)' }),
+    follow: Flags.boolean({ description: 'with --data -: if the upstream stage dies, wait for its folder to be completed instead of failing' }),
     out: Flags.string({ description: 'output folder for the shuffled shards (scratch goes to its shuffle-work/ until done)', required: true }),
     memory: Flags.string({ description: 'memory budget for the row buffers, e.g. 512MB, 2GB (K/M/G are powers of 1024; Node itself needs ~100MB more)', default: '2GB' }),
     seed: Flags.integer({ description: 'random seed of the permutation (default 0)' }),
@@ -32,10 +36,19 @@ export default class Shuffle extends SaeCommand {
     if (flags['shard-rows'] !== undefined && flags['shard-rows'] < 1) throw new UserError(`--shard-rows must be ≥ 1, got ${flags['shard-rows']}`);
     const t0 = Date.now();
     const progress = new Progress('shuffle');
+    // from a pipe: a full shuffle needs every row, so it gathers the announced shards first
+    const piped = flags.data === '-' ? await collectAnnounced(readAnnouncements(process.stdin, { follow: flags.follow })) : null;
+    let digest = '';
     let s;
     try {
       s = await shuffleShards({
-        data: flags.data,
+        data: piped ? piped.dir : flags.data,
+        set: piped?.set,
+        onShard: async (e, file) => {
+          if (!flags.ndjson) return;
+          digest ||= metaDigest((await openShards(file)).meta);
+          process.stdout.write(announceShard({ shard: file, rows: e.rows, metadata: digest }));
+        },
         out: flags.out,
         memory,
         seed: flags.seed,
@@ -52,6 +65,6 @@ export default class Shuffle extends SaeCommand {
       `shuffle: ${s.rows} rows in ${s.shards} shard${s.shards === 1 ? '' : 's'} through ${s.buckets} bucket${s.buckets === 1 ? '' : 's'} ` +
         `(buffer ${formatBytes(s.arenaBytes)}), ${secs.toFixed(1)}s${s.resumed ? ', resumed' : ''}`,
     );
-    process.stdout.write(s.out + '\n');
+    process.stdout.write(flags.ndjson ? announceEnd(s.shards, s.rows) : s.out + '\n');
   }
 }

@@ -55,6 +55,10 @@ export interface ShuffleOptions {
   progress?: ShuffleProgress;
   /** free space on the filesystem of a path (default fs.statfs); injectable for tests */
   statfs?: (p: string) => Promise<StatfsResult>;
+  /** the input already opened (shards announced on a pipe); `data` then only names it */
+  set?: ShardSet;
+  /** called for every completed output shard, in order (those kept from an interrupted run first) */
+  onShard?: (entry: ShardFileEntry, file: string) => void | Promise<void>;
   /** testing: stop as a kill would, after this many rows are dealt (pass 1) or shards written (pass 2) in this run */
   stopAfter?: { dealtRows?: number; outputShards?: number };
 }
@@ -120,7 +124,7 @@ export async function shuffleShards(opts: ShuffleOptions): Promise<ShuffleSummar
   const out = path.resolve(opts.out);
   if (source === out) throw new UserError(`--out ${opts.out} is the input folder; choose another --out`);
 
-  const set = await openShards(opts.data, { allowNoManifest: opts.allowNoManifest });
+  const set = opts.set ?? (await openShards(opts.data, { allowNoManifest: opts.allowNoManifest }));
   const meta = set.meta;
   const layout = recordLayout(meta.d, meta.dtype, hasRawStats(meta));
   const plan = planShuffle(set.rows, layout, opts.memory);
@@ -186,7 +190,7 @@ export async function shuffleShards(opts: ShuffleOptions): Promise<ShuffleSummar
     });
     journal = await scatter(set, plan, layout, work, job, journal, arena, seed, progress, opts.stopAfter?.dealtRows);
   }
-  const manifest = await gather(plan, layout, work, out, outMeta, shardRows, arena, seed, progress, opts.stopAfter?.outputShards);
+  const manifest = await gather(plan, layout, work, out, outMeta, shardRows, arena, seed, progress, opts.stopAfter?.outputShards, opts.onShard);
   await fs.rm(work, { recursive: true, force: true });
   return {
     out: opts.out,
@@ -469,16 +473,18 @@ async function gather(
   seed: number,
   progress: ShuffleProgress,
   stopAfterShards?: number,
+  onShard?: (entry: ShardFileEntry, file: string) => void | Promise<void>,
 ): Promise<ShardManifest> {
   const N = plan.rows;
   const done = await completedShards(out, outMeta, shardRows, N);
+  for (const e of done) await onShard?.(e, path.join(out, e.file));
   const manifestPath = path.join(out, MANIFEST);
   if (done.length * shardRows >= N) {
     // Killed after the manifest went out but before the scratch was removed.
     const existing = await fs.readFile(manifestPath, 'utf8').catch(() => null);
     if (existing) return JSON.parse(existing) as ShardManifest;
   }
-  const writer = await ShardWriter.create(out, outMeta, { rowsPerShard: shardRows, continueAfter: done });
+  const writer = await ShardWriter.create(out, outMeta, { rowsPerShard: shardRows, continueAfter: done, onShard: (e) => onShard?.(e, path.join(out, e.file)) });
   const d = L.d;
   const rec = L.bytes;
   const a = new Arena(buf);

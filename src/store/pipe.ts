@@ -199,3 +199,22 @@ export class PipeBatchSource implements BatchSource {
     await this.it.return(undefined);
   }
 }
+
+/**
+ * Every shard an upstream announces, as one shard set (for stages that need the whole input, such
+ * as a full shuffle): waits for the end line, refuses mixed metadata.
+ */
+export async function collectAnnounced(it: AsyncGenerator<ShardAnnouncement>): Promise<{ set: ShardSet; dir: string }> {
+  const files: ShardFile[] = [];
+  let meta: ShardMeta | null = null;
+  let digest = '';
+  let dir = '';
+  for await (const a of it) {
+    if (meta && a.metadata !== digest) throw new UserError(`${a.shard}: metadata differs from the first shard's; one shard set per pipe`);
+    const set = await openShards(a.shard);
+    if (!meta) [meta, digest, dir] = [set.meta, a.metadata, path.dirname(a.shard)];
+    files.push(...set.files);
+  }
+  if (!meta) throw new UserError('the upstream stage announced no shards');
+  return { set: { files, meta, rows: files.reduce((s, f) => s + f.rows, 0) }, dir };
+}
