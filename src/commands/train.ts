@@ -3,10 +3,15 @@ import { Flags } from '@oclif/core';
 import { SaeCommand } from '../util/command.js';
 import { UserError } from '../util/errors.js';
 import { Progress, fmtTokens } from '../util/progress.js';
-import { train } from '../sae/train.js';
+import { train, type LiveData } from '../sae/train.js';
+import { openCorpus } from '../harvest/corpus.js';
+import { loadModel } from '../lm/load.js';
+import { loadTokenizer } from '../lm/tokenizer.js';
+import { parseHook } from '../lm/hooks.js';
+import type { Preprocessing } from '../store/preprocess.js';
 import { checkTrainable, finetunePhase, type PhaseConfig } from '../sae/config.js';
 import { configFlags, flagsToConfig, sharedFlags } from '../cli/flags.js';
-import { kernelFactory, type KernelName } from '../kernels/index.js';
+import { kernelFactory, lmKernelFactory, type KernelName } from '../kernels/index.js';
 
 /** --append-phase feature:800 → a phase like the paper's phase 2 (no auxiliary losses). */
 function parsePhase(spec: string): PhaseConfig {
@@ -21,13 +26,22 @@ export default class Train extends SaeCommand {
   static override description = 'Train a sparse autoencoder on activation shards (SPEC §8): relu, topk, batchtopk, mutual (MC), feature (FC), phased MC→FC';
 
   static override examples = [
+    '<%= config.bin %> train --model gpt2 --hook blocks.6.hook_resid_pre --corpus docs/*.jsonl --out runs/live --activation mutual',
     '<%= config.bin %> train --data shards/ --out runs/mc --activation mutual --k 32 --steps 10000',
     '<%= config.bin %> train --data shards/ --out runs/mcfc --activation mutual --steps 8000 --finetune-steps 2000',
     '<%= config.bin %> train --data shards/ --out runs/mc --resume runs/mc',
   ];
 
   static override flags = {
-    data: Flags.string({ description: 'activation shards (directory or .parquet file), or - for shards announced on stdin by sae harvest / sae shuffle', required: true }),
+    data: Flags.string({ description: 'activation shards (directory or .parquet file), or - for shards announced on stdin by sae harvest / sae shuffle', exactlyOne: ['data', 'model'] }),
+    model: Flags.string({ description: 'instead of --data: harvest from this host LM (folder or Hub id) into memory while training, no disk', exactlyOne: ['data', 'model'] }),
+    revision: Flags.string({ description: 'with --model: Hub revision of the model' }),
+    hook: Flags.string({ description: 'with --model: the hook to train on', default: 'blocks.6.hook_resid_pre' }),
+    corpus: Flags.string({ description: 'with --model: corpus files, folders or globs (.txt, .jsonl, .parquet), repeatable (default: the embedded Brown corpus)', multiple: true }),
+    'text-field': Flags.string({ description: 'with --model: JSONL field / Parquet column holding the text (default text)' }),
+    ctx: Flags.integer({ description: 'with --model: tokens per context, BOS first', default: 64 }),
+    'skip-bos': Flags.boolean({ description: 'with --model: leave position 0 (BOS) out' }),
+    'lm-batch': Flags.integer({ description: 'with --model: contexts per forward pass', default: 32 }),
     follow: Flags.boolean({ description: 'with --data -: if the upstream stage dies, wait for its folder to be completed instead of failing' }),
     out: Flags.string({ description: 'run directory (checkpoint/, final/, metrics.jsonl, summary.json)', required: true }),
     config: Flags.string({ description: 'JSON config file (keys as in TrainConfig; flags override it)' }),
@@ -73,6 +87,28 @@ export default class Train extends SaeCommand {
     const config = { ...fileCfg, ...flagCfg };
 
     const progress = new Progress('train', !flags.quiet);
+    let live: LiveData | undefined;
+    if (flags.model) {
+      if (flags.ctx < 2) throw new UserError(`--ctx must be at least 2, got ${flags.ctx}`);
+      if (flags['lm-batch'] < 1) throw new UserError('--lm-batch must be ≥ 1');
+      const corpus = await openCorpus({ inputs: flags.corpus, textField: flags['text-field'] });
+      const { model, dir, resolved } = await loadModel(flags.model, { revision: flags.revision, kernels: lmKernelFactory(flags.kernels as KernelName), onProgress: (m) => progress.line(m) });
+      parseHook(flags.hook, model.cfg);
+      if (flags.ctx > model.cfg.nPositions) throw new UserError(`--ctx ${flags.ctx} is longer than the model's ${model.cfg.nPositions} positions`);
+      const tokenizer = await loadTokenizer(dir);
+      const rows = { hooks: [flags.hook], ctx: flags.ctx, mode: 'concat' as const, skipBos: flags['skip-bos'], batch: flags['lm-batch'] };
+      const name = resolved.repo ?? flags.model;
+      const pre = (config.expectPreprocessing && config.expectPreprocessing !== 'any' ? config.expectPreprocessing : 'center_unit_norm') as Preprocessing;
+      live = {
+        model,
+        tokenizer,
+        corpus: corpus as unknown as LiveData['corpus'],
+        rows,
+        preprocessing: pre,
+        modelName: name,
+        description: `live:${name}@${resolved.commit ?? 'local'} ${flags.hook} ctx ${flags.ctx}${flags['skip-bos'] ? ' no-BOS' : ''} ${corpus.describe()}`,
+      };
+    }
     const controller = new AbortController();
     const onSigint = () => {
       if (controller.signal.aborted) process.exit(130);
@@ -82,7 +118,8 @@ export default class Train extends SaeCommand {
     process.on('SIGINT', onSigint);
     try {
       const summary = await train({
-        data: flags.data,
+        data: flags.data ?? '',
+        live,
         allowNoManifest: flags['allow-no-manifest'],
         follow: flags.follow,
         out: flags.out,

@@ -4,10 +4,14 @@ import type { KernelFactory } from '../kernels/types.js';
 import { UserError } from '../util/errors.js';
 import { describeFsError, writeFileAtomic } from '../util/atomic.js';
 import { ensureOutDir, pathKind } from '../util/outdir.js';
-import { checkCompatible, openShards, type DataPosition } from '../store/reader.js';
+import { checkCompatible, openShards, type DataPosition, type ShardSet } from '../store/reader.js';
 import { openBatchSource } from '../store/prefetch.js';
 import { PipeBatchSource, firstShard, readAnnouncements } from '../store/pipe.js';
 import type { Readable } from 'node:stream';
+import type { HookedTransformer } from '../lm/model.js';
+import type { LmTokenizer } from '../lm/tokenizer.js';
+import type { RowOptions, RowSource } from '../harvest/rows.js';
+import { LiveBatchSource, type LivePosition } from '../harvest/live-source.js';
 import type { Preprocessing } from '../store/preprocess.js';
 import { resolveConfig, resolveWidth, shuffleWindowRows, totalSteps, allPhases, type TrainConfig, type PhaseConfig } from './config.js';
 import { Trainer, type StepReport } from './trainer.js';
@@ -18,6 +22,8 @@ export interface TrainOptions {
   data: string;
   /** accept a shard directory without manifest.json (hand-made) */
   allowNoManifest?: boolean;
+  /** instead of shards: harvest from the host LM into the trainer's window in memory (no disk) */
+  live?: LiveData;
   /** with data '-': where the shard announcements come from (default stdin) */
   input?: Readable;
   /** with data '-': when the upstream dies, wait for its folder instead of failing */
@@ -65,6 +71,18 @@ export interface TrainSummary {
   deadFraction: number;
   seconds: number;
   tokensPerSec: number;
+}
+
+/** Training straight from the model: what to harvest, and from which corpus. */
+export interface LiveData {
+  model: HookedTransformer;
+  tokenizer: LmTokenizer;
+  corpus: RowSource<unknown>;
+  rows: RowOptions;
+  preprocessing: Preprocessing;
+  /** recorded in the checkpoint; a resume must name the same model, hook and corpus */
+  description: string;
+  modelName: string;
 }
 
 /** Accept a checkpoint folder or a run directory (then its newest checkpoint). */
@@ -185,8 +203,14 @@ export async function train(opts: TrainOptions): Promise<TrainSummary> {
   if (piped && opts.resume) throw new UserError('a run fed from a pipe cannot resume exactly (a pipe cannot be replayed); train on the upstream’s output folder instead, e.g. with --init-from');
   const announced = piped ? readAnnouncements(opts.input ?? process.stdin, { follow: opts.follow }) : null;
   const first = announced ? await firstShard(announced) : null;
-  const set = first ? first.set : await openShards(opts.data, { allowNoManifest: opts.allowNoManifest });
+  const live = opts.live;
+  const set: ShardSet = first
+    ? first.set
+    : live
+      ? { files: [], rows: Infinity, meta: { model: live.modelName, revision: '', hook: live.rows.hooks[0], d: live.model.cfg.dModel, ctx: live.rows.ctx, dtype: 'float32', preprocessing: live.preprocessing, tokenizer: live.tokenizer.digest, dataset: live.description } }
+      : await openShards(opts.data, { allowNoManifest: opts.allowNoManifest });
   const d = set.meta.d;
+  const dataLabel = live ? live.description : opts.data;
 
   let cfg: TrainConfig;
   let ck: Awaited<ReturnType<typeof loadCheckpoint>> | undefined;
@@ -219,6 +243,8 @@ export async function train(opts: TrainOptions): Promise<TrainSummary> {
   if (deadWindow < 10_000_000 && cfg.deadWindow === 'auto') note(`dead window ${deadWindow} tokens (run has ${total * cfg.batchSize} tokens; 10M is the standard)`);
 
   let position: DataPosition | undefined;
+  if (live && opts.resume && ck?.cfg.sae_train?.shards !== live.description)
+    throw new UserError(`the checkpoint was trained on ${ck?.cfg.sae_train?.shards}; this command harvests ${live.description}`);
   if (opts.resume && ck?.state) {
     trainer.restore(ck.state.snapshot);
     position = ck.state.dataPosition as DataPosition;
@@ -233,8 +259,9 @@ export async function train(opts: TrainOptions): Promise<TrainSummary> {
 
   const windowRows = shuffleWindowRows(cfg);
   const streamOpts = { batchSize: cfg.batchSize, windowRows: Math.max(windowRows, cfg.batchSize), seed: cfg.seed, loop: true };
-  const stream =
-    announced && first
+  const stream = live
+    ? new LiveBatchSource(live.model, live.tokenizer, live.corpus, live.rows, { batchSize: cfg.batchSize, windowRows: streamOpts.windowRows, seed: cfg.seed, preprocessing: live.preprocessing }, position as unknown as LivePosition<unknown> | undefined)
+    : announced && first
       ? new PipeBatchSource(announced, first, cfg.batchSize, windowRows, cfg.seed, (all) => openBatchSource(all, { ...streamOpts, windowRows: Math.min(streamOpts.windowRows, all.rows) }, undefined, opts.prefetch ?? 2))
       : openBatchSource(set, streamOpts, position, opts.prefetch ?? 2);
   const x = new Float32Array(cfg.batchSize * d);
@@ -242,7 +269,7 @@ export async function train(opts: TrainOptions): Promise<TrainSummary> {
 
   const save = async (dir: string) => {
     const act = trainer.phaseAt(Math.max(0, trainer.step - 1)).phase.activation;
-    await saveCheckpoint(dir, cfgJson(cfg, d, width, trainer.step, deadWindow, meta, opts.data, act), trainer.params, {
+    await saveCheckpoint(dir, cfgJson(cfg, d, width, trainer.step, deadWindow, meta, dataLabel, act), trainer.params, {
       snapshot: trainer.snapshot(),
       dataPosition: stream.position(),
     });
@@ -271,7 +298,7 @@ export async function train(opts: TrainOptions): Promise<TrainSummary> {
 
   async function trainLoop(): Promise<void> {
     while (trainer.step < total) {
-      if (!(await stream.next(x))) throw new UserError(`${opts.data}: ran out of data`);
+      if (!(await stream.next(x))) throw new UserError(`${dataLabel}: ran out of data`);
       if (trainer.step === 0 && !opts.resume && !opts.initFrom) trainer.init(x);
       last = trainer.trainStep(x);
       done++;
