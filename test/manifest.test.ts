@@ -57,7 +57,9 @@ describe('messages and docs name real commands and flags', () => {
     for (const f of await sourceFiles(path.join(root, 'src'))) texts.push(await fs.readFile(f, 'utf8'));
     let checked = 0;
     for (const text of texts) {
-      for (const m of text.matchAll(/`sae ([a-z-]+)( [a-z-]+)?([^`\n]*)`/g)) {
+      // a pipeline `sae a … | sae b …` is several commands
+      const spans = [...text.matchAll(/`(sae [^`\n]*)`/g)].flatMap((m) => m[1].split('|').map((p) => `\`${p.trim()}\``));
+      for (const m of spans.flatMap((span) => [...span.matchAll(/`sae ([a-z-]+)( [a-z-]+)?([^`\n]*)`/g)])) {
         // topics: `sae model info` is the command model:info
         const sub = m[2]?.trim();
         const cmd = (sub && manifest.commands[`${m[1]}:${sub}`]) || manifest.commands[m[1]];
