@@ -1,0 +1,84 @@
+#!/usr/bin/env node
+// Harvest benchmark (issue 9): end-to-end tokens/s of `sae harvest` (corpus → tokenize → forward
+// to the hook → preprocess → Parquet on disk) against the forward pass alone on the same contexts,
+// for a GPT-2-small-shaped model (random weights, real shapes and GPT-2's real tokenizer) at
+// blocks.6.hook_resid_pre, ctx 64. The pipeline's overhead is everything that is not the forward.
+// Needs `npm run build`. Usage: node bench/harvest.mjs [--tokens 100000] [--batch 32] [--dtype float32] [--kernels native]
+import { promises as fs } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const load = (p) => import(pathToFileURL(path.join(root, 'dist', p)).href);
+const { HookedTransformer } = await load('lm/model.js');
+const { loadTokenizer } = await load('lm/tokenizer.js');
+const { lmKernelFactory } = await load('kernels/index.js');
+const { openCorpus } = await load('harvest/corpus.js');
+const { harvest } = await load('harvest/harvest.js');
+const { ActivationRows } = await load('harvest/rows.js');
+
+const args = Object.fromEntries(process.argv.slice(2).map((a, i, all) => (a.startsWith('--') ? [a.slice(2), all[i + 1]] : null)).filter(Boolean));
+const tokens = Number(args.tokens ?? 100_000);
+const batch = Number(args.batch ?? 32);
+const dtype = args.dtype ?? 'float32';
+const kernels = args.kernels ?? 'native';
+
+// GPT-2 small's shapes (SPEC §2, paper §5): d 768, 12 heads, MLP 3072, 12 layers, vocabulary 50257
+const d = 768;
+const cfg = { family: 'gpt2', nLayers: 12, dModel: d, nHeads: 12, headDim: 64, dMlp: 3072, vocab: 50257, nPositions: 1024, lnEps: 1e-5, gelu: 'tanh', rotaryDims: 0, rotaryBase: 0, parallelResidual: false, tiedUnembed: true, bosTokenId: 50256, eosTokenId: 50256 };
+let seed = 12345;
+const rand = (n, std) => {
+  const a = new Float32Array(n);
+  for (let i = 0; i < n; i++) {
+    seed = (seed * 1103515245 + 12345) >>> 0;
+    a[i] = ((seed / 4294967296) * 2 - 1) * std * 1.7320508;
+  }
+  return a;
+};
+const ones = (n) => new Float32Array(n).fill(1);
+const lin = (k, m) => ({ W: rand(k * m, 0.02), bias: rand(m, 0.01), layout: 'in_out', k, m });
+const blocks = Array.from({ length: cfg.nLayers }, () => ({
+  ln1: { w: ones(d), b: new Float32Array(d) },
+  ln2: { w: ones(d), b: new Float32Array(d) },
+  qkv: lin(d, 3 * d),
+  attnOut: lin(d, d),
+  mlpIn: lin(d, cfg.dMlp),
+  mlpOut: lin(cfg.dMlp, d),
+}));
+const embed = rand(cfg.vocab * d, 0.02);
+const weights = { embed, pos: rand(cfg.nPositions * d, 0.01), blocks, lnFinal: { w: ones(d), b: new Float32Array(d) }, unembed: embed };
+const model = new HookedTransformer(cfg, weights, lmKernelFactory(kernels));
+const tokenizer = await loadTokenizer(path.join(root, 'fixtures', 'tokenizer', 'gpt2'));
+const corpus = await openCorpus({});
+const hook = 'blocks.6.hook_resid_pre';
+const rowOpts = { hooks: [hook], ctx: 64, mode: 'concat', skipBos: false, batch };
+
+// forward only: the same row stream without the disk (tokenization included, as small as it is)
+async function forwardOnly() {
+  const rows = new ActivationRows(model, tokenizer, corpus, rowOpts);
+  await rows.next(); // warm-up batch
+  const t0 = performance.now();
+  let n = 0;
+  while (n < tokens) {
+    const b = await rows.next();
+    if (!b) break;
+    n += b.n;
+  }
+  return n / ((performance.now() - t0) / 1000);
+}
+
+async function endToEnd() {
+  const out = await fs.mkdtemp(path.join(os.tmpdir(), 'sae-bench-harvest-'));
+  const config = { model: 'random-gpt2-small', revision: 'bench', hooks: [hook], ctx: 64, mode: 'concat', skipBos: false, maxTokens: tokens, shardRows: 65536, dtype, preprocessing: 'center_unit_norm', corpus: corpus.describe(), tokenizer: tokenizer.digest, batch };
+  const t0 = performance.now();
+  const s = await harvest({ out, config, model, tokenizer, corpus });
+  const secs = (performance.now() - t0) / 1000;
+  await fs.rm(out, { recursive: true, force: true });
+  return s.rows / secs;
+}
+
+const fwd = await forwardOnly();
+const e2e = await endToEnd();
+const r = { tokens, batch, dtype, kernels, forwardTokensPerSec: Math.round(fwd), harvestTokensPerSec: Math.round(e2e), overhead: 1 - e2e / fwd, rssMB: Math.round(process.memoryUsage().rss / 2 ** 20) };
+console.log(JSON.stringify(r));
