@@ -451,7 +451,7 @@ static inline void linearKernel(const float* __restrict ap, const float* __restr
   }
 }
 
-// One thread's outputs [o0, o1) of y = x·W + bias for every token, blocked like a BLIS GEMM for
+// Outputs [o0, o1) of y = x·W + bias for the token panels [p0, p1), blocked like a BLIS GEMM for
 // the host LM's shapes (K up to 3072): blocks of nb·NR outputs × kLinearKc of k packed into L2;
 // per token panel (packed once for all threads) its k-slice stays in L1 across the block's output
 // panels. y[i][j] = ((bias + Σ_k∈block0) + Σ_k∈block1) + …, each block's sum one FMA chain in k
@@ -459,14 +459,13 @@ static inline void linearKernel(const float* __restrict ap, const float* __restr
 static void linear(const LinearJob& J) {
   const int K = J.K;
   const int Nc = NR * J.nb;
-  const int np = (J.n + MR - 1) / MR;
   for (int f0 = J.o0; f0 < J.o1; f0 += Nc) {
     const int nf = imin(Nc, J.o1 - f0);
     const int npn = (nf + NR - 1) / NR;
     for (int k0 = 0; k0 < K; k0 += kLinearKc) {
       const int kc = imin(kLinearKc, K - k0);
       packLinearW(J.W, J.inOut, K, J.m, f0, nf, k0, kc, J.Wp);
-      for (int p = 0; p < np; p++) {
+      for (int p = J.p0; p < J.p1; p++) {
         const float* ap = J.Xp + (size_t)p * MR * K + (size_t)k0 * MR;
         const int rows = imin(MR, J.n - p * MR);
         for (int q = 0; q < npn; q++) {

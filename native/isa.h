@@ -119,7 +119,6 @@ struct AttnJob {
   float scale = 1;
   float* kt = nullptr;  // scratch: one head's keys transposed, hd × T (padded)
   float* s = nullptr;   // scratch: T (padded) scores
-  float* acc = nullptr; // scratch: hd
 };
 
 // k-block of the LM's linear layers: a token panel's slice (NR·KC floats) stays in L1.
@@ -132,7 +131,8 @@ struct LinearJob {
   const float* W = nullptr;   // [K×m] when inOut, else [m×K]
   bool inOut = false;
   const float* bias = nullptr;  // m, or null
-  int o0 = 0, o1 = 0;           // this thread's outputs
+  int o0 = 0, o1 = 0;           // the outputs of this piece of work
+  int p0 = 0, p1 = 0;           // and its token panels (MR tokens each)
   int nb = 1;                   // panels of NR outputs per packed block of W
   float* Wp = nullptr;          // nb·NR·kLinearKc floats, 64-byte aligned
   float* tile = nullptr;        // MR×NR, 64-byte aligned

@@ -368,17 +368,36 @@ static void attention(const AttnJob& J) {
         sum = vadd(sum, p);
       }
       const float inv = 1.0f / hsum(sum);
-      // out = (Σ p_s·v_s)·(1/Σp)
-      for (int e = 0; e < hd; e++) J.acc[e] = 0.0f;
-      for (int s = 0; s < ns; s++) {
-        const V ps = vset1(J.s[s]);
-        const float* vr = J.v + base + (size_t)s * width;
-        int e = 0;
-        for (; e + VL <= hd; e += VL) vstoreu(J.acc + e, vfma(ps, vloadu(vr + e), vloadu(J.acc + e)));
-        for (; e < hd; e++) J.acc[e] += J.s[s] * vr[e];
-      }
+      // out = (Σ p_s·v_s)·(1/Σp), four vectors of the head dimension at a time in registers
       float* o = J.out + base + (size_t)t * width;
-      for (int e = 0; e < hd; e++) o[e] = J.acc[e] * inv;
+      const float* vb = J.v + base;
+      int e0 = 0;
+      for (; e0 + 4 * VL <= hd; e0 += 4 * VL) {
+        V c0 = vzero(), c1 = vzero(), c2 = vzero(), c3 = vzero();
+        for (int s = 0; s < ns; s++) {
+          const V ps = vset1(J.s[s]);
+          const float* vr = vb + (size_t)s * width + e0;
+          c0 = vfma(ps, vloadu(vr), c0);
+          c1 = vfma(ps, vloadu(vr + VL), c1);
+          c2 = vfma(ps, vloadu(vr + 2 * VL), c2);
+          c3 = vfma(ps, vloadu(vr + 3 * VL), c3);
+        }
+        const V iv = vset1(inv);
+        vstoreu(o + e0, vmul(c0, iv));
+        vstoreu(o + e0 + VL, vmul(c1, iv));
+        vstoreu(o + e0 + 2 * VL, vmul(c2, iv));
+        vstoreu(o + e0 + 3 * VL, vmul(c3, iv));
+      }
+      for (; e0 + VL <= hd; e0 += VL) {
+        V c0 = vzero();
+        for (int s = 0; s < ns; s++) c0 = vfma(vset1(J.s[s]), vloadu(vb + (size_t)s * width + e0), c0);
+        vstoreu(o + e0, vmul(c0, vset1(inv)));
+      }
+      for (; e0 < hd; e0++) {
+        float c = 0.0f;
+        for (int s = 0; s < ns; s++) c += J.s[s] * vb[(size_t)s * width + e0];
+        o[e0] = c * inv;
+      }
       if (J.pattern) {
         float* pr = J.pattern + (((size_t)b * H + h) * T + t) * T;
         for (int s = 0; s < ns; s++) pr[s] = J.s[s] * inv;

@@ -1,9 +1,11 @@
 // The host LM's ops (issue 8) on the thread pool: the `LmKernels` seam of src/kernels/lm-types.ts.
 // Linear layers run on the packed SGEMM (gemm_isa.h), the rest on lm_isa.h. Every split below is
-// over whole rows, elements or attention units whose results do not depend on which thread
-// computes them, so outputs are bit-identical for any pool size.
+// over whole rows, elements, output blocks or attention units whose results do not depend on which
+// thread computes them (static splits, or pieces claimed by whichever thread is free), so outputs
+// are bit-identical for any pool size and from run to run.
 #include "lm_ops.h"
 
+#include <atomic>
 #include <cmath>
 
 #define SAE_ISA_BODY "lm_isa.h"
@@ -38,13 +40,17 @@ void LmInstance::linear(const float* x, int n, int K, const float* W, int m, boo
     const int p0 = (int)((int64_t)np * t / T), p1 = (int)((int64_t)np * (t + 1) / T);
     if (p1 > p0) g.packTokens(x, n, K, p0, p1, Xp);
   });
-  // outputs split in whole panels of NR
-  const int npn = (m + g.NR - 1) / g.NR;
+  // Pieces of work: blocks of nb·NR outputs × chunks of token panels, claimed in any order by
+  // whichever thread is free (the machine may be shared); a piece's results do not depend on
+  // which thread computes it, so the output stays bit-identical.
+  const int Nc = nb * g.NR;
+  const int nBlocks = (m + Nc - 1) / Nc;
+  const int chunk = std::max(1, std::min(np, (256 + g.MR - 1) / g.MR));  // about 256 tokens
+  const int nChunks = (np + chunk - 1) / chunk;
+  const int units = nBlocks * nChunks;
+  std::atomic<int> next{0};
   pool().run([&](int t) {
     LinearJob J;
-    J.o0 = (int)((int64_t)npn * t / T) * g.NR;
-    J.o1 = std::min(m, (int)((int64_t)npn * (t + 1) / T) * g.NR);
-    if (J.o1 <= J.o0) return;
     J.Xp = Xp;
     J.n = n;
     J.K = K;
@@ -56,7 +62,14 @@ void LmInstance::linear(const float* x, int n, int K, const float* W, int m, boo
     J.Wp = th_[t].Wp.data();
     J.tile = th_[t].tile.data();
     J.y = y;
-    g.linear(J);
+    for (int u = next.fetch_add(1, std::memory_order_relaxed); u < units; u = next.fetch_add(1, std::memory_order_relaxed)) {
+      const int blk = u / nChunks, c = u % nChunks;
+      J.o0 = blk * Nc;
+      J.o1 = std::min(m, J.o0 + Nc);
+      J.p0 = c * chunk;
+      J.p1 = std::min(np, J.p0 + chunk);
+      g.linear(J);
+    }
   });
 }
 
@@ -134,10 +147,10 @@ void LmInstance::attention(const float* q, const float* k, const float* v, int B
   for (auto& h : th_) {
     need(h.kt.reserve(Tp * hd));
     need(h.s.reserve(Tp));
-    need(h.acc.reserve((size_t)hd + 64));
   }
   const LmOps& o = *ops_->lm;
-  const int T0 = units < T_ ? 1 : T_;
+  // units (b, h, query block) claimed one at a time: with causal masking later blocks cost more
+  std::atomic<int64_t> next{0};
   auto work = [&](int t) {
     AttnJob J;
     J.q = q;
@@ -150,15 +163,16 @@ void LmInstance::attention(const float* q, const float* k, const float* v, int B
     J.H = H;
     J.hd = hd;
     J.QB = QB;
-    J.u0 = units * t / T0;
-    J.u1 = units * (t + 1) / T0;
     J.scale = (float)(1.0 / std::sqrt((double)hd));
     J.kt = th_[t].kt.data();
     J.s = th_[t].s.data();
-    J.acc = th_[t].acc.data();
-    if (J.u1 > J.u0) o.attention(J);
+    for (int64_t u = next.fetch_add(1, std::memory_order_relaxed); u < units; u = next.fetch_add(1, std::memory_order_relaxed)) {
+      J.u0 = u;
+      J.u1 = u + 1;
+      o.attention(J);
+    }
   };
-  if (T0 == 1) work(0);
+  if (units == 1 || T_ == 1) work(0);
   else pool().run(work);
 }
 

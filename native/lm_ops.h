@@ -27,7 +27,7 @@ class LmInstance {
 
  private:
   struct Thread {
-    Buf<float> Wp, tile, kt, s, acc;
+    Buf<float> Wp, tile, kt, s;
   };
   const IsaOps* ops_;
   const int T_;
