@@ -96,6 +96,37 @@ export function encode16(src: ArrayLike<number>, dst: Uint16Array, n: number, dt
   else throw new RangeError(`encode16: ${dtype} is not a 16-bit dtype`);
 }
 
+/**
+ * Round n float32 values to `dtype` bit patterns: encode16 for whole row groups, with the common
+ * cases inlined on the float32 bits (the per-value functions cost more than the rest of a write).
+ */
+export function round16(src: Float32Array, dst: Uint16Array, n: number, dtype: ShardDtype): void {
+  const u = new Uint32Array(src.buffer, src.byteOffset, n);
+  if (dtype === 'bfloat16') {
+    for (let i = 0; i < n; i++) {
+      const x = u[i];
+      dst[i] = (x & 0x7fffffff) > 0x7f800000 ? (x >>> 16) | 0x40 : (x + 0x7fff + ((x >>> 16) & 1)) >>> 16;
+    }
+  } else if (dtype === 'float16') {
+    for (let i = 0; i < n; i++) {
+      const x = u[i];
+      const a = x & 0x7fffffff;
+      // Normal binary16 results only; subnormals, overflow and NaN take the careful path.
+      if (a >= 0x38800000 && a < 0x477ff000) {
+        const mant = a & 0x7fffff;
+        let bits = (((a >>> 23) - 112) << 10) | (mant >>> 13);
+        const rem = mant & 0x1fff;
+        if (rem > 0x1000 || (rem === 0x1000 && (bits & 1) === 1)) bits++;
+        dst[i] = ((x >>> 16) & 0x8000) | bits;
+      } else {
+        dst[i] = f32ToF16Bits(src[i]);
+      }
+    }
+  } else {
+    throw new RangeError(`round16: ${dtype} is not a 16-bit dtype`);
+  }
+}
+
 /** Widen n 16-bit patterns of `dtype` to float32 (exact). */
 export function decode16(src: Uint16Array, dst: Float32Array, n: number, dtype: ShardDtype): void {
   if (dtype === 'float16') {

@@ -1,13 +1,12 @@
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
-import { ByteWriter, ParquetWriter } from 'hyparquet-writer';
-import type { ColumnSource } from 'hyparquet-writer';
 import type { KeyValue, SchemaElement } from 'hyparquet';
 import { UserError } from '../util/errors.js';
 import { describeFsError, writeFileAtomic } from '../util/atomic.js';
 import { ensureOutDir } from '../util/outdir.js';
 import { isPreprocessing, preprocessRows, PREPROCESSINGS, type Preprocessing } from './preprocess.js';
-import { DTYPE_MAX, f32ToBf16Bits, f32ToF16Bits, isShardDtype, overflows, SHARD_DTYPES, type ShardDtype } from './dtype.js';
+import { DTYPE_MAX, isShardDtype, overflows, round16, SHARD_DTYPES, type ShardDtype } from './dtype.js';
+import { ShardEncoder } from './shard-encoder.js';
 
 /**
  * Activation shards (SPEC §10): a directory of `shard-NNNNN.parquet` files, one row per token,
@@ -203,7 +202,7 @@ export interface ShardWriterOptions {
   overwriteHint?: string;
   /** called as each shard is completed (renamed into place), with its index */
   onShard?: (entry: ShardFileEntry, index: number) => void | Promise<void>;
-  /** Parquet compression (default UNCOMPRESSED: float activations barely compress) */
+  /** Parquet compression of the values (default UNCOMPRESSED: float activations barely compress) */
   codec?: 'UNCOMPRESSED' | 'SNAPPY';
   /**
    * Shards an earlier, interrupted run of the same job completed in this directory: they stay,
@@ -212,30 +211,31 @@ export interface ShardWriterOptions {
   continueAfter?: readonly ShardFileEntry[];
 }
 
-/**
- * ByteWriter that drains to an open file after each row group, so that a shard never has to sit
- * in memory whole.
- */
-class FileSink extends ByteWriter {
-  constructor(private readonly fh: fs.FileHandle) {
-    super(1 << 20);
-  }
-  async flush(): Promise<void> {
-    if (this.index === 0) return;
-    await this.fh.write(new Uint8Array(this.buffer, 0, this.index));
-    this.index = 0;
-  }
-  override async finish(): Promise<void> {
-    await this.flush();
-  }
-}
-
 interface OpenShard {
   tmp: string;
   fh: fs.FileHandle;
-  sink: FileSink;
-  pq: ParquetWriter;
+  enc: ShardEncoder;
   rows: number;
+}
+
+/** Append byte pieces at the file position, in order, whatever writev manages per call. */
+async function writeAll(fh: fs.FileHandle, pieces: Uint8Array[]): Promise<void> {
+  // Batches stay under any platform's IOV_MAX.
+  for (let i = 0; i < pieces.length; ) {
+    let batch = pieces.slice(i, i + 512);
+    i += batch.length;
+    let left = batch.reduce((a, b) => a + b.length, 0);
+    while (left > 0) {
+      const { bytesWritten } = await fh.writev(batch);
+      left -= bytesWritten;
+      if (left === 0) break;
+      if (bytesWritten === 0) throw new Error('write made no progress');
+      // A short write: drop what went out and continue with the rest.
+      let skip = bytesWritten;
+      while (skip >= batch[0].length) skip -= batch.shift()!.length;
+      batch[0] = batch[0].subarray(skip);
+    }
+  }
 }
 
 export class ShardWriter {
@@ -246,8 +246,6 @@ export class ShardWriter {
   private readonly preprocess: boolean;
   private readonly codec: 'UNCOMPRESSED' | 'SNAPPY';
   private readonly schema: SchemaElement[];
-  /** the schema the pages are encoded with; see openShard */
-  private readonly encodeSchema: SchemaElement[];
   private readonly kv: KeyValue[];
   // One row group is staged here and handed to the Parquet encoder when full.
   private readonly gAct: Float32Array;
@@ -256,8 +254,8 @@ export class ShardWriter {
   private readonly gPos: Int32Array;
   private readonly gMean: Float32Array;
   private readonly gNorm: Float32Array;
-  /** bfloat16 bytes of one row group, which the Parquet encoder takes as 2-byte views */
-  private readonly g16: Uint8Array;
+  /** the row group rounded to the 16-bit storage dtype */
+  private readonly g16: Uint16Array;
   private gRows = 0;
   private readonly onShard?: (entry: ShardFileEntry, index: number) => void | Promise<void>;
   private current: OpenShard | null = null;
@@ -278,10 +276,6 @@ export class ShardWriter {
     this.codec = opts.codec ?? 'UNCOMPRESSED';
     this.onShard = opts.onShard;
     this.schema = shardSchema(meta);
-    // float16 pages are written from our own rounded bytes, like bfloat16: hyparquet-writer's
-    // FLOAT16 conversion allocates per value and ran 4× slower than the rest of the write. The
-    // FLOAT16 annotation lives only in the footer, which is all readers consult.
-    this.encodeSchema = meta.dtype === 'float16' ? this.schema.map((e) => (e.name === 'element' ? activationElement('bfloat16') : e)) : this.schema;
     this.kv = metaToKv(meta);
     this.gAct = new Float32Array(this.groupRows * this.d);
     this.gTok = new Int32Array(this.groupRows);
@@ -289,7 +283,7 @@ export class ShardWriter {
     this.gPos = new Int32Array(this.groupRows);
     this.gMean = new Float32Array(this.raw ? this.groupRows : 0);
     this.gNorm = new Float32Array(this.raw ? this.groupRows : 0);
-    this.g16 = new Uint8Array(meta.dtype === 'float32' ? 0 : 2 * this.groupRows * this.d);
+    this.g16 = new Uint16Array(meta.dtype === 'float32' ? 0 : this.groupRows * this.d);
     for (const e of opts.continueAfter ?? []) {
       this.done.push({ ...e });
       this.total += e.rows;
@@ -444,16 +438,7 @@ export class ShardWriter {
     } catch (err) {
       throw describeFsError(err, `writing ${tmp}`);
     }
-    const sink = new FileSink(fh);
-    const pq = new ParquetWriter({
-      writer: sink,
-      schema: this.encodeSchema,
-      codec: this.codec,
-      statistics: false,
-      kvMetadata: this.kv,
-      createdBy: 'sae (hyparquet-writer)',
-    });
-    return { tmp, fh, sink, pq, rows: 0 };
+    return { tmp, fh, enc: new ShardEncoder(this.schema, this.kv, this.d, this.codec), rows: 0 };
   }
 
   private async flushGroup(): Promise<void> {
@@ -462,42 +447,18 @@ export class ShardWriter {
     if (!this.current) this.current = await this.openShard();
     const cur = this.current;
     const d = this.d;
-    // hyparquet-writer's list encoder wants plain arrays, one per row. Rounding to a 16-bit dtype
-    // happens here, after preprocessing in float32; its little-endian bytes go in as 2-byte views.
-    const rows: (number | Uint8Array)[][] = new Array(n);
-    const dtype = this.meta.dtype;
-    const round = dtype === 'float16' ? f32ToF16Bits : f32ToBf16Bits;
-    for (let r = 0; r < n; r++) {
-      const o = r * d;
-      if (dtype !== 'float32') {
-        const row = new Array<Uint8Array>(d);
-        for (let j = 0; j < d; j++) {
-          const h = round(this.gAct[o + j]);
-          const b = 2 * (o + j);
-          this.g16[b] = h & 0xff;
-          this.g16[b + 1] = h >>> 8;
-          row[j] = this.g16.subarray(b, b + 2);
-        }
-        rows[r] = row;
-      } else {
-        const row = new Array<number>(d);
-        for (let j = 0; j < d; j++) row[j] = this.gAct[o + j];
-        rows[r] = row;
-      }
+    const u8 = (a: Int32Array | Float32Array | Uint16Array, len: number) => new Uint8Array(a.buffer, a.byteOffset, len * a.BYTES_PER_ELEMENT);
+    // Rounding to a 16-bit dtype happens here, after preprocessing in float32.
+    let list: Uint8Array;
+    if (this.meta.dtype === 'float32') list = u8(this.gAct, n * d);
+    else {
+      round16(this.gAct, this.g16, n * d, this.meta.dtype);
+      list = u8(this.g16, n * d);
     }
-    const columnData: ColumnSource[] = [
-      // PLAIN always: dictionary encoding never pays for dense activations, and the writer's
-      // sampling heuristic would make the encoding depend on the values.
-      { name: 'activation', data: rows, encoding: 'PLAIN' },
-      { name: 'token_id', data: this.gTok.slice(0, n) },
-      { name: 'context_id', data: this.gCtx.slice(0, n) },
-      { name: 'position', data: this.gPos.slice(0, n) },
-    ];
-    if (this.raw) {
-      columnData.push({ name: 'raw_mean', data: this.gMean.slice(0, n) }, { name: 'raw_norm', data: this.gNorm.slice(0, n) });
-    }
+    const scalars = [u8(this.gTok, n), u8(this.gCtx, n), u8(this.gPos, n)];
+    if (this.raw) scalars.push(u8(this.gMean, n), u8(this.gNorm, n));
     try {
-      await cur.pq.write({ columnData, rowGroupSize: n });
+      await writeAll(cur.fh, cur.enc.rowGroup(n, list, scalars).pieces);
     } catch (err) {
       await this.abort();
       throw describeFsError(err, `writing ${path.join(this.dir, shardFileName(this.done.length))}`);
@@ -513,8 +474,7 @@ export class ShardWriter {
     const name = shardFileName(this.done.length);
     const final = path.join(this.dir, name);
     try {
-      cur.pq.schema = this.schema;
-      await cur.pq.finish();
+      await writeAll(cur.fh, [cur.enc.footer()]);
       await cur.fh.sync();
       await cur.fh.close();
       await fs.rename(cur.tmp, final);
