@@ -218,6 +218,18 @@ interface OpenShard {
   rows: number;
 }
 
+/** The buffers of one row group: what append fills and a write reads from. */
+interface Staging {
+  act: Float32Array;
+  tok: Int32Array;
+  ctx: Int32Array;
+  pos: Int32Array;
+  mean: Float32Array;
+  norm: Float32Array;
+  /** the group rounded to a 16-bit storage dtype */
+  b16: Uint16Array;
+}
+
 /** Append byte pieces at the file position, in order, whatever writev manages per call. */
 async function writeAll(fh: fs.FileHandle, pieces: Uint8Array[]): Promise<void> {
   // Batches stay under any platform's IOV_MAX.
@@ -247,15 +259,13 @@ export class ShardWriter {
   private readonly codec: 'UNCOMPRESSED' | 'SNAPPY';
   private readonly schema: SchemaElement[];
   private readonly kv: KeyValue[];
-  // One row group is staged here and handed to the Parquet encoder when full.
-  private readonly gAct: Float32Array;
-  private readonly gTok: Int32Array;
-  private readonly gCtx: Int32Array;
-  private readonly gPos: Int32Array;
-  private readonly gMean: Float32Array;
-  private readonly gNorm: Float32Array;
-  /** the row group rounded to the 16-bit storage dtype */
-  private readonly g16: Uint16Array;
+  // One row group is staged here and handed to the encoder when full. Its write then proceeds
+  // while the next group fills the spare buffers (allocated at the first flush), so that disk
+  // time overlaps the caller's work instead of adding to it.
+  private st: Staging;
+  private spare: Staging | null = null;
+  /** the write in flight: resolves to its error, if any, so that it is never an unhandled rejection */
+  private pending: { done: Promise<unknown>; file: string } | null = null;
   private gRows = 0;
   private readonly onShard?: (entry: ShardFileEntry, index: number) => void | Promise<void>;
   private current: OpenShard | null = null;
@@ -277,17 +287,24 @@ export class ShardWriter {
     this.onShard = opts.onShard;
     this.schema = shardSchema(meta);
     this.kv = metaToKv(meta);
-    this.gAct = new Float32Array(this.groupRows * this.d);
-    this.gTok = new Int32Array(this.groupRows);
-    this.gCtx = new Int32Array(this.groupRows);
-    this.gPos = new Int32Array(this.groupRows);
-    this.gMean = new Float32Array(this.raw ? this.groupRows : 0);
-    this.gNorm = new Float32Array(this.raw ? this.groupRows : 0);
-    this.g16 = new Uint16Array(meta.dtype === 'float32' ? 0 : this.groupRows * this.d);
+    this.st = this.newStaging();
     for (const e of opts.continueAfter ?? []) {
       this.done.push({ ...e });
       this.total += e.rows;
     }
+  }
+
+  private newStaging(): Staging {
+    const g = this.groupRows;
+    return {
+      act: new Float32Array(g * this.d),
+      tok: new Int32Array(g),
+      ctx: new Int32Array(g),
+      pos: new Int32Array(g),
+      mean: new Float32Array(this.raw ? g : 0),
+      norm: new Float32Array(this.raw ? g : 0),
+      b16: new Uint16Array(this.meta.dtype === 'float32' ? 0 : g * this.d),
+    };
   }
 
   static async create(dir: string, meta: ShardMeta, opts: ShardWriterOptions = {}): Promise<ShardWriter> {
@@ -378,27 +395,27 @@ export class ShardWriter {
     while (done < n) {
       const take = Math.min(n - done, this.groupLimit() - this.gRows);
       const g0 = this.gRows;
-      this.gAct.set(acts.subarray(done * d, (done + take) * d), g0 * d);
+      this.st.act.set(acts.subarray(done * d, (done + take) * d), g0 * d);
       const base = this.rowsWritten;
       for (let i = 0; i < take; i++) {
-        this.gTok[g0 + i] = tokenIds ? tokenIds[done + i] : -1;
-        this.gCtx[g0 + i] = contextIds ? contextIds[done + i] : base + i;
-        this.gPos[g0 + i] = positions ? positions[done + i] : 0;
+        this.st.tok[g0 + i] = tokenIds ? tokenIds[done + i] : -1;
+        this.st.ctx[g0 + i] = contextIds ? contextIds[done + i] : base + i;
+        this.st.pos[g0 + i] = positions ? positions[done + i] : 0;
       }
       if (this.preprocess) {
-        const view = this.gAct.subarray(g0 * d, (g0 + take) * d);
+        const view = this.st.act.subarray(g0 * d, (g0 + take) * d);
         preprocessRows(
           view,
           take,
           d,
           this.meta.preprocessing,
           this.meta.scale,
-          this.raw ? this.gMean.subarray(g0, g0 + take) : undefined,
-          this.raw ? this.gNorm.subarray(g0, g0 + take) : undefined,
+          this.raw ? this.st.mean.subarray(g0, g0 + take) : undefined,
+          this.raw ? this.st.norm.subarray(g0, g0 + take) : undefined,
         );
       } else if (needRaw) {
-        this.gMean.set(raw!.mean.subarray(done, done + take), g0);
-        this.gNorm.set(raw!.norm.subarray(done, done + take), g0);
+        this.st.mean.set(raw!.mean.subarray(done, done + take), g0);
+        this.st.norm.set(raw!.norm.subarray(done, done + take), g0);
       }
       this.gRows += take;
       done += take;
@@ -444,28 +461,47 @@ export class ShardWriter {
   private async flushGroup(): Promise<void> {
     const n = this.gRows;
     if (n === 0) return;
+    await this.settle();
     if (!this.current) this.current = await this.openShard();
     const cur = this.current;
     const d = this.d;
+    const st = this.st;
     const u8 = (a: Int32Array | Float32Array | Uint16Array, len: number) => new Uint8Array(a.buffer, a.byteOffset, len * a.BYTES_PER_ELEMENT);
     // Rounding to a 16-bit dtype happens here, after preprocessing in float32.
     let list: Uint8Array;
-    if (this.meta.dtype === 'float32') list = u8(this.gAct, n * d);
+    if (this.meta.dtype === 'float32') list = u8(st.act, n * d);
     else {
-      round16(this.gAct, this.g16, n * d, this.meta.dtype);
-      list = u8(this.g16, n * d);
+      round16(st.act, st.b16, n * d, this.meta.dtype);
+      list = u8(st.b16, n * d);
     }
-    const scalars = [u8(this.gTok, n), u8(this.gCtx, n), u8(this.gPos, n)];
-    if (this.raw) scalars.push(u8(this.gMean, n), u8(this.gNorm, n));
-    try {
-      await writeAll(cur.fh, cur.enc.rowGroup(n, list, scalars).pieces);
-    } catch (err) {
-      await this.abort();
-      throw describeFsError(err, `writing ${path.join(this.dir, shardFileName(this.done.length))}`);
-    }
+    const scalars = [u8(st.tok, n), u8(st.ctx, n), u8(st.pos, n)];
+    if (this.raw) scalars.push(u8(st.mean, n), u8(st.norm, n));
+    const pieces = cur.enc.rowGroup(n, list, scalars).pieces;
+    // The pieces point into `st`, so it must not be refilled until this write has settled.
+    this.st = this.spare ?? this.newStaging();
+    this.spare = st;
+    this.pending = {
+      done: writeAll(cur.fh, pieces).then(
+        () => null,
+        (err: unknown) => err ?? new Error('write failed'),
+      ),
+      file: path.join(this.dir, shardFileName(this.done.length)),
+    };
     cur.rows += n;
     this.gRows = 0;
     if (cur.rows >= this.rowsPerShard) await this.finishShard();
+  }
+
+  /** Wait for the row group write in flight; its failure aborts the shard. */
+  private async settle(): Promise<void> {
+    const w = this.pending;
+    if (!w) return;
+    this.pending = null;
+    const err = await w.done;
+    if (err) {
+      await this.abort();
+      throw describeFsError(err, `writing ${w.file}`);
+    }
   }
 
   private async finishShard(): Promise<void> {
@@ -473,6 +509,7 @@ export class ShardWriter {
     if (!cur) return;
     const name = shardFileName(this.done.length);
     const final = path.join(this.dir, name);
+    await this.settle();
     try {
       await writeAll(cur.fh, [cur.enc.footer()]);
       await cur.fh.sync();
@@ -494,6 +531,10 @@ export class ShardWriter {
     const cur = this.current;
     this.current = null;
     this.closed = true;
+    // The write in flight uses the file handle; its outcome no longer matters.
+    const w = this.pending;
+    this.pending = null;
+    if (w) await w.done;
     if (!cur) return;
     await cur.fh.close().catch(() => undefined);
     await fs.rm(cur.tmp, { force: true }).catch(() => undefined);
