@@ -8,7 +8,7 @@ export const PARQUET_MAGIC = 0x31524150; // "PAR1" read as a little-endian u32
 export const PhysicalType = { INT32: 1, FLOAT: 4, FIXED_LEN_BYTE_ARRAY: 7 } as const;
 export const Repetition = { REQUIRED: 0, OPTIONAL: 1, REPEATED: 2 } as const;
 export const ConvertedType = { LIST: 3 } as const;
-export const Encoding = { PLAIN: 0, RLE: 3 } as const;
+export const Encoding = { PLAIN: 0, PLAIN_DICTIONARY: 2, RLE: 3, RLE_DICTIONARY: 8 } as const;
 export const PageType = { DATA_PAGE: 0, DICTIONARY_PAGE: 2, DATA_PAGE_V2: 3 } as const;
 export const Codec = { UNCOMPRESSED: 0, SNAPPY: 1 } as const;
 

@@ -5,11 +5,12 @@ import { describeFsError } from '../util/atomic.js';
 import { f16ToF32Table, type ShardDtype } from './dtype.js';
 import { Encoding, LITTLE_ENDIAN, PageType } from './parquet-format.js';
 import { readStruct, ThriftError, type TStruct } from './thrift.js';
+import { decodeHybrid, HybridError } from './rle-hybrid.js';
 
 /**
  * The fast read path of activation shards: for columns laid out as the shard writer lays them out
  * (a required list of required values, required 4-byte scalars; PLAIN data pages v1 or v2,
- * RLE levels, uncompressed or SNAPPY), pages are decoded straight from the file bytes into the
+ * RLE levels, dictionary-encoded scalars, uncompressed or SNAPPY), pages are decoded straight from the file bytes into the
  * caller's typed arrays. Anything else (dictionary pages, other encodings, nullable columns,
  * rows continued across pages) is left to hyparquet, column by column; bytes that contradict the
  * footer or themselves are an error naming the file.
@@ -47,6 +48,8 @@ interface ColumnPlan {
   list: boolean;
   /** copy `rows` rows of values from src[at…] to output row `out` (file row `fileRow`) */
   copy: (src: Uint8Array, at: number, out: number, rows: number, fileRow: number) => void;
+  /** the output of a scalar column as raw 32-bit words, for dictionary pages */
+  words?: Uint32Array;
 }
 
 /**
@@ -85,7 +88,7 @@ export async function decodeFast(req: FastDecodeRequest): Promise<string[]> {
         for (const p of active) {
           const c = rg.columns.find((c) => c.meta_data?.path_in_schema.join('.') === p.path);
           const m = c?.meta_data;
-          if (!c || !m || c.file_path || m.dictionary_page_offset !== undefined || (m.codec !== 'UNCOMPRESSED' && m.codec !== 'SNAPPY')) {
+          if (!c || !m || c.file_path || (p.list && m.dictionary_page_offset !== undefined) || (m.codec !== 'UNCOMPRESSED' && m.codec !== 'SNAPPY')) {
             active.delete(p);
             left.push(p.name);
           } else {
@@ -96,7 +99,7 @@ export async function decodeFast(req: FastDecodeRequest): Promise<string[]> {
         let lo = Infinity;
         let hi = 0;
         for (const m of chunks.values()) {
-          const s = Number(m.data_page_offset);
+          const s = chunkStart(m);
           const e = s + Number(m.total_compressed_size);
           if (!(s >= 4 && e <= req.size && e >= s)) throw new UserError(`${req.file}: truncated or corrupt (a column chunk of row group ${g} lies outside the ${req.size}-byte file)`);
           lo = Math.min(lo, s);
@@ -107,12 +110,12 @@ export async function decodeFast(req: FastDecodeRequest): Promise<string[]> {
         const to = Math.min(req.rowEnd, gEnd) - gStart;
         for (const [p, m] of chunks) {
           try {
-            decodeChunk(p, m, buf, Number(m.data_page_offset) - lo, gRows, gStart, from, to, req);
+            decodeChunk(p, m, buf, chunkStart(m) - lo, gRows, gStart, from, to, req);
           } catch (err) {
             if (err instanceof Unsupported) {
               active.delete(p);
               left.push(p.name);
-            } else if (err instanceof Corrupt || err instanceof ThriftError) {
+            } else if (err instanceof Corrupt || err instanceof ThriftError || err instanceof HybridError) {
               throw new UserError(`${req.file}: corrupt ${p.name} column in row group ${g} (${err.message})`);
             } else {
               throw err;
@@ -128,6 +131,10 @@ export async function decodeFast(req: FastDecodeRequest): Promise<string[]> {
     await fh?.close().catch(() => undefined);
   }
   return left;
+}
+
+function chunkStart(m: ColumnMetaData): number {
+  return Number(m.dictionary_page_offset ?? m.data_page_offset);
 }
 
 async function readSpan(fh: fs.FileHandle, file: string, start: number, end: number): Promise<Uint8Array> {
@@ -211,6 +218,7 @@ function scalarPlan(root: SchemaTree, s: ScalarTarget): ColumnPlan | null {
     path: s.name,
     width: 4,
     list: false,
+    words: new Uint32Array(dst.buffer, dst.byteOffset, dst.length),
     copy: (src, at, out, rows) => new Uint8Array(dst.buffer, dst.byteOffset + out * 4, rows * 4).set(src.subarray(at, at + rows * 4)),
   };
 }
@@ -233,6 +241,7 @@ function decodeChunk(p: ColumnPlan, m: ColumnMetaData, buf: Uint8Array, start: n
   let pos = start;
   let values = 0;
   let rows = 0;
+  let dict: Uint32Array | null = null;
   while (values < want) {
     if (pos >= end) throw new Corrupt(`the chunk ends after ${values} of its ${want} values`);
     const { value: h, next } = readStruct(buf, pos, end);
@@ -246,11 +255,25 @@ function decodeChunk(p: ColumnPlan, m: ColumnMetaData, buf: Uint8Array, start: n
     let rep: Uint8Array | null = null;
     let def: Uint8Array | null = null;
     let vals: Uint8Array;
+    let encoding: number;
+    if (type === PageType.DICTIONARY_PAGE) {
+      const dh = h.get(7) as TStruct | undefined;
+      if (p.list || dict || !(dh instanceof Map)) throw new Unsupported();
+      const n = int(dh, 1, 'dictionary size');
+      const e = int(dh, 2, 'dictionary encoding');
+      if (e !== Encoding.PLAIN && e !== Encoding.PLAIN_DICTIONARY) throw new Unsupported();
+      const page = snappy ? inflate(body, unc) : body;
+      if (page.length !== n * 4) throw new Corrupt(`a dictionary of ${n} values has ${page.length} bytes`);
+      dict = new Uint32Array(n);
+      new Uint8Array(dict.buffer).set(page);
+      continue;
+    }
     if (type === PageType.DATA_PAGE_V2) {
       const v2 = h.get(8) as TStruct | undefined;
       if (!(v2 instanceof Map)) throw new Corrupt('data page v2 without its header');
       nv = int(v2, 1, 'value count');
-      if (int(v2, 2, 'null count') !== 0 || int(v2, 4, 'encoding') !== Encoding.PLAIN) throw new Unsupported();
+      encoding = int(v2, 4, 'encoding');
+      if (int(v2, 2, 'null count') !== 0) throw new Unsupported();
       const defLen = int(v2, 5, 'definition levels length');
       const repLen = int(v2, 6, 'repetition levels length');
       if (repLen + defLen > comp || repLen + defLen > unc) throw new Corrupt(`levels of ${repLen + defLen} bytes in a ${comp}-byte page`);
@@ -264,7 +287,7 @@ function decodeChunk(p: ColumnPlan, m: ColumnMetaData, buf: Uint8Array, start: n
       const v1 = h.get(5) as TStruct | undefined;
       if (!(v1 instanceof Map)) throw new Corrupt('data page without its header');
       nv = int(v1, 1, 'value count');
-      if (int(v1, 2, 'encoding') !== Encoding.PLAIN) throw new Unsupported();
+      encoding = int(v1, 2, 'encoding');
       const page = snappy ? inflate(body, unc) : body;
       if (!snappy && unc !== comp) throw new Corrupt(`an uncompressed page of ${comp} bytes claims ${unc}`);
       let at = 0;
@@ -281,11 +304,11 @@ function decodeChunk(p: ColumnPlan, m: ColumnMetaData, buf: Uint8Array, start: n
         def = section();
       }
       vals = page.subarray(at);
-    } else if (type === PageType.DICTIONARY_PAGE) {
-      throw new Unsupported();
     } else {
       throw new Unsupported();
     }
+    const dictionary = encoding === Encoding.RLE_DICTIONARY || encoding === Encoding.PLAIN_DICTIONARY;
+    if (encoding !== Encoding.PLAIN && !(dictionary && dict)) throw new Unsupported();
     if (values + nv > want) throw new Corrupt(`pages hold more than the ${want} values the footer lists`);
     let pageRows: number;
     if (p.list) {
@@ -294,11 +317,21 @@ function decodeChunk(p: ColumnPlan, m: ColumnMetaData, buf: Uint8Array, start: n
     } else {
       pageRows = nv;
     }
-    if (vals.length !== pageRows * d * p.width) throw new Corrupt(`a page of ${pageRows} rows has ${vals.length} bytes of values, expected ${pageRows * d * p.width}`);
     if (rows + pageRows > gRows) throw new Corrupt(`pages hold more than the ${gRows} rows of the row group`);
     const a = Math.max(from, rows);
     const b = Math.min(to, rows + pageRows);
-    if (a < b) p.copy(vals, (a - rows) * d * p.width, gStart + a - req.rowStart, b - a, gStart + a);
+    if (dictionary) {
+      if (!vals.length) throw new Corrupt('a dictionary page without its bit width');
+      const idx = new Uint32Array(nv);
+      decodeHybrid(vals.subarray(1), nv, vals[0], idx);
+      const words = p.words!;
+      const n = dict!.length;
+      for (let i = 0; i < nv; i++) if (idx[i] >= n) throw new Corrupt(`dictionary index ${idx[i]} of a ${n}-value dictionary`);
+      for (let r = a; r < b; r++) words[gStart + r - req.rowStart] = dict![idx[r - rows]];
+    } else {
+      if (vals.length !== pageRows * d * p.width) throw new Corrupt(`a page of ${pageRows} rows has ${vals.length} bytes of values, expected ${pageRows * d * p.width}`);
+      if (a < b) p.copy(vals, (a - rows) * d * p.width, gStart + a - req.rowStart, b - a, gStart + a);
+    }
     values += nv;
     rows += pageRows;
   }

@@ -1,13 +1,16 @@
 import type { KeyValue, SchemaElement } from 'hyparquet';
 import { snappyCompress } from 'hyparquet-writer/src/snappy.js';
 import { CompactWriter, CType } from './thrift.js';
+import { encodeHybrid, indexWidth } from './rle-hybrid.js';
 import { Codec, ConvertedType, Encoding, LITTLE_ENDIAN, LogicalTypeField, PAGE_BYTES, PageType, PARQUET_MAGIC, PhysicalType, Repetition, type ShardCodec } from './parquet-format.js';
 
 /**
  * Writes shard files directly from typed arrays: the shard schema is fixed (one required list
  * column of length d, then required 4-byte scalars), so every page is raw little-endian values
  * behind a few bytes of levels and a page header, and nothing is ever a JS value per float.
- * The result is ordinary Parquet (data page v2, PLAIN, RLE levels), as hyparquet-writer made it.
+ * The result is ordinary Parquet (data page v2, PLAIN, RLE levels), as hyparquet-writer made it;
+ * INT32 columns with few distinct values in a row group (context_id, position) are dictionary
+ * encoded, as hyparquet-writer did, since that is most of their size.
  */
 
 /** A leaf column of a flat schema, with what its pages need. */
@@ -52,6 +55,7 @@ interface ChunkMeta {
   leaf: LeafColumn;
   start: number;
   dataPageOffset: number;
+  dictionaryPageOffset?: number;
   values: number;
   compressed: number;
   uncompressed: number;
@@ -98,11 +102,11 @@ export class ShardEncoder {
   }
 
   /**
-   * Encode one row group: `list` holds rows×d PLAIN values, `scalars` one rows×4-byte column each,
-   * in schema order. The pieces reference the caller's buffers, which must stay unchanged until
-   * they are written.
+   * Encode one row group: `list` holds rows×d PLAIN values, `scalars` one column of `rows` values
+   * each, in schema order. The pieces reference the caller's buffers, which must stay unchanged
+   * until they are written.
    */
-  rowGroup(rows: number, list: Uint8Array, scalars: readonly Uint8Array[]): EncodedGroup {
+  rowGroup(rows: number, list: Uint8Array, scalars: readonly (Int32Array | Float32Array)[]): EncodedGroup {
     const d = this.d;
     const w = this.listLeaf.width;
     if (list.length !== rows * d * w) throw new RangeError(`shard encoder: list column has ${list.length} bytes for ${rows} rows of ${d}×${w}`);
@@ -120,10 +124,6 @@ export class ShardEncoder {
     const group: GroupMeta = { rows, start: this.offset + bytes, bytes: 0, chunks: [] };
     const pageRows = Math.max(1, Math.floor(PAGE_BYTES / (d * w)));
     this.leaves.forEach((leaf, c) => {
-      const data = c === 0 ? list : scalars[c - 1];
-      if (c > 0 && data.length !== rows * 4) throw new RangeError(`shard encoder: column ${leaf.path.join('.')} has ${data.length} bytes for ${rows} rows`);
-      const rowBytes = c === 0 ? d * w : 4;
-      const perPage = c === 0 ? pageRows : Math.max(1, Math.floor(PAGE_BYTES / 4));
       const chunk: ChunkMeta = {
         leaf,
         start: this.offset + bytes,
@@ -133,18 +133,39 @@ export class ShardEncoder {
         uncompressed: 0,
         encodings: c === 0 ? [Encoding.PLAIN, Encoding.RLE] : [Encoding.PLAIN],
       };
-      for (let r = 0; r < rows; r += perPage) {
-        const k = Math.min(perPage, rows - r);
-        const values = data.subarray(r * rowBytes, (r + k) * rowBytes);
-        const levels = c === 0 ? this.levels(k) : null;
+      const page = (type: number, values: Uint8Array, rowsIn: number, valuesIn: number, encoding: number, levels: { bytes: Uint8Array; repLen: number } | null): void => {
         const stored = this.codec === 'SNAPPY' ? snappyCompress(values) : values;
         const levelBytes = levels ? levels.bytes.length : 0;
-        const h = this.pageHeader(k, c === 0 ? k * d : k, levelBytes + values.length, levelBytes + stored.length, levels?.repLen ?? 0, levelBytes - (levels?.repLen ?? 0));
+        const h = this.pageHeader(type, rowsIn, valuesIn, encoding, levelBytes + values.length, levelBytes + stored.length, levels?.repLen ?? 0, levelBytes - (levels?.repLen ?? 0));
         push(h);
         if (levels) push(levels.bytes);
         push(stored);
         chunk.compressed += h.length + levelBytes + stored.length;
         chunk.uncompressed += h.length + levelBytes + values.length;
+      };
+      if (c === 0) {
+        for (let r = 0; r < rows; r += pageRows) {
+          const k = Math.min(pageRows, rows - r);
+          page(PageType.DATA_PAGE_V2, list.subarray(r * d * w, (r + k) * d * w), k, k * d, Encoding.PLAIN, this.levels(k));
+        }
+      } else {
+        const col = scalars[c - 1];
+        if (col.length < rows) throw new RangeError(`shard encoder: column ${leaf.path.join('.')} has ${col.length} values for ${rows} rows`);
+        const data = col.subarray(0, rows);
+        const dict = leaf.type === PhysicalType.INT32 && data instanceof Int32Array ? dictionaryOf(data) : null;
+        if (dict) {
+          chunk.dictionaryPageOffset = chunk.start;
+          chunk.encodings = [Encoding.PLAIN, Encoding.RLE_DICTIONARY];
+          page(PageType.DICTIONARY_PAGE, bytesOf(dict.values), 0, dict.values.length, Encoding.PLAIN, null);
+          chunk.dataPageOffset = this.offset + bytes;
+          page(PageType.DATA_PAGE_V2, dict.indices, rows, rows, Encoding.RLE_DICTIONARY, null);
+        } else {
+          const perPage = Math.max(1, Math.floor(PAGE_BYTES / 4));
+          for (let r = 0; r < rows; r += perPage) {
+            const k = Math.min(perPage, rows - r);
+            page(PageType.DATA_PAGE_V2, bytesOf(data.subarray(r, r + k)), k, k, Encoding.PLAIN, null);
+          }
+        }
       }
       group.chunks.push(chunk);
     });
@@ -155,8 +176,9 @@ export class ShardEncoder {
   }
 
   /**
-   * RLE/bit-packed hybrid levels (bit width 1) of k rows of a required list of d required values:
-   * repetition is a run of one 0 and a run of d−1 ones per row, definition one run of k·d ones.
+   * RLE/bit-packed hybrid levels (bit width 1) of k rows of a required list of d required values.
+   * Repetition levels are a 0 then d−1 ones per row: as RLE runs (a few bytes a row) when d is
+   * large, bit-packed (d bits a row) when that is shorter. Definition levels are all 1: one run.
    */
   private levels(k: number): { bytes: Uint8Array; repLen: number } {
     const hit = this.levelCache.get(k);
@@ -170,38 +192,61 @@ export class ShardEncoder {
       row.byte(1);
     }
     const pattern = row.bytes();
+    const n = k * d;
+    const groups = Math.ceil(n / 8);
+    const packedHeader = new CompactWriter();
+    packedHeader.varint(groups * 2 + 1);
+    const packedLen = packedHeader.length + groups;
     const def = new CompactWriter();
-    def.varint(k * d * 2);
+    def.varint(n * 2);
     def.byte(1);
     const defBytes = def.bytes();
-    const repLen = pattern.length * k;
-    const bytes = new Uint8Array(repLen + defBytes.length);
-    bytes.set(pattern);
-    // Doubling copies: the rows are identical, so copy what is there until the run is filled.
-    for (let have = pattern.length; have < repLen; have *= 2) bytes.copyWithin(have, 0, Math.min(have, repLen - have));
-    bytes.set(defBytes, repLen);
-    const out = { bytes, repLen };
+    let rep: Uint8Array;
+    if (packedLen < pattern.length * k) {
+      rep = new Uint8Array(packedLen);
+      rep.set(packedHeader.bytes());
+      const o = packedHeader.length;
+      // Bits are filled least significant first; a row's first bit (level 0) stays clear.
+      for (let i = 0; i < n; i++) if (i % d !== 0) rep[o + (i >>> 3)] |= 1 << (i & 7);
+    } else {
+      rep = new Uint8Array(pattern.length * k);
+      rep.set(pattern);
+      // Doubling copies: the rows are identical, so copy what is there until the run is filled.
+      for (let have = pattern.length; have < rep.length; have *= 2) rep.copyWithin(have, 0, Math.min(have, rep.length - have));
+    }
+    const bytes = new Uint8Array(rep.length + defBytes.length);
+    bytes.set(rep);
+    bytes.set(defBytes, rep.length);
+    const out = { bytes, repLen: rep.length };
     if (this.levelCache.size > 4) this.levelCache.clear();
     this.levelCache.set(k, out);
     return out;
   }
 
-  private pageHeader(rows: number, values: number, uncompressed: number, compressed: number, repLen: number, defLen: number): Uint8Array {
+  private pageHeader(type: number, rows: number, values: number, encoding: number, uncompressed: number, compressed: number, repLen: number, defLen: number): Uint8Array {
     const t = this.header;
     t.reset();
     t.begin();
-    t.i32(1, PageType.DATA_PAGE_V2);
+    t.i32(1, type);
     t.i32(2, uncompressed);
     t.i32(3, compressed);
-    t.struct(8);
-    t.i32(1, values);
-    t.i32(2, 0);
-    t.i32(3, rows);
-    t.i32(4, Encoding.PLAIN);
-    t.i32(5, defLen);
-    t.i32(6, repLen);
-    t.bool(7, this.codec !== 'UNCOMPRESSED');
-    t.end();
+    if (type === PageType.DICTIONARY_PAGE) {
+      t.struct(7);
+      t.i32(1, values);
+      t.i32(2, encoding);
+      t.end();
+    } else {
+      t.struct(8);
+      t.i32(1, values);
+      t.i32(2, 0);
+      t.i32(3, rows);
+      t.i32(4, encoding);
+      t.i32(5, defLen);
+      t.i32(6, repLen);
+      // is_compressed defaults to true, which only matters when the column has a codec
+      if (this.codec !== 'UNCOMPRESSED') t.bool(7, true);
+      t.end();
+    }
     t.end();
     return t.bytes();
   }
@@ -238,6 +283,7 @@ export class ShardEncoder {
         t.i64(6, c.uncompressed);
         t.i64(7, c.compressed);
         t.i64(9, c.dataPageOffset);
+        if (c.dictionaryPageOffset !== undefined) t.i64(11, c.dictionaryPageOffset);
         t.end();
         t.end();
       }
@@ -281,4 +327,42 @@ function writeSchemaElement(t: CompactWriter, e: SchemaElement): void {
     t.end();
   }
   t.end();
+}
+
+function bytesOf(a: Int32Array | Float32Array): Uint8Array {
+  return new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
+}
+
+/**
+ * Dictionary encoding of an INT32 column when it pays: the distinct values (PLAIN) and the
+ * indices (bit width byte + hybrid runs), or null when plain values would be about as small.
+ */
+function dictionaryOf(v: Int32Array): { values: Int32Array; indices: Uint8Array } | null {
+  const n = v.length;
+  if (n < 16) return null;
+  const sorted = v.slice().sort();
+  let u = 1;
+  for (let i = 1; i < n; i++) if (sorted[i] !== sorted[i - 1]) u++;
+  const width = indexWidth(u);
+  // Judged on bit-packed indices, the worst case; runs only make it smaller.
+  if (u * 4 + Math.ceil((n * width) / 8) + 16 > n * 3) return null;
+  const values = new Int32Array(u);
+  values[0] = sorted[0];
+  for (let i = 1, k = 1; i < n; i++) if (sorted[i] !== sorted[i - 1]) values[k++] = sorted[i];
+  const idx = new Uint32Array(n);
+  for (let i = 0; i < n; i++) {
+    const x = v[i];
+    let lo = 0;
+    let hi = u - 1;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (values[mid] < x) lo = mid + 1;
+      else hi = mid;
+    }
+    idx[i] = lo;
+  }
+  const out = new CompactWriter();
+  out.byte(width);
+  encodeHybrid(idx, n, width, out);
+  return { values, indices: out.bytes() };
 }

@@ -474,8 +474,8 @@ export class ShardWriter {
       round16(st.act, st.b16, n * d, this.meta.dtype);
       list = u8(st.b16, n * d);
     }
-    const scalars = [u8(st.tok, n), u8(st.ctx, n), u8(st.pos, n)];
-    if (this.raw) scalars.push(u8(st.mean, n), u8(st.norm, n));
+    const scalars: (Int32Array | Float32Array)[] = [st.tok, st.ctx, st.pos];
+    if (this.raw) scalars.push(st.mean, st.norm);
     const pieces = cur.enc.rowGroup(n, list, scalars).pieces;
     // The pieces point into `st`, so it must not be refilled until this write has settled.
     this.st = this.spare ?? this.newStaging();
