@@ -2,12 +2,16 @@
 //
 //   npm run build:ts && node bench/shards.mjs
 //   node bench/shards.mjs --rows 16384 --dtypes float32 --dist /path/to/another/build/dist
+//   node bench/shards.mjs --prep none     # the writer without preprocessing
 //
 // Write: rows appended in blocks of 4096 with center_unit_norm applied by the writer (what
-// `sae harvest` does), including the fsync and rename of every shard and the manifest.
+// `sae harvest` does; --prep none|center_unit_norm), including the fsync and rename of every
+// shard and the manifest.
 // Read: readRows over every row group with all columns (what `sae shuffle` does) and a
 // BatchStream with a window of one row group (what training does: activations only).
-// MB/s counts the bytes of the shard files. Each figure is the best of --reps runs.
+// MB/s counts the bytes of the shard files. Each figure is the best of --reps runs, by wall
+// time; "rows/CPU-s" divides by the process's CPU time instead (all threads), which moves less
+// when the machine is shared.
 import { promises as fs } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -25,6 +29,7 @@ const rows = Number(opt('rows', 65536));
 const reps = Number(opt('reps', 3));
 const dtypes = opt('dtypes', 'float32,float16,bfloat16').split(',');
 const json = args.includes('--json');
+const prep = opt('prep', 'center_unit_norm');
 
 const { ShardWriter } = await import(pathToFileURL(path.join(dist, 'store', 'shards.js')).href);
 const { openShards, readRows, BatchStream } = await import(pathToFileURL(path.join(dist, 'store', 'reader.js')).href);
@@ -42,22 +47,36 @@ const ctx = Int32Array.from({ length: block }, (_, i) => i >> 6);
 const pos = Int32Array.from({ length: block }, (_, i) => i & 63);
 
 const root = await fs.mkdtemp(path.join(opt('dir', os.tmpdir()), 'sae-bench-shards-'));
-const meta = (dtype) => ({ model: 'bench', revision: 'r', hook: 'h', d, ctx: 64, dtype, preprocessing: 'center_unit_norm', tokenizer: 't', dataset: 'bench' });
+const meta = (dtype) => ({ model: 'bench', revision: 'r', hook: 'h', d, ctx: 64, dtype, preprocessing: prep, tokenizer: 't', dataset: 'bench' });
 
 async function write(dir, dtype) {
   const w = await ShardWriter.create(dir, meta(dtype), { preprocess: true, overwrite: true });
-  const t = performance.now();
+  const t = clock();
   for (let done = 0; done < rows; done += block) {
     const k = Math.min(block, rows - done);
     await w.append(src.subarray(0, k * d), k, tok, ctx, pos);
   }
   await w.close();
-  return (performance.now() - t) / 1000;
+  return t.stop();
 }
+
+/** Wall and CPU seconds since the call. */
+function clock() {
+  const w = performance.now();
+  const c = process.cpuUsage();
+  return {
+    stop() {
+      const u = process.cpuUsage(c);
+      return { wall: (performance.now() - w) / 1000, cpu: (u.user + u.system) / 1e6 };
+    },
+  };
+}
+
+const best = (a, b) => ({ wall: Math.min(a.wall, b.wall), cpu: Math.min(a.cpu, b.cpu) });
 
 async function readAll(dir) {
   const set = await openShards(dir);
-  const t = performance.now();
+  const t = clock();
   let n = 0;
   for (let fi = 0; fi < set.files.length; fi++) {
     let start = 0;
@@ -67,7 +86,7 @@ async function readAll(dir) {
     }
   }
   if (n !== rows) throw new Error(`read ${n} rows, wrote ${rows}`);
-  return (performance.now() - t) / 1000;
+  return t.stop();
 }
 
 async function stream(dir) {
@@ -75,26 +94,27 @@ async function stream(dir) {
   const g = set.files[0].rowGroups[0];
   const st = new BatchStream(set, { batchSize: g, windowRows: g, seed: 0, loop: false });
   const out = new Float32Array(g * d);
-  const t = performance.now();
+  const t = clock();
   let n = 0;
   for (let k; (k = await st.nextRows(out)); ) n += k;
   if (n !== rows) throw new Error(`streamed ${n} rows, wrote ${rows}`);
-  return (performance.now() - t) / 1000;
+  return t.stop();
 }
 
 const results = [];
 try {
   for (const dtype of dtypes) {
     const dir = path.join(root, dtype);
-    let tw = Infinity;
-    let tr = Infinity;
-    let ts = Infinity;
-    for (let r = 0; r < reps; r++) tw = Math.min(tw, await write(dir, dtype));
+    const none = { wall: Infinity, cpu: Infinity };
+    let tw = none;
+    let tr = none;
+    let ts = none;
+    for (let r = 0; r < reps; r++) tw = best(tw, await write(dir, dtype));
     let bytes = 0;
     for (const f of await fs.readdir(dir)) if (f.endsWith('.parquet')) bytes += (await fs.stat(path.join(dir, f))).size;
-    for (let r = 0; r < reps; r++) tr = Math.min(tr, await readAll(dir));
-    for (let r = 0; r < reps; r++) ts = Math.min(ts, await stream(dir));
-    const row = (what, sec) => ({ dtype, what, rowsPerSec: Math.round(rows / sec), mbPerSec: Math.round(bytes / sec / 1e6) });
+    for (let r = 0; r < reps; r++) tr = best(tr, await readAll(dir));
+    for (let r = 0; r < reps; r++) ts = best(ts, await stream(dir));
+    const row = (what, t) => ({ dtype, what, rowsPerSec: Math.round(rows / t.wall), mbPerSec: Math.round(bytes / t.wall / 1e6), rowsPerCpuSec: Math.round(rows / t.cpu) });
     results.push(row('write', tw), row('readRows', tr), row('BatchStream', ts));
   }
 } finally {
@@ -102,9 +122,10 @@ try {
 }
 
 if (json) {
-  console.log(JSON.stringify({ d, rows, dist, results }, null, 2));
+  console.log(JSON.stringify({ d, rows, prep, dist, results }, null, 2));
 } else {
-  console.log(`d=${d}, ${rows} rows, center_unit_norm, ${dist}`);
-  console.log('| dtype | path | rows/s | MB/s |\n|---|---|---|---|');
-  for (const r of results) console.log(`| ${r.dtype} | ${r.what} | ${r.rowsPerSec.toLocaleString('en-US')} | ${r.mbPerSec} |`);
+  console.log(`d=${d}, ${rows} rows, preprocessing ${prep}, ${dist}`);
+  console.log('| dtype | path | rows/s | MB/s | rows/CPU-s |\n|---|---|---|---|---|');
+  const f = (x) => x.toLocaleString('en-US');
+  for (const r of results) console.log(`| ${r.dtype} | ${r.what} | ${f(r.rowsPerSec)} | ${r.mbPerSec} | ${f(r.rowsPerCpuSec)} |`);
 }

@@ -101,7 +101,9 @@ export function encode16(src: ArrayLike<number>, dst: Uint16Array, n: number, dt
  * cases inlined on the float32 bits (the per-value functions cost more than the rest of a write).
  */
 export function round16(src: Float32Array, dst: Uint16Array, n: number, dtype: ShardDtype): void {
-  const u = new Uint32Array(src.buffer, src.byteOffset, n);
+  // Int32 rather than Uint32 words: V8 keeps them small integers, where words with the sign bit
+  // set would become doubles; the bit operations below give the same results either way.
+  const u = new Int32Array(src.buffer, src.byteOffset, n);
   if (dtype === 'bfloat16') {
     for (let i = 0; i < n; i++) {
       const x = u[i];
@@ -113,11 +115,10 @@ export function round16(src: Float32Array, dst: Uint16Array, n: number, dtype: S
       const a = x & 0x7fffffff;
       // Normal binary16 results only; subnormals, overflow and NaN take the careful path.
       if (a >= 0x38800000 && a < 0x477ff000) {
-        const mant = a & 0x7fffff;
-        let bits = (((a >>> 23) - 112) << 10) | (mant >>> 13);
-        const rem = mant & 0x1fff;
-        if (rem > 0x1000 || (rem === 0x1000 && (bits & 1) === 1)) bits++;
-        dst[i] = ((x >>> 16) & 0x8000) | bits;
+        // Rebias the exponent (127 → 15) and round to nearest even by adding just under half an
+        // ulp plus the kept lowest bit, as f32ToBf16Bits does; no branch on the dropped bits,
+        // which are random and would mispredict half the time.
+        dst[i] = ((x >>> 16) & 0x8000) | ((a - 0x38000000 + 0xfff + ((a >>> 13) & 1)) >>> 13);
       } else {
         dst[i] = f32ToF16Bits(src[i]);
       }
