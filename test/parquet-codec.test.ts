@@ -374,6 +374,16 @@ describe('shard codec: damaged files', () => {
     expect((await userErrorOf(readRows(set, 0, 0, 20))).message).toMatch(/shard-00000\.parquet row 3: activation contains Inf$/);
   });
 
+  it('refuses exactly the bfloat16 values that round to Inf', async () => {
+    const f = new Float32Array(2);
+    const u = new Uint32Array(f.buffer);
+    u[0] = 0x7f7f7fff; // rounds down to the largest bfloat16
+    u[1] = 0xff7f8000; // a tie, rounds (to even) to −Inf
+    const w = await ShardWriter.create(fresh(), meta({ d: 1, dtype: 'bfloat16' }));
+    await w.append(f.subarray(0, 1), 1);
+    expect((await userErrorOf(w.append(f.subarray(1, 2), 1))).message).toMatch(/^row 1: activation value .* is out of range for bfloat16/);
+  });
+
   it('the default row groups hold about a million values', () => {
     expect(defaultRowGroupRows(768, 65536)).toBe(1365);
   });

@@ -141,6 +141,16 @@ export function decode16(src: Uint16Array, dst: Float32Array, n: number, dtype: 
   }
 }
 
+/**
+ * The smallest magnitude that rounds to ±Inf in each dtype (max + half an ulp, which ties to
+ * even round up): 65520 for float16, bits 0x7f7f8000 for bfloat16.
+ */
+export const OVERFLOW_AT: Record<ShardDtype, number> = {
+  float32: Infinity,
+  float16: 65520,
+  bfloat16: 3.39617752923046e38,
+};
+
 /** Whether rounding finite x to `dtype` overflows to ±Inf. */
 export function overflows(x: number, dtype: ShardDtype): boolean {
   if (dtype === 'float16') return (f32ToF16Bits(x) & 0x7c00) === 0x7c00;

@@ -5,7 +5,7 @@ import { UserError } from '../util/errors.js';
 import { describeFsError, writeFileAtomic } from '../util/atomic.js';
 import { ensureOutDir } from '../util/outdir.js';
 import { isPreprocessing, preprocessRows, PREPROCESSINGS, type Preprocessing } from './preprocess.js';
-import { DTYPE_MAX, isShardDtype, overflows, round16, SHARD_DTYPES, type ShardDtype } from './dtype.js';
+import { DTYPE_MAX, isShardDtype, OVERFLOW_AT, overflows, round16, SHARD_DTYPES, type ShardDtype } from './dtype.js';
 import { ShardEncoder } from './shard-encoder.js';
 
 /**
@@ -433,9 +433,11 @@ export class ShardWriter {
     const mode = this.preprocess ? this.meta.preprocessing : 'none';
     if (mode === 'center_unit_norm') return;
     const s = mode === 'dataset_scale' ? Math.fround(this.meta.scale!) : 1;
+    // A magnitude test per value, the slow exact test only for values near the limit.
+    const near = OVERFLOW_AT[dtype];
     for (let i = 0; i < n * this.d; i++) {
       const v = mode === 'dataset_scale' ? Math.fround(acts[i] * s) : acts[i];
-      if (overflows(v, dtype)) {
+      if ((v >= near || v <= -near) && overflows(v, dtype)) {
         throw new UserError(`row ${this.rowsWritten + Math.floor(i / this.d)}: activation value ${v} is out of range for ${dtype} (largest ${DTYPE_MAX[dtype]})`);
       }
     }
