@@ -295,7 +295,7 @@ describe('shard codec: files from other writers go through hyparquet', () => {
     expect((await userErrorOf(leftToHyparquet(file, m))).message).toMatch(/c\.parquet row 9: activation has 5 values/);
   });
 
-  it('a file DuckDB wrote (nullable columns, its own pages) reads through hyparquet', async () => {
+  it('a file DuckDB wrote (nullable columns, v1 pages, SNAPPY, dictionaries) takes the fast path while nothing is null', async () => {
     const dir = fresh();
     await fs.mkdir(dir);
     const m = meta({ d: 3 });
@@ -311,10 +311,34 @@ describe('shard codec: files from other writers go through hyparquet', () => {
     } finally {
       db.close();
     }
+    expect(await leftToHyparquet(file, m)).toEqual([]);
     const set = await openShards(dir, { allowNoManifest: true });
     const c = await readRows(set, 0, 0, 300);
     expect(Array.from(c.acts)).toEqual(Array.from({ length: 300 }, (_, i) => [i, -i, i / 4]).flat());
     expect(Array.from(c.tokenIds)).toEqual(Array.from({ length: 300 }, (_, i) => i % 7));
+    expect(Array.from((await readRows(set, 0, 123, 124)).contextIds)).toEqual([123]);
+  });
+
+  it('a DuckDB file with a null goes to hyparquet for that column', async () => {
+    const dir = fresh();
+    await fs.mkdir(dir);
+    const m = meta({ d: 2 });
+    const kv = metaToKv(m)
+      .map((e) => `'${e.key}': '${e.value}'`)
+      .join(', ');
+    const file = path.join(dir, 'nulls.parquet');
+    const db = await duck();
+    try {
+      await db.all(
+        `COPY (SELECT [i::FLOAT, 1::FLOAT] AS activation, CASE WHEN i = 5 THEN NULL ELSE i::INTEGER END AS token_id, i::INTEGER AS context_id, 0::INTEGER AS position FROM range(20) t(i)) TO '${file}' (FORMAT parquet, KV_METADATA {${kv}})`,
+      );
+    } finally {
+      db.close();
+    }
+    expect(await leftToHyparquet(file, m)).toEqual(['token_id']);
+    const c = await readRows(await openShards(dir, { allowNoManifest: true }), 0, 0, 20);
+    expect(Array.from(c.acts)).toEqual(Array.from({ length: 20 }, (_, i) => [i, 1]).flat());
+    expect(c.tokenIds[6]).toBe(6);
   });
 });
 

@@ -9,11 +9,12 @@ import { decodeHybrid, HybridError } from './rle-hybrid.js';
 
 /**
  * The fast read path of activation shards: for columns laid out as the shard writer lays them out
- * (a required list of required values, required 4-byte scalars; PLAIN data pages v1 or v2,
- * RLE levels, dictionary-encoded scalars, uncompressed or SNAPPY), pages are decoded straight from the file bytes into the
- * caller's typed arrays. Anything else (dictionary pages, other encodings, nullable columns,
- * rows continued across pages) is left to hyparquet, column by column; bytes that contradict the
- * footer or themselves are an error naming the file.
+ * (a list of values, 4-byte scalars; PLAIN data pages v1 or v2, RLE levels, dictionary-encoded
+ * scalars, uncompressed or SNAPPY), pages are decoded straight from the file bytes into the
+ * caller's typed arrays. Nullable columns are taken too while every value is present (DuckDB and
+ * pyarrow declare everything nullable). Anything else (a dictionary-encoded list, other
+ * encodings, nulls, rows continued across pages) is left to hyparquet, column by column; bytes
+ * that contradict the footer or themselves are an error naming the file.
  */
 
 export interface ScalarTarget {
@@ -46,6 +47,8 @@ interface ColumnPlan {
   /** bytes per value */
   width: number;
   list: boolean;
+  /** the column's maximum definition level; every value must be at it */
+  maxDef: number;
   /** copy `rows` rows of values from src[at…] to output row `out` (file row `fileRow`) */
   copy: (src: Uint8Array, at: number, out: number, rows: number, fileRow: number) => void;
   /** the output of a scalar column as raw 32-bit words, for dictionary pages */
@@ -158,7 +161,9 @@ function activationPlan(root: SchemaTree, req: FastDecodeRequest): ColumnPlan | 
   const list = act?.children.length === 1 ? act.children[0] : undefined;
   const leaf = list?.children.length === 1 ? list.children[0] : undefined;
   if (!act || !list || !leaf || leaf.children.length) return null;
-  if (act.element.repetition_type !== 'REQUIRED' || list.element.repetition_type !== 'REPEATED' || leaf.element.repetition_type !== 'REQUIRED') return null;
+  const optional = (t: SchemaTree) => (t.element.repetition_type === 'OPTIONAL' ? 1 : t.element.repetition_type === 'REQUIRED' ? 0 : -1);
+  if (optional(act) < 0 || list.element.repetition_type !== 'REPEATED' || optional(leaf) < 0) return null;
+  const maxDef = optional(act) + 1 + optional(leaf);
   const e = leaf.element;
   const ok = req.dtype === 'float32' ? e.type === 'FLOAT' : e.type === 'FIXED_LEN_BYTE_ARRAY' && e.type_length === 2;
   if (!ok) return null;
@@ -205,19 +210,21 @@ function activationPlan(root: SchemaTree, req: FastDecodeRequest): ColumnPlan | 
       }
     };
   }
-  return { name: 'activation', path: 'activation.list.element', width: req.dtype === 'float32' ? 4 : 2, list: true, copy };
+  return { name: 'activation', path: 'activation.list.element', width: req.dtype === 'float32' ? 4 : 2, list: true, maxDef, copy };
 }
 
 function scalarPlan(root: SchemaTree, s: ScalarTarget): ColumnPlan | null {
   const c = child(root, s.name);
   const want = s.dst instanceof Int32Array ? 'INT32' : 'FLOAT';
-  if (!c || c.children.length || c.element.repetition_type !== 'REQUIRED' || c.element.type !== want) return null;
+  const rt = c?.element.repetition_type;
+  if (!c || c.children.length || (rt !== 'REQUIRED' && rt !== 'OPTIONAL') || c.element.type !== want) return null;
   const dst = s.dst;
   return {
     name: s.name,
     path: s.name,
     width: 4,
     list: false,
+    maxDef: rt === 'OPTIONAL' ? 1 : 0,
     words: new Uint32Array(dst.buffer, dst.byteOffset, dst.length),
     copy: (src, at, out, rows) => new Uint8Array(dst.buffer, dst.byteOffset + out * 4, rows * 4).set(src.subarray(at, at + rows * 4)),
   };
@@ -282,7 +289,7 @@ function decodeChunk(p: ColumnPlan, m: ColumnMetaData, buf: Uint8Array, start: n
       const compressed = snappy && v2.get(7) !== false;
       vals = compressed ? inflate(body.subarray(repLen + defLen), unc - repLen - defLen) : body.subarray(repLen + defLen);
       if (!compressed && unc !== comp) throw new Corrupt(`an uncompressed page of ${comp} bytes claims ${unc}`);
-      if (!p.list && (repLen || defLen)) throw new Corrupt('levels in a required flat column');
+      if ((!p.list && repLen) || (!p.maxDef && defLen)) throw new Corrupt('levels in a column that has none');
     } else if (type === PageType.DATA_PAGE) {
       const v1 = h.get(5) as TStruct | undefined;
       if (!(v1 instanceof Map)) throw new Corrupt('data page without its header');
@@ -291,8 +298,8 @@ function decodeChunk(p: ColumnPlan, m: ColumnMetaData, buf: Uint8Array, start: n
       const page = snappy ? inflate(body, unc) : body;
       if (!snappy && unc !== comp) throw new Corrupt(`an uncompressed page of ${comp} bytes claims ${unc}`);
       let at = 0;
-      if (p.list) {
-        if (int(v1, 3, 'definition level encoding') !== Encoding.RLE || int(v1, 4, 'repetition level encoding') !== Encoding.RLE) throw new Unsupported();
+      if (p.list || p.maxDef) {
+        if ((p.maxDef && int(v1, 3, 'definition level encoding') !== Encoding.RLE) || (p.list && int(v1, 4, 'repetition level encoding') !== Encoding.RLE)) throw new Unsupported();
         const section = (): Uint8Array => {
           if (at + 4 > page.length) throw new Corrupt('levels overrun the page');
           const n = page[at] | (page[at + 1] << 8) | (page[at + 2] << 16) | (page[at + 3] << 24);
@@ -300,8 +307,8 @@ function decodeChunk(p: ColumnPlan, m: ColumnMetaData, buf: Uint8Array, start: n
           at += 4 + n;
           return page.subarray(at - n, at);
         };
-        rep = section();
-        def = section();
+        if (p.list) rep = section();
+        if (p.maxDef) def = section();
       }
       vals = page.subarray(at);
     } else {
@@ -311,8 +318,9 @@ function decodeChunk(p: ColumnPlan, m: ColumnMetaData, buf: Uint8Array, start: n
     if (encoding !== Encoding.PLAIN && !(dictionary && dict)) throw new Unsupported();
     if (values + nv > want) throw new Corrupt(`pages hold more than the ${want} values the footer lists`);
     let pageRows: number;
+    // Nulls and empty lists are for hyparquet, which names the row.
+    if (p.maxDef && !allAt(def ?? new Uint8Array(0), nv, p.maxDef)) throw new Unsupported();
     if (p.list) {
-      if (!allOnes(def!, nv)) throw new Unsupported(); // empty or null lists: hyparquet names the row
       pageRows = countRows(rep!, nv, d, req.file, gStart + rows);
     } else {
       pageRows = nv;
@@ -386,6 +394,19 @@ function hybridRuns(buf: Uint8Array, n: number, run: (value: number, count: numb
       seen += count;
     }
   }
+}
+
+/** Whether all n definition levels equal max (the value is present at every level). */
+function allAt(def: Uint8Array, n: number, max: number): boolean {
+  if (max === 1) return allOnes(def, n);
+  const levels = new Uint32Array(n);
+  try {
+    decodeHybrid(def, n, 32 - Math.clz32(max), levels);
+  } catch (err) {
+    throw err instanceof HybridError ? new Corrupt(`definition levels: ${err.message}`) : err;
+  }
+  for (let i = 0; i < n; i++) if (levels[i] !== max) return false;
+  return true;
 }
 
 function allOnes(def: Uint8Array, n: number): boolean {
