@@ -96,6 +96,38 @@ export function encode16(src: ArrayLike<number>, dst: Uint16Array, n: number, dt
   else throw new RangeError(`encode16: ${dtype} is not a 16-bit dtype`);
 }
 
+/**
+ * Round n float32 values to `dtype` bit patterns: encode16 for whole row groups, with the common
+ * cases inlined on the float32 bits (the per-value functions cost more than the rest of a write).
+ */
+export function round16(src: Float32Array, dst: Uint16Array, n: number, dtype: ShardDtype): void {
+  // Int32 rather than Uint32 words: V8 keeps them small integers, where words with the sign bit
+  // set would become doubles; the bit operations below give the same results either way.
+  const u = new Int32Array(src.buffer, src.byteOffset, n);
+  if (dtype === 'bfloat16') {
+    for (let i = 0; i < n; i++) {
+      const x = u[i];
+      dst[i] = (x & 0x7fffffff) > 0x7f800000 ? (x >>> 16) | 0x40 : (x + 0x7fff + ((x >>> 16) & 1)) >>> 16;
+    }
+  } else if (dtype === 'float16') {
+    for (let i = 0; i < n; i++) {
+      const x = u[i];
+      const a = x & 0x7fffffff;
+      // Normal binary16 results only; subnormals, overflow and NaN take the careful path.
+      if (a >= 0x38800000 && a < 0x477ff000) {
+        // Rebias the exponent (127 → 15) and round to nearest even by adding just under half an
+        // ulp plus the kept lowest bit, as f32ToBf16Bits does; no branch on the dropped bits,
+        // which are random and would mispredict half the time.
+        dst[i] = ((x >>> 16) & 0x8000) | ((a - 0x38000000 + 0xfff + ((a >>> 13) & 1)) >>> 13);
+      } else {
+        dst[i] = f32ToF16Bits(src[i]);
+      }
+    }
+  } else {
+    throw new RangeError(`round16: ${dtype} is not a 16-bit dtype`);
+  }
+}
+
 /** Widen n 16-bit patterns of `dtype` to float32 (exact). */
 export function decode16(src: Uint16Array, dst: Float32Array, n: number, dtype: ShardDtype): void {
   if (dtype === 'float16') {
@@ -108,6 +140,16 @@ export function decode16(src: Uint16Array, dst: Float32Array, n: number, dtype: 
     throw new RangeError(`decode16: ${dtype} is not a 16-bit dtype`);
   }
 }
+
+/**
+ * The smallest magnitude that rounds to ±Inf in each dtype (max + half an ulp, which ties to
+ * even round up): 65520 for float16, bits 0x7f7f8000 for bfloat16.
+ */
+export const OVERFLOW_AT: Record<ShardDtype, number> = {
+  float32: Infinity,
+  float16: 65520,
+  bfloat16: 3.39617752923046e38,
+};
 
 /** Whether rounding finite x to `dtype` overflows to ±Inf. */
 export function overflows(x: number, dtype: ShardDtype): boolean {

@@ -10,7 +10,7 @@ import { openShards, readRows, type DataPosition, type ShardFile, type ShardSet 
 import type { BatchSource } from './prefetch.js';
 
 /**
- * Stages chained by Unix pipes (`sae harvest | sae shuffle | sae train --data -`): an upstream
+ * Stages chained by Unix pipes (`sae harvest` | `sae shuffle` | `sae train --data -`): an upstream
  * prints one NDJSON line per finished shard on stdout, then an end line; a downstream given `-`
  * reads them from stdin and starts on the first shard while the upstream is still writing.
  * Shards are announced only once complete (renamed into place), so nothing half-written is read.

@@ -7,6 +7,7 @@ import { Rng } from '../util/rng.js';
 import type { Preprocessing } from './preprocess.js';
 import type { ShardDtype } from './dtype.js';
 import { MANIFEST, SHARD_FORMAT, hasRawStats, kvToMeta, metaToKv, type ShardManifest, type ShardMeta } from './shards.js';
+import { decodeFast, type ScalarTarget } from './shard-decoder.js';
 
 export interface ShardFile {
   path: string;
@@ -265,10 +266,13 @@ async function footerOf(f: ShardFile): Promise<FileMetaData> {
   return md;
 }
 
+type ExtraColumns = { tokenIds: Int32Array; contextIds: Int32Array; positions: Int32Array; rawMean?: Float32Array; rawNorm?: Float32Array };
+
 /**
  * Decode rows [rowStart, rowEnd) of one file. Activations go to `acts` (row-major, starting at
  * row 0 of the buffer), widened to float32 from the storage dtype; every row is checked for
- * length d and finite values. Other columns are decoded only when asked for.
+ * length d and finite values. Other columns are decoded only when asked for. The shard codec's
+ * fast path (shard-decoder.ts) takes what it can; hyparquet reads whatever columns it leaves.
  */
 async function decodeRows(
   f: ShardFile,
@@ -277,7 +281,7 @@ async function decodeRows(
   rowStart: number,
   rowEnd: number,
   acts: Float32Array,
-  extra?: { tokenIds: Int32Array; contextIds: Int32Array; positions: Int32Array; rawMean?: Float32Array; rawNorm?: Float32Array },
+  extra?: ExtraColumns,
 ): Promise<void> {
   const md = await footerOf(f);
   let size: number;
@@ -286,19 +290,30 @@ async function decodeRows(
   } catch (err) {
     throw describeFsError(err, f.path);
   }
-  const columns = ['activation'];
-  const flat: Record<string, Int32Array | Float32Array> = {};
+  const scalars: ScalarTarget[] = [];
   if (extra) {
-    columns.push('token_id', 'context_id', 'position');
-    flat.token_id = extra.tokenIds;
-    flat.context_id = extra.contextIds;
-    flat.position = extra.positions;
-    if (extra.rawMean && extra.rawNorm) {
-      columns.push('raw_mean', 'raw_norm');
-      flat.raw_mean = extra.rawMean;
-      flat.raw_norm = extra.rawNorm;
-    }
+    scalars.push({ name: 'token_id', dst: extra.tokenIds }, { name: 'context_id', dst: extra.contextIds }, { name: 'position', dst: extra.positions });
+    if (extra.rawMean && extra.rawNorm) scalars.push({ name: 'raw_mean', dst: extra.rawMean }, { name: 'raw_norm', dst: extra.rawNorm });
   }
+  const left = await decodeFast({ file: f.path, size, md, d, dtype, rowStart, rowEnd, acts, scalars });
+  if (left.length) await decodeWithHyparquet(f, md, size, d, dtype, rowStart, rowEnd, acts, scalars, left);
+}
+
+/** The general path: hyparquet decodes `columns` (names) of rows [rowStart, rowEnd). */
+async function decodeWithHyparquet(
+  f: ShardFile,
+  md: FileMetaData,
+  size: number,
+  d: number,
+  dtype: ShardDtype,
+  rowStart: number,
+  rowEnd: number,
+  acts: Float32Array,
+  scalars: readonly ScalarTarget[],
+  columns: string[],
+): Promise<void> {
+  const flat: Record<string, Int32Array | Float32Array> = {};
+  for (const s of scalars) flat[s.name] = s.dst;
   let bad: UserError | null = null;
   let seen = 0;
   // hyparquet hands FLOAT16 values over as numbers already, bfloat16 as 2-byte arrays (no logical type).
@@ -354,7 +369,7 @@ async function decodeRows(
     throw corrupt(f.path, err);
   }
   if (bad) throw bad;
-  if (seen !== rowEnd - rowStart) throw new UserError(`${f.path}: expected rows ${rowStart}..${rowEnd - 1} but decoded ${seen}`);
+  if (columns.includes('activation') && seen !== rowEnd - rowStart) throw new UserError(`${f.path}: expected rows ${rowStart}..${rowEnd - 1} but decoded ${seen}`);
 }
 
 /** Read rows [rowStart, rowEnd) of file `fileIndex` with every column, into fresh buffers. */

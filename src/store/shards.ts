@@ -1,13 +1,12 @@
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
-import { ByteWriter, ParquetWriter } from 'hyparquet-writer';
-import type { ColumnSource } from 'hyparquet-writer';
 import type { KeyValue, SchemaElement } from 'hyparquet';
 import { UserError } from '../util/errors.js';
 import { describeFsError, writeFileAtomic } from '../util/atomic.js';
 import { ensureOutDir } from '../util/outdir.js';
 import { isPreprocessing, preprocessRows, PREPROCESSINGS, type Preprocessing } from './preprocess.js';
-import { DTYPE_MAX, f32ToBf16Bits, f32ToF16Bits, isShardDtype, overflows, SHARD_DTYPES, type ShardDtype } from './dtype.js';
+import { DTYPE_MAX, isShardDtype, OVERFLOW_AT, overflows, round16, SHARD_DTYPES, type ShardDtype } from './dtype.js';
+import { ShardEncoder } from './shard-encoder.js';
 
 /**
  * Activation shards (SPEC §10): a directory of `shard-NNNNN.parquet` files, one row per token,
@@ -203,7 +202,7 @@ export interface ShardWriterOptions {
   overwriteHint?: string;
   /** called as each shard is completed (renamed into place), with its index */
   onShard?: (entry: ShardFileEntry, index: number) => void | Promise<void>;
-  /** Parquet compression (default UNCOMPRESSED: float activations barely compress) */
+  /** Parquet compression of the values (default UNCOMPRESSED: float activations barely compress) */
   codec?: 'UNCOMPRESSED' | 'SNAPPY';
   /**
    * Shards an earlier, interrupted run of the same job completed in this directory: they stay,
@@ -212,30 +211,43 @@ export interface ShardWriterOptions {
   continueAfter?: readonly ShardFileEntry[];
 }
 
-/**
- * ByteWriter that drains to an open file after each row group, so that a shard never has to sit
- * in memory whole.
- */
-class FileSink extends ByteWriter {
-  constructor(private readonly fh: fs.FileHandle) {
-    super(1 << 20);
-  }
-  async flush(): Promise<void> {
-    if (this.index === 0) return;
-    await this.fh.write(new Uint8Array(this.buffer, 0, this.index));
-    this.index = 0;
-  }
-  override async finish(): Promise<void> {
-    await this.flush();
-  }
-}
-
 interface OpenShard {
   tmp: string;
   fh: fs.FileHandle;
-  sink: FileSink;
-  pq: ParquetWriter;
+  enc: ShardEncoder;
   rows: number;
+}
+
+/** The buffers of one row group: what append fills and a write reads from. */
+interface Staging {
+  act: Float32Array;
+  tok: Int32Array;
+  ctx: Int32Array;
+  pos: Int32Array;
+  mean: Float32Array;
+  norm: Float32Array;
+  /** the group rounded to a 16-bit storage dtype */
+  b16: Uint16Array;
+}
+
+/** Append byte pieces at the file position, in order, whatever writev manages per call. */
+async function writeAll(fh: fs.FileHandle, pieces: Uint8Array[]): Promise<void> {
+  // Batches stay under any platform's IOV_MAX.
+  for (let i = 0; i < pieces.length; ) {
+    let batch = pieces.slice(i, i + 512);
+    i += batch.length;
+    let left = batch.reduce((a, b) => a + b.length, 0);
+    while (left > 0) {
+      const { bytesWritten } = await fh.writev(batch);
+      left -= bytesWritten;
+      if (left === 0) break;
+      if (bytesWritten === 0) throw new Error('write made no progress');
+      // A short write: drop what went out and continue with the rest.
+      let skip = bytesWritten;
+      while (skip >= batch[0].length) skip -= batch.shift()!.length;
+      batch[0] = batch[0].subarray(skip);
+    }
+  }
 }
 
 export class ShardWriter {
@@ -246,18 +258,14 @@ export class ShardWriter {
   private readonly preprocess: boolean;
   private readonly codec: 'UNCOMPRESSED' | 'SNAPPY';
   private readonly schema: SchemaElement[];
-  /** the schema the pages are encoded with; see openShard */
-  private readonly encodeSchema: SchemaElement[];
   private readonly kv: KeyValue[];
-  // One row group is staged here and handed to the Parquet encoder when full.
-  private readonly gAct: Float32Array;
-  private readonly gTok: Int32Array;
-  private readonly gCtx: Int32Array;
-  private readonly gPos: Int32Array;
-  private readonly gMean: Float32Array;
-  private readonly gNorm: Float32Array;
-  /** bfloat16 bytes of one row group, which the Parquet encoder takes as 2-byte views */
-  private readonly g16: Uint8Array;
+  // One row group is staged here and handed to the encoder when full. Its write then proceeds
+  // while the next group fills the spare buffers (allocated at the first flush), so that disk
+  // time overlaps the caller's work instead of adding to it.
+  private st: Staging;
+  private spare: Staging | null = null;
+  /** the write in flight: resolves to its error, if any, so that it is never an unhandled rejection */
+  private pending: { done: Promise<unknown>; file: string } | null = null;
   private gRows = 0;
   private readonly onShard?: (entry: ShardFileEntry, index: number) => void | Promise<void>;
   private current: OpenShard | null = null;
@@ -278,22 +286,25 @@ export class ShardWriter {
     this.codec = opts.codec ?? 'UNCOMPRESSED';
     this.onShard = opts.onShard;
     this.schema = shardSchema(meta);
-    // float16 pages are written from our own rounded bytes, like bfloat16: hyparquet-writer's
-    // FLOAT16 conversion allocates per value and ran 4× slower than the rest of the write. The
-    // FLOAT16 annotation lives only in the footer, which is all readers consult.
-    this.encodeSchema = meta.dtype === 'float16' ? this.schema.map((e) => (e.name === 'element' ? activationElement('bfloat16') : e)) : this.schema;
     this.kv = metaToKv(meta);
-    this.gAct = new Float32Array(this.groupRows * this.d);
-    this.gTok = new Int32Array(this.groupRows);
-    this.gCtx = new Int32Array(this.groupRows);
-    this.gPos = new Int32Array(this.groupRows);
-    this.gMean = new Float32Array(this.raw ? this.groupRows : 0);
-    this.gNorm = new Float32Array(this.raw ? this.groupRows : 0);
-    this.g16 = new Uint8Array(meta.dtype === 'float32' ? 0 : 2 * this.groupRows * this.d);
+    this.st = this.newStaging();
     for (const e of opts.continueAfter ?? []) {
       this.done.push({ ...e });
       this.total += e.rows;
     }
+  }
+
+  private newStaging(): Staging {
+    const g = this.groupRows;
+    return {
+      act: new Float32Array(g * this.d),
+      tok: new Int32Array(g),
+      ctx: new Int32Array(g),
+      pos: new Int32Array(g),
+      mean: new Float32Array(this.raw ? g : 0),
+      norm: new Float32Array(this.raw ? g : 0),
+      b16: new Uint16Array(this.meta.dtype === 'float32' ? 0 : g * this.d),
+    };
   }
 
   static async create(dir: string, meta: ShardMeta, opts: ShardWriterOptions = {}): Promise<ShardWriter> {
@@ -384,27 +395,27 @@ export class ShardWriter {
     while (done < n) {
       const take = Math.min(n - done, this.groupLimit() - this.gRows);
       const g0 = this.gRows;
-      this.gAct.set(acts.subarray(done * d, (done + take) * d), g0 * d);
+      this.st.act.set(acts.subarray(done * d, (done + take) * d), g0 * d);
       const base = this.rowsWritten;
       for (let i = 0; i < take; i++) {
-        this.gTok[g0 + i] = tokenIds ? tokenIds[done + i] : -1;
-        this.gCtx[g0 + i] = contextIds ? contextIds[done + i] : base + i;
-        this.gPos[g0 + i] = positions ? positions[done + i] : 0;
+        this.st.tok[g0 + i] = tokenIds ? tokenIds[done + i] : -1;
+        this.st.ctx[g0 + i] = contextIds ? contextIds[done + i] : base + i;
+        this.st.pos[g0 + i] = positions ? positions[done + i] : 0;
       }
       if (this.preprocess) {
-        const view = this.gAct.subarray(g0 * d, (g0 + take) * d);
+        const view = this.st.act.subarray(g0 * d, (g0 + take) * d);
         preprocessRows(
           view,
           take,
           d,
           this.meta.preprocessing,
           this.meta.scale,
-          this.raw ? this.gMean.subarray(g0, g0 + take) : undefined,
-          this.raw ? this.gNorm.subarray(g0, g0 + take) : undefined,
+          this.raw ? this.st.mean.subarray(g0, g0 + take) : undefined,
+          this.raw ? this.st.norm.subarray(g0, g0 + take) : undefined,
         );
       } else if (needRaw) {
-        this.gMean.set(raw!.mean.subarray(done, done + take), g0);
-        this.gNorm.set(raw!.norm.subarray(done, done + take), g0);
+        this.st.mean.set(raw!.mean.subarray(done, done + take), g0);
+        this.st.norm.set(raw!.norm.subarray(done, done + take), g0);
       }
       this.gRows += take;
       done += take;
@@ -422,9 +433,11 @@ export class ShardWriter {
     const mode = this.preprocess ? this.meta.preprocessing : 'none';
     if (mode === 'center_unit_norm') return;
     const s = mode === 'dataset_scale' ? Math.fround(this.meta.scale!) : 1;
+    // A magnitude test per value, the slow exact test only for values near the limit.
+    const near = OVERFLOW_AT[dtype];
     for (let i = 0; i < n * this.d; i++) {
       const v = mode === 'dataset_scale' ? Math.fround(acts[i] * s) : acts[i];
-      if (overflows(v, dtype)) {
+      if ((v >= near || v <= -near) && overflows(v, dtype)) {
         throw new UserError(`row ${this.rowsWritten + Math.floor(i / this.d)}: activation value ${v} is out of range for ${dtype} (largest ${DTYPE_MAX[dtype]})`);
       }
     }
@@ -444,67 +457,53 @@ export class ShardWriter {
     } catch (err) {
       throw describeFsError(err, `writing ${tmp}`);
     }
-    const sink = new FileSink(fh);
-    const pq = new ParquetWriter({
-      writer: sink,
-      schema: this.encodeSchema,
-      codec: this.codec,
-      statistics: false,
-      kvMetadata: this.kv,
-      createdBy: 'sae (hyparquet-writer)',
-    });
-    return { tmp, fh, sink, pq, rows: 0 };
+    return { tmp, fh, enc: new ShardEncoder(this.schema, this.kv, this.d, this.codec), rows: 0 };
   }
 
   private async flushGroup(): Promise<void> {
     const n = this.gRows;
     if (n === 0) return;
+    await this.settle();
     if (!this.current) this.current = await this.openShard();
     const cur = this.current;
     const d = this.d;
-    // hyparquet-writer's list encoder wants plain arrays, one per row. Rounding to a 16-bit dtype
-    // happens here, after preprocessing in float32; its little-endian bytes go in as 2-byte views.
-    const rows: (number | Uint8Array)[][] = new Array(n);
-    const dtype = this.meta.dtype;
-    const round = dtype === 'float16' ? f32ToF16Bits : f32ToBf16Bits;
-    for (let r = 0; r < n; r++) {
-      const o = r * d;
-      if (dtype !== 'float32') {
-        const row = new Array<Uint8Array>(d);
-        for (let j = 0; j < d; j++) {
-          const h = round(this.gAct[o + j]);
-          const b = 2 * (o + j);
-          this.g16[b] = h & 0xff;
-          this.g16[b + 1] = h >>> 8;
-          row[j] = this.g16.subarray(b, b + 2);
-        }
-        rows[r] = row;
-      } else {
-        const row = new Array<number>(d);
-        for (let j = 0; j < d; j++) row[j] = this.gAct[o + j];
-        rows[r] = row;
-      }
+    const st = this.st;
+    const u8 = (a: Int32Array | Float32Array | Uint16Array, len: number) => new Uint8Array(a.buffer, a.byteOffset, len * a.BYTES_PER_ELEMENT);
+    // Rounding to a 16-bit dtype happens here, after preprocessing in float32.
+    let list: Uint8Array;
+    if (this.meta.dtype === 'float32') list = u8(st.act, n * d);
+    else {
+      round16(st.act, st.b16, n * d, this.meta.dtype);
+      list = u8(st.b16, n * d);
     }
-    const columnData: ColumnSource[] = [
-      // PLAIN always: dictionary encoding never pays for dense activations, and the writer's
-      // sampling heuristic would make the encoding depend on the values.
-      { name: 'activation', data: rows, encoding: 'PLAIN' },
-      { name: 'token_id', data: this.gTok.slice(0, n) },
-      { name: 'context_id', data: this.gCtx.slice(0, n) },
-      { name: 'position', data: this.gPos.slice(0, n) },
-    ];
-    if (this.raw) {
-      columnData.push({ name: 'raw_mean', data: this.gMean.slice(0, n) }, { name: 'raw_norm', data: this.gNorm.slice(0, n) });
-    }
-    try {
-      await cur.pq.write({ columnData, rowGroupSize: n });
-    } catch (err) {
-      await this.abort();
-      throw describeFsError(err, `writing ${path.join(this.dir, shardFileName(this.done.length))}`);
-    }
+    const scalars: (Int32Array | Float32Array)[] = [st.tok, st.ctx, st.pos];
+    if (this.raw) scalars.push(st.mean, st.norm);
+    const pieces = cur.enc.rowGroup(n, list, scalars).pieces;
+    // The pieces point into `st`, so it must not be refilled until this write has settled.
+    this.st = this.spare ?? this.newStaging();
+    this.spare = st;
+    this.pending = {
+      done: writeAll(cur.fh, pieces).then(
+        () => null,
+        (err: unknown) => err ?? new Error('write failed'),
+      ),
+      file: path.join(this.dir, shardFileName(this.done.length)),
+    };
     cur.rows += n;
     this.gRows = 0;
     if (cur.rows >= this.rowsPerShard) await this.finishShard();
+  }
+
+  /** Wait for the row group write in flight; its failure aborts the shard. */
+  private async settle(): Promise<void> {
+    const w = this.pending;
+    if (!w) return;
+    this.pending = null;
+    const err = await w.done;
+    if (err) {
+      await this.abort();
+      throw describeFsError(err, `writing ${w.file}`);
+    }
   }
 
   private async finishShard(): Promise<void> {
@@ -512,9 +511,9 @@ export class ShardWriter {
     if (!cur) return;
     const name = shardFileName(this.done.length);
     const final = path.join(this.dir, name);
+    await this.settle();
     try {
-      cur.pq.schema = this.schema;
-      await cur.pq.finish();
+      await writeAll(cur.fh, [cur.enc.footer()]);
       await cur.fh.sync();
       await cur.fh.close();
       await fs.rename(cur.tmp, final);
@@ -534,6 +533,10 @@ export class ShardWriter {
     const cur = this.current;
     this.current = null;
     this.closed = true;
+    // The write in flight uses the file handle; its outcome no longer matters.
+    const w = this.pending;
+    this.pending = null;
+    if (w) await w.done;
     if (!cur) return;
     await cur.fh.close().catch(() => undefined);
     await fs.rm(cur.tmp, { force: true }).catch(() => undefined);
