@@ -35,6 +35,12 @@ export interface RunOptions {
   logits?: boolean;
   /** return next-token cross-entropy per position [B, T−1] and its mean */
   loss?: boolean;
+  /**
+   * Start the forward at a residual-stream hook (blocks.L.hook_resid_pre / hook_resid_post) with
+   * this tensor there [B, T, d], skipping the blocks before it: splice-eval's spliced and ablated
+   * runs share the clean run's prefix instead of recomputing it.
+   */
+  start?: { hook: string; x: Float32Array };
 }
 
 export interface RunResult {
@@ -129,22 +135,32 @@ export class HookedTransformer {
       if (opts.capture?.includes(name)) captured[name] = x.slice(0, shapeOf(s).reduce((a, b) => a * b, 1));
     };
 
-    // embeddings
     const x = ws.resid;
-    for (let i = 0; i < N; i++) x.set(w.embed.subarray(ids[i] * d, ids[i] * d + d), i * d);
-    at('hook_embed', x);
-    if (w.pos) {
-      const pos = ws.h;
-      for (let b = 0; b < B; b++) pos.set(w.pos.subarray(0, T * d), b * T * d);
-      at('hook_pos_embed', pos);
-      k.add(x, pos, N * d);
+    let firstBlock = 0;
+    if (opts.start) {
+      const s0 = parseHook(opts.start.hook, cfg);
+      if (s0.kind !== 'resid_pre' && s0.kind !== 'resid_post') throw new UserError(`a forward can start only at a residual-stream hook (resid_pre, resid_post), not ${opts.start.hook}`);
+      if (opts.start.x.length !== N * d) throw new UserError(`start tensor for ${opts.start.hook} has ${opts.start.x.length} values, expected ${B}×${T}×${d}`);
+      x.set(opts.start.x);
+      firstBlock = s0.kind === 'resid_pre' ? s0.layer : s0.layer + 1;
+      if (s0.kind === 'resid_post') at(opts.start.hook, x);
+    } else {
+      // embeddings
+      for (let i = 0; i < N; i++) x.set(w.embed.subarray(ids[i] * d, ids[i] * d + d), i * d);
+      at('hook_embed', x);
+      if (w.pos) {
+        const pos = ws.h;
+        for (let b = 0; b < B; b++) pos.set(w.pos.subarray(0, T * d), b * T * d);
+        at('hook_pos_embed', pos);
+        k.add(x, pos, N * d);
+      }
     }
 
     let blocksRun = 0;
-    for (let L = 0; L < cfg.nLayers; L++) {
+    for (let L = firstBlock; L < cfg.nLayers; L++) {
       const start = (L + 1) * 10; // order of blocks.L.hook_resid_pre
       if (start > lastOrder) break;
-      at(`blocks.${L}.hook_resid_pre`, x);
+      if (!(opts.start && L === firstBlock && opts.start.hook === `blocks.${L}.hook_resid_pre`)) at(`blocks.${L}.hook_resid_pre`, x);
       if (start === lastOrder) break;
       this.block(w.blocks[L], L, B, T, ws, at, patternHooks.has(L));
       blocksRun++;

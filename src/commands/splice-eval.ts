@@ -1,0 +1,104 @@
+import { Args, Flags } from '@oclif/core';
+import { SaeCommand } from '../util/command.js';
+import { UserError } from '../util/errors.js';
+import { Progress } from '../util/progress.js';
+import { sharedFlags } from '../cli/flags.js';
+import { kernelFactory, lmKernelFactory, type KernelName } from '../kernels/index.js';
+import { loadModel } from '../lm/load.js';
+import { loadTokenizer } from '../lm/tokenizer.js';
+import { openCorpus, type CorpusSpec } from '../harvest/corpus.js';
+import { loadCheckpoint } from '../sae/checkpoint.js';
+import { findCheckpoint } from '../sae/train.js';
+import { selectionForCheckpoint } from '../sae/inference.js';
+import { spliceEval, type SpliceSae } from '../eval/splice.js';
+import type { Preprocessing } from '../store/preprocess.js';
+
+async function saeFrom(dir: string, label: string): Promise<{ sae: SpliceSae; hook: string; model: string }> {
+  const ck = await loadCheckpoint(await findCheckpoint(dir), { withState: 'if-present' });
+  const batchSize = (ck.cfg.sae_train?.config?.batchSize as number | undefined) ?? 1536;
+  const pre = ck.cfg.normalize_activations as Preprocessing;
+  if (pre === 'dataset_scale') throw new UserError(`checkpoint ${ck.dir}: dataset_scale preprocessing needs its scale, which checkpoints do not record; harvest with center_unit_norm`);
+  return { sae: { label, params: ck.params, selectionFor: selectionForCheckpoint(ck), batchSize, preprocessing: pre }, hook: ck.cfg.hook_name, model: ck.cfg.model_name };
+}
+
+export default class SpliceEval extends SaeCommand {
+  static override description =
+    'Splice an SAE into its host LM on held-out text and measure loss recovered (SPEC §9): next-token cross-entropy clean, with the hook replaced by the reconstruction, and zero-ablated; KL divergence and KL score; special tokens handled as SAELens does';
+
+  static override examples = [
+    '<%= config.bin %> splice-eval --checkpoint runs/mc --model fixtures/hf-tiny/gpt2 --max-tokens 20000',
+    '<%= config.bin %> splice-eval --checkpoint runs/mc --exported runs/mc-jumprelu --model gpt2 eval.jsonl --json',
+  ];
+
+  static override strict = false;
+
+  static override args = {
+    corpus: Args.string({ description: 'held-out text: files, folders or globs (.txt, .jsonl, .parquet), or -; default: the held-out slice of the embedded Brown corpus' }),
+  };
+
+  static override flags = {
+    checkpoint: Flags.string({ description: 'the SAE: a checkpoint folder or run directory', required: true }),
+    exported: Flags.string({ description: 'also evaluate its exported JumpReLU SAE (sae export) and report the gap' }),
+    model: Flags.string({ description: 'host LM: a Hugging Face model folder or Hub id (the one the SAE was trained on)', required: true }),
+    revision: Flags.string({ description: 'Hub revision of the model' }),
+    'max-tokens': Flags.integer({ description: 'tokens to count', default: 20000 }),
+    ctx: Flags.integer({ description: 'tokens per context, BOS first', default: 64 }),
+    batch: Flags.integer({ description: 'contexts per forward pass', default: 8 }),
+    'include-special': Flags.boolean({ description: 'count (and reconstruct) BOS/EOS positions too; by default they keep their activation and are left out of every average' }),
+    'mean-ablation': Flags.boolean({ description: 'also report the loss with the hook mean-ablated' }),
+    'text-field': Flags.string({ description: 'JSONL field / Parquet column holding the text (default text)' }),
+    json: Flags.boolean({ description: 'print the result as JSON on stdout' }),
+    quiet: Flags.boolean({ description: 'no progress on stderr' }),
+    kernels: sharedFlags.kernels,
+  };
+
+  async run(): Promise<void> {
+    const { argv, flags } = await this.parse(SpliceEval);
+    if (flags['max-tokens'] < 1) throw new UserError('--max-tokens must be ≥ 1');
+    if (flags.batch < 1) throw new UserError('--batch must be ≥ 1');
+    const inputs = argv as string[];
+    const spec: CorpusSpec = inputs.length ? { inputs, textField: flags['text-field'] } : { brown: 'heldout' };
+    const corpus = await openCorpus(spec);
+    const main = await saeFrom(flags.checkpoint, 'batch');
+    const saes = [main.sae];
+    if (flags.exported) {
+      const ex = await saeFrom(flags.exported, 'jumprelu');
+      if (ex.hook !== main.hook || ex.sae.params.F !== main.sae.params.F) throw new UserError(`--exported ${flags.exported} is not an export of this SAE (hook ${ex.hook}, width ${ex.sae.params.F})`);
+      saes.push(ex.sae);
+    }
+    const progress = new Progress('splice-eval', !flags.quiet);
+    const { model, dir } = await loadModel(flags.model, { revision: flags.revision, kernels: lmKernelFactory(flags.kernels as KernelName), onProgress: (m) => progress.line(m) });
+    if (main.sae.params.d !== model.cfg.dModel) throw new UserError(`the SAE has d_in ${main.sae.params.d} but ${flags.model} has d_model ${model.cfg.dModel}`);
+    const tokenizer = await loadTokenizer(dir);
+    const r = await spliceEval({
+      model,
+      tokenizer,
+      corpus,
+      hook: main.hook,
+      saes,
+      ctx: flags.ctx,
+      batch: flags.batch,
+      maxTokens: flags['max-tokens'],
+      includeSpecial: flags['include-special'],
+      meanAblation: flags['mean-ablation'],
+      kernels: kernelFactory(flags.kernels as KernelName),
+      onProgress: (n) => progress.tick(Math.min(n, flags['max-tokens']), flags['max-tokens']),
+    });
+    progress.done();
+    const out = {
+      schema: 'sae-splice/1',
+      checkpoint: flags.checkpoint,
+      model: flags.model,
+      corpus: corpus.describe(),
+      ...r,
+      gap: r.spliced.length > 1 ? { lossRecovered: r.spliced[1].lossRecovered - r.spliced[0].lossRecovered, loss: r.spliced[1].loss - r.spliced[0].loss } : undefined,
+    };
+    for (const s of r.spliced) {
+      this.info(
+        `${s.label}: loss recovered ${s.lossRecovered.toFixed(2)}% (clean ${r.cleanLoss.toFixed(4)}, spliced ${s.loss.toFixed(4)}, zero ${r.zeroLoss.toFixed(4)}), ` +
+          `KL ${s.kl.toFixed(4)}, KL score ${s.klScore.toFixed(4)} over ${r.tokens} tokens (special tokens ${r.specialTokens})`,
+      );
+    }
+    process.stdout.write(flags.json ? JSON.stringify(out) + '\n' : `${r.spliced.map((s) => `${s.label} ${s.lossRecovered.toFixed(2)}%`).join(', ')}\n`);
+  }
+}

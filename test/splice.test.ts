@@ -1,0 +1,158 @@
+import { spawnSync } from 'node:child_process';
+import { promises as fs } from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { HookedTransformer } from '../src/lm/model.js';
+import { loadTokenizer, type LmTokenizer } from '../src/lm/tokenizer.js';
+import { spliceEval, type SpliceSae } from '../src/eval/splice.js';
+import { allocParams } from '../src/sae/params.js';
+import { ContextPacker } from '../src/harvest/contexts.js';
+
+const GPT2 = path.resolve(__dirname, '..', 'fixtures', 'hf-tiny', 'gpt2');
+const HOOK = 'blocks.1.hook_resid_pre';
+const TEXTS = Array.from({ length: 10 }, (_, i) => `Evaluation text ${i}: the ${['grey', 'small', 'bright'][i % 3]} owl flew ${i + 2} miles over the hills before dusk.`);
+const corpus = {
+  async *documents(from?: number | null) {
+    for (let i = from === null || from === undefined ? 0 : from + 1; i < TEXTS.length; i++) yield { text: TEXTS[i], position: i };
+  },
+};
+let model: HookedTransformer;
+let tok: LmTokenizer;
+
+/** F = 2d with decoder rows ±e_j and a ReLU selection: reconstructs its (preprocessed) input exactly. */
+function exactSae(d: number): SpliceSae {
+  const p = allocParams(d, 2 * d);
+  for (let j = 0; j < d; j++) {
+    p.WencT[j * d + j] = 1;
+    p.WencT[(d + j) * d + j] = -1;
+    p.Wdec[j * d + j] = 1;
+    p.Wdec[(d + j) * d + j] = -1;
+  }
+  return { label: 'exact', params: p, selectionFor: () => ({ kind: 'relu' }), batchSize: 256, preprocessing: 'center_unit_norm' };
+}
+
+/** Never fires and has no bias: reconstructs zeros (raw zeros with no preprocessing). */
+function zeroSae(d: number): SpliceSae {
+  const p = allocParams(d, 8);
+  p.bEnc.fill(-1e9);
+  return { label: 'zeros', params: p, selectionFor: () => ({ kind: 'relu' }), batchSize: 256, preprocessing: 'none' };
+}
+
+/** The first n contexts the evaluation packs, as ids. */
+async function contexts(n: number): Promise<Int32Array> {
+  const p = new ContextPacker<number>(16, tok.bosId, tok.eosId);
+  const ids = new Int32Array(n * 16);
+  let k = 0;
+  let last: number | null = null;
+  for await (const doc of corpus.documents()) {
+    p.push(tok.encode(doc.text), last);
+    last = doc.position;
+    for (let c; k < n && (c = p.take()); k++) ids.set(c.ids, k * 16);
+    if (k === n) break;
+  }
+  return ids;
+}
+
+beforeAll(async () => {
+  model = await HookedTransformer.load(GPT2);
+  tok = await loadTokenizer(GPT2);
+});
+
+describe('splice-eval (SPEC §9)', () => {
+  it('recovers 100 % of the loss with an SAE that reconstructs exactly, 0 % with one that outputs zeros', async () => {
+    const d = model.cfg.dModel;
+    const r = await spliceEval({ model, tokenizer: tok, corpus, hook: HOOK, saes: [exactSae(d), zeroSae(d)], ctx: 16, batch: 4, maxTokens: 200, includeSpecial: true });
+    const [exact, zeros] = r.spliced;
+    expect(exact.lossRecovered).toBeCloseTo(100, 3);
+    expect(exact.kl).toBeLessThan(1e-8);
+    expect(zeros.lossRecovered).toBeCloseTo(0, 6);
+    expect(zeros.klScore).toBeCloseTo(0, 6);
+    expect(r.zeroLoss).not.toBeCloseTo(r.cleanLoss, 2);
+  });
+
+  it('computes the clean, zero-ablated and spliced losses the model computes with replace (half-scale reconstruction)', async () => {
+    const d = model.cfg.dModel;
+    const r = await spliceEval({
+      model, tokenizer: tok, corpus, hook: HOOK, saes: [exactSae(d)], ctx: 16, batch: 3, maxTokens: 3 * 15, includeSpecial: true,
+      reconstructOverride: (x) => {
+        for (let i = 0; i < x.length; i++) x[i] *= 0.5;
+      },
+    });
+    const ids = await contexts(3);
+    const clean = model.run(ids, 3, 16, { loss: true });
+    const half = model.run(ids, 3, 16, { loss: true, replace: { [HOOK]: (x) => x.forEach((v, i) => (x[i] = v * 0.5)) } });
+    const zero = model.run(ids, 3, 16, { loss: true, replace: { [HOOK]: new Float32Array(3 * 16 * d) } });
+    expect(r.tokens).toBe(45);
+    expect(r.cleanLoss).toBeCloseTo(clean.loss!, 5);
+    expect(r.spliced[0].loss).toBeCloseTo(half.loss!, 5);
+    expect(r.zeroLoss).toBeCloseTo(zero.loss!, 5);
+  });
+
+  it('leaves special-token positions out of every average by default and keeps their activation', async () => {
+    const d = model.cfg.dModel;
+    const excl = await spliceEval({ model, tokenizer: tok, corpus, hook: HOOK, saes: [exactSae(d)], ctx: 16, batch: 4, maxTokens: 10_000 });
+    const incl = await spliceEval({ model, tokenizer: tok, corpus, hook: HOOK, saes: [exactSae(d)], ctx: 16, batch: 4, maxTokens: 10_000, includeSpecial: true });
+    expect(excl.specialTokens).toBe('excluded');
+    expect(incl.specialTokens).toBe('included');
+    expect(excl.tokens).toBeLessThan(incl.tokens);
+    expect(excl.cleanLoss).not.toBeCloseTo(incl.cleanLoss, 4);
+  });
+
+  it('splices at resid_post of block L as at resid_pre of block L+1 (runs start at the hook)', async () => {
+    const d = model.cfg.dModel;
+    const a = await spliceEval({ model, tokenizer: tok, corpus, hook: 'blocks.0.hook_resid_post', saes: [zeroSae(d)], ctx: 16, batch: 2, maxTokens: 60, includeSpecial: true });
+    const b = await spliceEval({ model, tokenizer: tok, corpus, hook: 'blocks.1.hook_resid_pre', saes: [zeroSae(d)], ctx: 16, batch: 2, maxTokens: 60, includeSpecial: true });
+    expect(a.zeroLoss).toBeCloseTo(b.zeroLoss, 6);
+    expect(a.cleanLoss).toBeCloseTo(b.cleanLoss, 6);
+  });
+
+  it('splices a hook that is not on the residual stream through a full forward with replace', async () => {
+    const d = model.cfg.dModel;
+    const r = await spliceEval({ model, tokenizer: tok, corpus, hook: 'blocks.0.hook_mlp_out', saes: [zeroSae(d)], ctx: 16, batch: 2, maxTokens: 30, includeSpecial: true });
+    const ids = await contexts(2);
+    const zero = model.run(ids, 2, 16, { loss: true, replace: { 'blocks.0.hook_mlp_out': new Float32Array(2 * 16 * d) } });
+    expect(r.tokens).toBe(30);
+    expect(r.zeroLoss).toBeCloseTo(zero.loss!, 5);
+    expect(r.spliced[0].loss).toBeCloseTo(zero.loss!, 5);
+  });
+
+  it('refuses an SAE whose d_in is not the model’s', async () => {
+    await expect(spliceEval({ model, tokenizer: tok, corpus, hook: HOOK, saes: [exactSae(32)], ctx: 16, batch: 2, maxTokens: 10 })).rejects.toThrow(/d_in 32 .* d=64/);
+  });
+});
+
+describe('sae splice-eval from the command line', () => {
+  const bin = path.resolve(__dirname, '..', 'bin', 'run.js');
+  const run = (...args: string[]) => spawnSync(process.execPath, [bin, ...args], { encoding: 'utf8' });
+  let root: string;
+  beforeAll(async () => {
+    root = await fs.mkdtemp(path.join(os.tmpdir(), 'sae-splice-'));
+    expect(run('harvest', '--model', GPT2, '--hook', HOOK, '--out', path.join(root, 'acts'), '--max-tokens', '3000', '--quiet').status).toBe(0);
+    expect(run('train', '--data', path.join(root, 'acts'), '--out', path.join(root, 'mc'), '--activation', 'mutual', '--width', '128', '--k', '4', '--batch-size', '128', '--steps', '40', '--quiet').status).toBe(0);
+    expect(run('export', '--checkpoint', path.join(root, 'mc'), '--data', path.join(root, 'acts'), '--out', path.join(root, 'jr'), '--batches', '4').status).toBe(0);
+  });
+  afterAll(async () => {
+    await fs.rm(root, { recursive: true, force: true });
+  });
+
+  it('reports the batch selection and its JumpReLU export side by side, with the gap', () => {
+    const r = run('splice-eval', '--checkpoint', path.join(root, 'mc'), '--exported', path.join(root, 'jr'), '--model', GPT2, '--max-tokens', '800', '--json', '--quiet');
+    expect(r.status, r.stderr).toBe(0);
+    const out = JSON.parse(r.stdout);
+    expect(out).toMatchObject({ schema: 'sae-splice/1', hook: HOOK, specialTokens: 'excluded', corpus: 'brown:heldout' });
+    expect(out.tokens).toBeGreaterThanOrEqual(800);
+    expect(out.spliced.map((s: { label: string }) => s.label)).toEqual(['batch', 'jumprelu']);
+    expect(out.gap.loss).toBeCloseTo(out.spliced[1].loss - out.spliced[0].loss, 10);
+    expect(Number.isFinite(out.spliced[0].lossRecovered)).toBe(true);
+  });
+
+  it('refuses an SAE whose d_in does not match the model, in one line', async () => {
+    expect(run('synth', '--out', path.join(root, 'syn'), '--d', '16', '--features', '32', '--rows', '2048').status).toBe(0);
+    expect(run('train', '--data', path.join(root, 'syn'), '--out', path.join(root, 'small'), '--width', '32', '--k', '2', '--batch-size', '128', '--steps', '3', '--quiet').status).toBe(0);
+    const r = run('splice-eval', '--checkpoint', path.join(root, 'small'), '--model', GPT2, '--max-tokens', '100');
+    expect(r.status).not.toBe(0);
+    expect(r.stderr.trim().split('\n')).toHaveLength(1);
+    expect(r.stderr).toMatch(/^sae: error: .*d_in 16 .*d_model 64/);
+  });
+});
