@@ -71,6 +71,23 @@ describe('training straight from the model (no disk)', () => {
     }
   });
 
+  it('logs splice-eval every N steps without changing what is trained', async () => {
+    const plain = await train({ data: '', live, out: path.join(root, 'plain'), config: { ...config, steps: 10 } });
+    const out = path.join(root, 'with-eval');
+    const s = await train({ data: '', live, out, config: { ...config, steps: 10 }, spliceEvery: { steps: 5, maxTokens: 40, corpus } });
+    const lines = (await fs.readFile(path.join(out, 'metrics.jsonl'), 'utf8')).trim().split('\n').map((l) => JSON.parse(l));
+    const splices = lines.filter((l) => l.kind === 'splice');
+    expect(splices.map((l) => l.step)).toEqual([5, 10]);
+    for (const l of splices) {
+      expect(l.tokens).toBeGreaterThanOrEqual(40);
+      expect(Number.isFinite(l.lossRecovered)).toBe(true);
+      expect(l.specialTokens).toBe('excluded');
+    }
+    const a = await fs.readFile(path.join(plain.final!, 'sae.safetensors'));
+    const b = await fs.readFile(path.join(s.final!, 'sae.safetensors'));
+    expect(a.equals(b)).toBe(true);
+  });
+
   it('refuses to resume on another corpus or hook', async () => {
     const out = path.join(root, 'other');
     await train({ data: '', live, out, config, stopAfterSteps: 2 });

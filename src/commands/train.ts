@@ -9,6 +9,7 @@ import { loadModel } from '../lm/load.js';
 import { loadTokenizer } from '../lm/tokenizer.js';
 import { parseHook } from '../lm/hooks.js';
 import type { Preprocessing } from '../store/preprocess.js';
+import type { RowSource } from '../harvest/rows.js';
 import { checkTrainable, finetunePhase, type PhaseConfig } from '../sae/config.js';
 import { configFlags, flagsToConfig, sharedFlags } from '../cli/flags.js';
 import { kernelFactory, lmKernelFactory, type KernelName } from '../kernels/index.js';
@@ -42,6 +43,8 @@ export default class Train extends SaeCommand {
     ctx: Flags.integer({ description: 'with --model: tokens per context, BOS first', default: 64 }),
     'skip-bos': Flags.boolean({ description: 'with --model: leave position 0 (BOS) out' }),
     'lm-batch': Flags.integer({ description: 'with --model: contexts per forward pass', default: 32 }),
+    'eval-every': Flags.integer({ description: 'with --model: splice-eval (loss recovered, KL) every this many steps on the held-out Brown slice, logged to metrics.jsonl' }),
+    'eval-tokens': Flags.integer({ description: 'with --eval-every: held-out tokens per measurement', default: 4096 }),
     follow: Flags.boolean({ description: 'with --data -: if the upstream stage dies, wait for its folder to be completed instead of failing' }),
     out: Flags.string({ description: 'run directory (checkpoint/, final/, metrics.jsonl, summary.json)', required: true }),
     config: Flags.string({ description: 'JSON config file (keys as in TrainConfig; flags override it)' }),
@@ -87,6 +90,10 @@ export default class Train extends SaeCommand {
     const config = { ...fileCfg, ...flagCfg };
 
     const progress = new Progress('train', !flags.quiet);
+    if (flags['eval-every'] !== undefined && !flags.model) throw new UserError('--eval-every needs the host LM: give --model');
+    if (flags['eval-every'] !== undefined && flags['eval-every'] < 1) throw new UserError('--eval-every must be ≥ 1');
+    if (flags['eval-tokens'] < 1) throw new UserError('--eval-tokens must be ≥ 1');
+    const spliceEvery = flags['eval-every'] !== undefined ? { steps: flags['eval-every'], maxTokens: flags['eval-tokens'], corpus: (await openCorpus({ brown: 'heldout' })) as unknown as RowSource<unknown> } : undefined;
     let live: LiveData | undefined;
     if (flags.model) {
       if (flags.ctx < 2) throw new UserError(`--ctx must be at least 2, got ${flags.ctx}`);
@@ -120,6 +127,7 @@ export default class Train extends SaeCommand {
       const summary = await train({
         data: flags.data ?? '',
         live,
+        spliceEvery: spliceEvery,
         allowNoManifest: flags['allow-no-manifest'],
         follow: flags.follow,
         out: flags.out,

@@ -12,6 +12,8 @@ import type { HookedTransformer } from '../lm/model.js';
 import type { LmTokenizer } from '../lm/tokenizer.js';
 import type { RowOptions, RowSource } from '../harvest/rows.js';
 import { LiveBatchSource, type LivePosition } from '../harvest/live-source.js';
+import { spliceEval } from '../eval/splice.js';
+import { selectionForCheckpoint } from './inference.js';
 import type { Preprocessing } from '../store/preprocess.js';
 import { resolveConfig, resolveWidth, shuffleWindowRows, totalSteps, allPhases, type TrainConfig, type PhaseConfig } from './config.js';
 import { Trainer, type StepReport } from './trainer.js';
@@ -24,6 +26,8 @@ export interface TrainOptions {
   allowNoManifest?: boolean;
   /** instead of shards: harvest from the host LM into the trainer's window in memory (no disk) */
   live?: LiveData;
+  /** with live data: measure splice-eval (SPEC §9) every this many steps on held-out text, logged to metrics.jsonl */
+  spliceEvery?: { steps: number; maxTokens: number; corpus: RowSource<unknown> };
   /** with data '-': where the shard announcements come from (default stdin) */
   input?: Readable;
   /** with data '-': when the upstream dies, wait for its folder instead of failing */
@@ -296,6 +300,25 @@ export async function train(opts: TrainOptions): Promise<TrainSummary> {
     await stream.close();
   }
 
+  /** The SAE as it stands, spliced into the model on held-out text (the trainer's state is not touched). */
+  async function spliceNow(lv: LiveData, se: NonNullable<TrainOptions['spliceEvery']>) {
+    const act = trainer.phaseAt(Math.max(0, trainer.step - 1)).phase.activation;
+    const ckLike = { dir: opts.out, cfg: cfgJson(cfg, d, width, trainer.step, deadWindow, meta, dataLabel, act), params: trainer.params, state: { snapshot: trainer.snapshot(), dataPosition: null } };
+    const r = await spliceEval({
+      model: lv.model,
+      tokenizer: lv.tokenizer,
+      corpus: se.corpus,
+      hook: lv.rows.hooks[0],
+      saes: [{ label: act, params: trainer.params, selectionFor: selectionForCheckpoint(ckLike), batchSize: cfg.batchSize, preprocessing: lv.preprocessing }],
+      ctx: lv.rows.ctx,
+      batch: lv.rows.batch,
+      maxTokens: se.maxTokens,
+      kernels: opts.kernels,
+    });
+    const s = r.spliced[0];
+    return { tokens: r.tokens, cleanLoss: r.cleanLoss, zeroLoss: r.zeroLoss, loss: s.loss, lossRecovered: s.lossRecovered, kl: s.kl, klScore: s.klScore, specialTokens: r.specialTokens };
+  }
+
   async function trainLoop(): Promise<void> {
     while (trainer.step < total) {
       if (!(await stream.next(x))) throw new UserError(`${dataLabel}: ran out of data`);
@@ -312,6 +335,12 @@ export async function train(opts: TrainOptions): Promise<TrainSummary> {
         const rec = { ...last, deadWindow, tokensPerSec };
         logLines.push(JSON.stringify(rec) + '\n');
         opts.onLog?.(rec);
+        await flushLog();
+      }
+      if (live && opts.spliceEvery && (trainer.step % opts.spliceEvery.steps === 0 || trainer.step === total)) {
+        const rec = { step: trainer.step, kind: 'splice', ...(await spliceNow(live, opts.spliceEvery)) };
+        logLines.push(JSON.stringify(rec) + '\n');
+        opts.onNote?.(`step ${trainer.step}: loss recovered ${rec.lossRecovered.toFixed(2)}% (clean ${rec.cleanLoss.toFixed(4)}, spliced ${rec.loss.toFixed(4)}, zero ${rec.zeroLoss.toFixed(4)}) over ${rec.tokens} held-out tokens`);
         await flushLog();
       }
       const stop = opts.signal?.aborted || (opts.stopAfterSteps !== undefined && done >= opts.stopAfterSteps);
