@@ -21,6 +21,9 @@ import { ContextPacker } from '../harvest/contexts.js';
  * spliced run (not reconstructed) and positions holding them are left out of every average; the
  * ablated runs still ablate them. The clean run's prefix up to a residual-stream hook is shared.
  */
+/** Rows of logits materialised at once: bounds memory at a few × LOGIT_ROWS × V. */
+const LOGIT_ROWS = 256;
+
 export interface SpliceSae {
   label: string;
   params: SaeParams;
@@ -95,8 +98,10 @@ export async function spliceEval<P>(opts: SpliceOptions<P>): Promise<SpliceResul
     norm: new Float32Array(N),
     xhat: new Float32Array(maxSaeB * d),
     zero: new Float32Array(N * d),
-    logits: new Float32Array(64 * V),
-    lpClean: new Float64Array(V),
+    // allocated once: LOGIT_ROWS rows of logits and of the clean run's log-probabilities
+    logits: new Float32Array(LOGIT_ROWS * V),
+    lpClean: new Float32Array(LOGIT_ROWS * V),
+    pClean: new Float32Array(LOGIT_ROWS * V),
   };
   const sums = { clean: 0, zero: 0, zeroKl: 0, mean: 0, meanKl: 0, spliced: opts.saes.map(() => ({ loss: 0, kl: 0 })) };
   let counted = 0;
@@ -177,21 +182,33 @@ export async function spliceEval<P>(opts: SpliceOptions<P>): Promise<SpliceResul
       model.kernels.linear(normed.subarray(from * d, (from + rows) * d), rows, d, model.weights.unembed, V, 'out_in', null, L);
       for (let r = 0; r < rows; r++) onRow(from + r, L.subarray(r * V, (r + 1) * V));
     };
-    const lpCleanRows = new Map<number, Float64Array>();
-    for (let from = 0; from < n; from += 64) {
-      const rows = Math.min(64, n - from);
+    for (let from = 0; from < n; from += LOGIT_ROWS) {
+      const rows = Math.min(LOGIT_ROWS, n - from);
+      // clean: log-probabilities and probabilities of each counted row, kept for the KLs below
       addRows(normClean, from, rows, (i, l) => {
         if (!count[i]) return;
-        const lp = logSoftmax(l, new Float64Array(V));
+        const r = i - from;
+        const lp = buf.lpClean.subarray(r * V, (r + 1) * V);
+        const lse = logSumExp(l);
+        const p = buf.pClean.subarray(r * V, (r + 1) * V);
+        for (let j = 0; j < V; j++) {
+          lp[j] = l[j] - lse;
+          p[j] = Math.exp(lp[j]);
+        }
         sums.clean -= lp[ids[i + 1]];
-        lpCleanRows.set(i, lp);
       });
       const other = (normed: Float32Array, acc: { loss: number; kl: number }) =>
         addRows(normed, from, rows, (i, l) => {
           if (!count[i]) return;
-          const lp = logSoftmax(l, buf.lpClean);
-          acc.loss -= lp[ids[i + 1]];
-          acc.kl += kl(lpCleanRows.get(i)!, lp);
+          const r = i - from;
+          const lse = logSumExp(l);
+          acc.loss -= l[ids[i + 1]] - lse;
+          // KL(clean ‖ run) = Σ p (log p − log q)
+          const lp = buf.lpClean.subarray(r * V, (r + 1) * V);
+          const p = buf.pClean.subarray(r * V, (r + 1) * V);
+          let s = 0;
+          for (let j = 0; j < V; j++) s += p[j] * (lp[j] - (l[j] - lse));
+          acc.kl += s;
         });
       runs.forEach((r, si) => other(r, sums.spliced[si]));
       const z = { loss: 0, kl: 0 };
@@ -204,7 +221,6 @@ export async function spliceEval<P>(opts: SpliceOptions<P>): Promise<SpliceResul
         sums.mean += m.loss;
         sums.meanKl += m.kl;
       }
-      lpCleanRows.clear();
     }
     for (let i = 0; i < n; i++) counted += count[i];
     opts.onProgress?.(counted);
@@ -273,22 +289,11 @@ function reconstructRows(
   }
 }
 
-function logSoftmax(l: Float32Array, out: Float64Array): Float64Array {
+function logSumExp(l: Float32Array): number {
   let max = -Infinity;
   for (let j = 0; j < l.length; j++) if (l[j] > max) max = l[j];
   let s = 0;
   for (let j = 0; j < l.length; j++) s += Math.exp(l[j] - max);
-  const lse = max + Math.log(s);
-  for (let j = 0; j < l.length; j++) out[j] = l[j] - lse;
-  return out;
+  return max + Math.log(s);
 }
 
-/** KL(p ‖ q) from log-probabilities. */
-function kl(lp: Float64Array, lq: Float64Array): number {
-  let s = 0;
-  for (let j = 0; j < lp.length; j++) {
-    const p = Math.exp(lp[j]);
-    if (p > 0) s += p * (lp[j] - lq[j]);
-  }
-  return s;
-}

@@ -52,8 +52,8 @@ export interface RunResult {
   blocksRun: number;
 }
 
-/** Rows of logits computed at once for the loss: bounds memory at ROWS × V floats. */
-const LOSS_ROWS = 64;
+/** Rows of logits computed at once for the loss: bounds memory at ROWS × V floats, and is large enough that packing the unembedding for the GEMM is amortised. */
+const LOSS_ROWS = 256;
 
 export class HookedTransformer {
   readonly cfg: LmConfig;
