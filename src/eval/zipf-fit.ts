@@ -9,7 +9,7 @@
  *
  * Features with density 0 have no logarithm: they are left out of the fit and counted in
  * `excludedZeros`. With fewer than 3 positive densities in the rank range there is no fit; the
- * numbers are null and `note` says why.
+ * numbers are null and `note` says why. `note` also flags a β at the top of the grid.
  */
 
 /**
@@ -106,7 +106,12 @@ export function fitZipf(density: ArrayLike<number>, fromRank = 1, toRank = Infin
     n,
     excludedZeros: zeros,
     rankRange: range,
-    note: ssTot > 0 ? null : 'every fitted density is equal: R² is undefined',
+    note:
+      ssTot <= 0
+        ? 'every fitted density is equal: R² is undefined'
+        : b.beta === ZIPF_BETA_GRID[ZIPF_BETA_GRID.length - 1]
+          ? `β is at the top of its grid (${b.beta}): the least-squares β may be larger`
+          : null,
   };
 }
 
