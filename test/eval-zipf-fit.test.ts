@@ -61,6 +61,12 @@ describe('Zipf fit of the density curve (SPEC §9)', () => {
     expect(fit.note).toMatch(/not applicable: 64 features/);
   });
 
+  it('says so when the best β is at the top of the grid', () => {
+    const fit = fitZipf(zipfDensities(2000, 1, 400));
+    expect(fit.beta).toBe(100);
+    expect(fit.note).toMatch(/top of its grid \(100\)/);
+  });
+
   it('uses a fixed β grid from 0 to 100, fine near 0', () => {
     expect(ZIPF_BETA_GRID[0]).toBe(0);
     expect(ZIPF_BETA_GRID.at(-1)).toBe(100);
