@@ -10,11 +10,18 @@ import { evaluateSae } from '../eval/evaluate.js';
 import { featureRecovery } from '../eval/recovery.js';
 import { loadDictionary } from '../synth/synth.js';
 import { kernelFactory, type KernelName } from '../kernels/index.js';
+import { checkpointConfig } from '../sae/checkpoint.js';
+import { DEFAULTS } from '../sae/config.js';
+import { densityCurve, fitZipf, ZIPF_BETA_GRID } from '../eval/zipf-fit.js';
+import { checkFeaturesOut, featureTable, writeFeatures } from '../eval/features.js';
 
 export default class Eval extends SaeCommand {
-  static override description = 'Evaluate an SAE on activation shards: L0 and its histogram, MSE, FVU, dead %, and feature recovery against a synthetic dictionary (SPEC §9, §11). Prints JSON on stdout.';
+  static override description = 'Evaluate an SAE on activation shards: L0 and its histogram, MSE, FVU, never-fired and dying %, the sorted density curve and its Zipf fit, and feature recovery against a synthetic dictionary (SPEC §9, §11). Prints one JSON object (schema sae-eval/1) on stdout.';
 
-  static override examples = ['<%= config.bin %> eval --checkpoint runs/mc/final --data synth/ --dictionary synth/'];
+  static override examples = [
+    '<%= config.bin %> eval --checkpoint runs/mc/final --data synth/ --dictionary synth/',
+    '<%= config.bin %> eval --checkpoint runs/mc/final --data shards/ --features-out features.parquet --json',
+  ];
 
   static override flags = {
     checkpoint: Flags.string({ description: 'checkpoint folder or run directory', required: true }),
@@ -23,6 +30,8 @@ export default class Eval extends SaeCommand {
     'batch-size': Flags.integer({ description: 'tokens per batch for batch selections (default: the training batch size)' }),
     'max-rows': Flags.integer({ description: 'evaluate at most this many rows (the last batch may be partial; it is evaluated as a batch of its own size)' }),
     threshold: Flags.string({ description: 'cosine threshold for a recovered feature', default: '0.9' }),
+    'features-out': Flags.string({ description: 'also write per-feature statistics (rank, density, mean and max activation, decoder norm, dying, never fired) to this file: Parquet if it ends in .parquet, CSV if .csv' }),
+    json: Flags.boolean({ description: 'print the result as one JSON object on stdout (schema sae-eval/1; this is also what eval prints without the flag)' }),
     'allow-no-manifest': sharedFlags['allow-no-manifest'],
     kernels: sharedFlags.kernels,
   };
@@ -38,12 +47,23 @@ export default class Eval extends SaeCommand {
     const batchSize = flags['batch-size'] ?? (ck.cfg.sae_train?.config?.batchSize as number | undefined) ?? 1536;
     if (batchSize < 1) throw new UserError('--batch-size must be ≥ 1');
     if (flags['max-rows'] !== undefined && flags['max-rows'] < 1) throw new UserError('--max-rows must be ≥ 1');
+    if (flags['features-out']) await checkFeaturesOut(flags['features-out']);
     const res = await evaluateSae(ck.params, set, selectionForCheckpoint(ck), {
       batchSize,
       maxRows: flags['max-rows'],
       kernels: kernelFactory(flags.kernels as KernelName),
     });
+    // Definition 3.1 with the Zipf prior the checkpoint was trained with (defaults for one without a training config)
+    const zipf = ck.cfg.sae_train
+      ? (() => {
+          const c = checkpointConfig(ck);
+          return { alpha: c.zipfAlpha, beta: c.zipfBeta, source: 'checkpoint' };
+        })()
+      : { alpha: DEFAULTS.zipfAlpha, beta: DEFAULTS.zipfBeta, source: 'default' };
+    const table = featureTable(res.density, res.meanActive, res.maxActive, ck.params.Wdec, ck.cfg.d_in, zipf);
+    const F = ck.cfg.d_sae;
     const out: Record<string, unknown> = {
+      schema: 'sae-eval/1',
       checkpoint: ck.dir,
       data: flags.data,
       architecture: ck.cfg.architecture,
@@ -61,17 +81,30 @@ export default class Eval extends SaeCommand {
       // not training's "dead" (no firing in its last deadWindow tokens): never fired on these rows
       neverFiredFraction: res.neverFiredFraction,
       neverFiredWindowTokens: res.rows,
+      dyingFraction: table.dyingCount / F,
+      dyingZipf: zipf,
+      densityCurve: densityCurve(res.density),
+      zipfFit: {
+        betaGrid: { from: ZIPF_BETA_GRID[0], to: ZIPF_BETA_GRID[ZIPF_BETA_GRID.length - 1], points: ZIPF_BETA_GRID.length },
+        all: fitZipf(res.density),
+        ranks100to20000: fitZipf(res.density, 100, 20000),
+      },
+      featuresOut: flags['features-out'] ?? null,
     };
     let line =
       `${ck.cfg.architecture} F=${ck.cfg.d_sae}: ${res.rows} rows in ${res.batches} batches` +
       `${res.lastBatchRows < batchSize ? ` (last one ${res.lastBatchRows} rows)` : ''}, L0 ${res.l0.toFixed(2)}, FVU ${res.fvu.toFixed(4)}, ` +
-      `never fired on these ${res.rows} tokens ${(100 * res.neverFiredFraction).toFixed(2)}%`;
+      `never fired on these ${res.rows} tokens ${(100 * res.neverFiredFraction).toFixed(2)}%, dying ${(100 * table.dyingCount / F).toFixed(2)}%`;
     if (flags.dictionary) {
       const dict = await loadDictionary(flags.dictionary);
       if (dict.d !== ck.cfg.d_in) throw new UserError(`dictionary has d=${dict.d} but the SAE has d=${ck.cfg.d_in}`);
       const rec = featureRecovery(dict.G, dict.fTrue, ck.params.Wdec, ck.cfg.d_sae, dict.d, threshold);
       out.recovery = rec;
       line += `, recovery: mean max cos ${rec.meanMaxCos.toFixed(3)}, ${(100 * rec.fractionRecovered).toFixed(1)}% of true features ≥ ${threshold}`;
+    }
+    if (flags['features-out']) {
+      await writeFeatures(flags['features-out'], table);
+      line += `; per-feature statistics in ${flags['features-out']}`;
     }
     this.info(line);
     process.stdout.write(JSON.stringify(out) + '\n');

@@ -23,6 +23,10 @@ export interface EvalResult {
   lastBatchRows: number;
   /** firing frequency per feature, in feature order */
   density: Float64Array;
+  /** per feature: mean activation over the tokens it fired on (NaN when it never fired) */
+  meanActive: Float64Array;
+  /** per feature: largest activation on the evaluated rows (NaN when it never fired) */
+  maxActive: Float64Array;
 }
 
 /**
@@ -45,6 +49,8 @@ export async function evaluateSae(
   const xhat = new Float32Array(B * d);
   const enc = { xc: new Float32Array(B * d), codes: allocCodes(B, B * 64), aux: [] };
   const fired = new Float64Array(F);
+  const actSum = new Float64Array(F);
+  const actMax = new Float64Array(F).fill(-Infinity);
   const hist = new Array<number>(129).fill(0);
   const maxRows = opts.maxRows ?? Infinity;
   let rows = 0;
@@ -70,7 +76,13 @@ export async function evaluateSae(
       const active = c.rowPtr[b + 1] - c.rowPtr[b];
       hist[Math.min(active, hist.length - 1)]++;
     }
-    for (let e = 0; e < c.nnz; e++) fired[c.index[e]]++;
+    for (let e = 0; e < c.nnz; e++) {
+      const j = c.index[e];
+      const v = c.value[e];
+      fired[j]++;
+      actSum[j] += v;
+      if (v > actMax[j]) actMax[j] = v;
+    }
     rows += n;
     batches++;
     lastBatchRows = n;
@@ -83,9 +95,13 @@ export async function evaluateSae(
   let dead = 0;
   for (let j = 0; j < F; j++) {
     nnz += fired[j];
-    if (fired[j] === 0) dead++;
+    if (fired[j] === 0) {
+      dead++;
+      actSum[j] = NaN;
+      actMax[j] = NaN;
+    } else actSum[j] /= fired[j];
     fired[j] /= rows;
   }
   while (hist.length > 1 && hist[hist.length - 1] === 0) hist.pop();
-  return { rows, l0: nnz / rows, l0Histogram: hist, mse: sse / rows, fvu: variance > 0 ? sse / variance : sse > 0 ? Infinity : 0, neverFiredFraction: dead / F, density: fired, batches, lastBatchRows };
+  return { rows, l0: nnz / rows, l0Histogram: hist, mse: sse / rows, fvu: variance > 0 ? sse / variance : sse > 0 ? Infinity : 0, neverFiredFraction: dead / F, density: fired, meanActive: actSum, maxActive: actMax, batches, lastBatchRows };
 }

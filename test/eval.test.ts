@@ -1,0 +1,173 @@
+import { spawnSync } from 'node:child_process';
+import { promises as fs } from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { DuckDBInstance } from '@duckdb/node-api';
+import { parquetReadObjects } from 'hyparquet';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { dyingFeatures } from '../src/sae/zipf.js';
+import { fitZipf } from '../src/eval/zipf-fit.js';
+import { FEATURE_COLUMNS } from '../src/eval/features.js';
+
+// `sae eval` as a user meets it: the compiled CLI (npm test builds dist/) on a small SAE trained on `sae synth` data.
+const bin = path.resolve(__dirname, '..', 'bin', 'run.js');
+const F = 128;
+let root: string;
+let data: string;
+let ckpt: string;
+
+function sae(...args: string[]) {
+  const r = spawnSync(process.execPath, [bin, ...args], { encoding: 'utf8', env: { ...process.env, FORCE_COLOR: '0' } });
+  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+function expectUserError(r: ReturnType<typeof sae>, pattern: RegExp) {
+  expect(r.code).not.toBe(0);
+  const lines = r.stderr.trim().split('\n');
+  expect(lines).toHaveLength(1);
+  expect(lines[0]).toMatch(/^sae: error: /);
+  expect(lines[0]).toMatch(pattern);
+}
+
+function evalJson(...extra: string[]) {
+  const r = sae('eval', '--checkpoint', ckpt, '--data', data, '--json', ...extra);
+  expect(r.code, r.stderr).toBe(0);
+  return JSON.parse(r.stdout);
+}
+
+function parseCsv(text: string): Record<string, string>[] {
+  const [head, ...rows] = text.trim().split('\n');
+  const cols = head.split(',');
+  return rows.map((line) => Object.fromEntries(line.split(',').map((v, i) => [cols[i], v])));
+}
+
+beforeAll(async () => {
+  root = await fs.mkdtemp(path.join(os.tmpdir(), 'sae-eval-'));
+  data = path.join(root, 'synth');
+  expect(sae('synth', '--out', data, '--d', '16', '--features', '32', '--k', '2', '--rows', '2048', '--seed', '3').code).toBe(0);
+  const t = sae('train', '--data', data, '--out', path.join(root, 'run'), '--activation', 'mutual', '--width', String(F), '--k', '2', '--batch-size', '128', '--steps', '30', '--quiet');
+  expect(t.code, t.stderr).toBe(0);
+  ckpt = t.stdout.trim();
+});
+
+afterAll(async () => {
+  await fs.rm(root, { recursive: true, force: true });
+});
+
+describe('sae eval --json (schema sae-eval/1)', () => {
+  it('has the documented keys with sane values', () => {
+    const j = evalJson('--dictionary', data);
+    expect(j).toMatchObject({ schema: 'sae-eval/1', architecture: 'mutual', d: 16, width: F, rows: 2048, neverFiredWindowTokens: 2048, featuresOut: null });
+    expect(j.l0).toBeCloseTo(2, 9);
+    expect(j.l0Histogram.reduce((a: number, b: number) => a + b, 0)).toBe(2048);
+    expect(j.l0Histogram.reduce((a: number, n: number, i: number) => a + n * i, 0) / 2048).toBeCloseTo(j.l0, 9);
+    expect(j.mse).toBeGreaterThan(0);
+    expect(j.fvu).toBeGreaterThan(0);
+    expect(j.fvu).toBeLessThan(1);
+    expect(j.explainedVariance).toBeCloseTo(1 - j.fvu, 12);
+    expect(j.neverFiredFraction).toBeGreaterThanOrEqual(0);
+    expect(j.neverFiredFraction).toBeLessThan(0.5);
+    // Definition 3.1: only the bottom quartile can be dying
+    expect(j.dyingFraction).toBeGreaterThanOrEqual(0);
+    expect(j.dyingFraction).toBeLessThanOrEqual(0.25);
+    expect(j.dyingZipf).toEqual({ alpha: 1, beta: 6.8, source: 'checkpoint' });
+    expect(j.densityCurve.ranks).toEqual(Array.from({ length: F }, (_, i) => i + 1));
+    expect(j.densityCurve.density.reduce((a: number, b: number) => a + b, 0)).toBeCloseTo(j.l0, 9);
+    expect(j.zipfFit.all.rankRange).toEqual([1, F]);
+    expect(j.zipfFit.all.n + j.zipfFit.all.excludedZeros).toBe(F);
+    expect(j.zipfFit.all.alpha).toBeGreaterThan(0);
+    expect(j.zipfFit.ranks100to20000.rankRange).toEqual([100, F]);
+    expect(j.zipfFit.betaGrid).toEqual({ from: 0, to: 100, points: 191 });
+    expect(Object.keys(j.recovery).sort()).toEqual(['fractionRecovered', 'meanMaxCos', 'reverseFractionExplained', 'reverseMeanMaxCos', 'threshold']);
+  });
+
+  it('prints the same object with and without --json', () => {
+    const plain = sae('eval', '--checkpoint', ckpt, '--data', data);
+    expect(plain.code).toBe(0);
+    expect(JSON.parse(plain.stdout)).toEqual(evalJson());
+  });
+
+  it('fits its Zipf curves to the densities it exports', async () => {
+    const out = path.join(root, 'fit.csv');
+    const j = evalJson('--features-out', out);
+    const density = parseCsv(await fs.readFile(out, 'utf8')).map((r) => Number(r.density));
+    expect(j.zipfFit.all).toEqual(fitZipf(density));
+    expect(j.zipfFit.ranks100to20000).toEqual(fitZipf(density, 100, 20000));
+  });
+});
+
+describe('sae eval --features-out', () => {
+  it('writes a CSV with one row per feature and the documented columns', async () => {
+    const out = path.join(root, 'features.csv');
+    const j = evalJson('--features-out', out);
+    expect(j.featuresOut).toBe(out);
+    const text = await fs.readFile(out, 'utf8');
+    expect(text.split('\n')[0]).toBe(FEATURE_COLUMNS.join(','));
+    const rows = parseCsv(text);
+    expect(rows).toHaveLength(F);
+    expect(rows.map((r) => Number(r.feature))).toEqual(Array.from({ length: F }, (_, i) => i));
+    expect(rows.map((r) => Number(r.rank)).sort((a, b) => a - b)).toEqual(Array.from({ length: F }, (_, i) => i + 1));
+    const never = rows.filter((r) => r.never_fired === 'true');
+    expect(never.length / F).toBe(j.neverFiredFraction);
+    // a never-fired feature has no activation statistics; a fired one has mean ≤ max
+    for (const r of never) expect([r.mean_activation, r.max_activation, r.density]).toEqual(['', '', '0']);
+    for (const r of rows.filter((x) => x.never_fired === 'false')) expect(Number(r.mean_activation)).toBeLessThanOrEqual(Number(r.max_activation));
+    // training renormalises decoder rows to unit norm
+    for (const r of rows) expect(Number(r.decoder_norm)).toBeCloseTo(1, 5);
+  });
+
+  it('writes Parquet with one row per feature that hyparquet and DuckDB read', async () => {
+    const out = path.join(root, 'features.parquet');
+    evalJson('--features-out', out);
+    const bytes = await fs.readFile(out);
+    const rows = await parquetReadObjects({ file: bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.length) as ArrayBuffer });
+    expect(rows).toHaveLength(F);
+    expect(Object.keys(rows[0])).toEqual([...FEATURE_COLUMNS]);
+    const db = await (await DuckDBInstance.create(':memory:')).connect();
+    const cols = (await db.runAndReadAll(`DESCRIBE SELECT * FROM read_parquet('${out}')`)).getRows().map((r) => [r[0], r[1]]);
+    expect(cols).toEqual([
+      ['feature', 'INTEGER'],
+      ['rank', 'INTEGER'],
+      ['density', 'DOUBLE'],
+      ['mean_activation', 'DOUBLE'],
+      ['max_activation', 'DOUBLE'],
+      ['decoder_norm', 'DOUBLE'],
+      ['dying', 'BOOLEAN'],
+      ['never_fired', 'BOOLEAN'],
+    ]);
+    const [[n]] = (await db.runAndReadAll(`SELECT count(*) FROM read_parquet('${out}')`)).getRows();
+    expect(Number(n)).toBe(F);
+  });
+
+  it('reports the dying fraction of Definition 3.1 over the exported densities', async () => {
+    const out = path.join(root, 'dying.parquet');
+    const j = evalJson('--features-out', out);
+    const bytes = await fs.readFile(out);
+    const rows = (await parquetReadObjects({ file: bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.length) as ArrayBuffer })) as { density: number; dying: boolean }[];
+    const { mask, count } = dyingFeatures(rows.map((r) => r.density), j.dyingZipf.alpha, j.dyingZipf.beta);
+    expect(j.dyingFraction).toBe(count / F);
+    expect(rows.map((r) => r.dying)).toEqual(Array.from(mask, (v) => v === 1));
+  });
+});
+
+describe('sae eval: bad input gets one line and a non-zero exit', () => {
+  it('--features-out in a folder that does not exist, before evaluating', async () => {
+    expectUserError(sae('eval', '--checkpoint', ckpt, '--data', data, '--features-out', path.join(root, 'nope', 'f.csv')), /--features-out .*nope.*does not exist/);
+    await expect(fs.stat(path.join(root, 'nope'))).rejects.toThrow();
+  });
+
+  it('--features-out with a name that is neither .parquet nor .csv', () =>
+    expectUserError(sae('eval', '--checkpoint', ckpt, '--data', data, '--features-out', path.join(root, 'f.txt')), /must end in \.parquet or \.csv/));
+
+  it('an empty eval set', async () => {
+    const empty = path.join(root, 'empty');
+    await fs.mkdir(empty);
+    expectUserError(sae('eval', '--checkpoint', ckpt, '--data', empty), /no activations/);
+  });
+
+  it('shards whose d does not match the SAE', () => {
+    const other = path.join(root, 'd8');
+    expect(sae('synth', '--out', other, '--d', '8', '--features', '16', '--k', '2', '--rows', '256', '--seed', '1').code).toBe(0);
+    expectUserError(sae('eval', '--checkpoint', ckpt, '--data', other), /shards have d=8 but the run expects d=16/);
+  });
+});
