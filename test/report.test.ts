@@ -54,6 +54,9 @@ describe('Zipf fit', () => {
     expect(f.beta).toBeLessThan(14);
     expect(f.r2).toBeGreaterThan(0.999);
     expect(zipfAt(f, 100) / dens[99]).toBeCloseTo(1, 1);
+    const mid = fitZipf(dens, { rankFrom: 100, rankTo: 20_000 })!;
+    expect([mid.rankFrom, mid.rankTo, mid.n]).toEqual([100, 2000, 1901]);
+    expect(mid.alpha).toBeCloseTo(1.2, 1);
   });
 
   it('leaves out zero densities and needs 3 points', () => {
@@ -77,6 +80,7 @@ describe('sae report', () => {
       expect(r.metrics.length).toBe(12);
       expect(r.featuresPerToken!.reduce((a, b) => a + b, 0)).toBeCloseTo(1, 9);
       expect(r.fit).not.toBeNull();
+      expect(r.fitMid).toBeNull(); // ranks 100..20,000 need a wider run
     }
     const out = path.join(root, 'report');
     const res = await writeReport(loaded, out);

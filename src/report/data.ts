@@ -43,8 +43,9 @@ export interface RunData {
   /** per-feature density, densest first (rank 1 first), and where it came from */
   density: number[] | null;
   densitySource: string;
-  /** Zipf fit over all features with density > 0 */
+  /** Zipf fit over all features with density > 0, and over ranks 100..20,000 (SPEC §9) when the run is that wide */
   fit: ZipfFit | null;
+  fitMid: ZipfFit | null;
   /** featuresPerToken[n] = fraction of tokens with n active features (last bin: ≥ n) */
   featuresPerToken: number[] | null;
   featuresPerTokenSource: string;
@@ -164,6 +165,7 @@ export async function loadRun(dir: string, opts: LoadOptions = {}): Promise<RunD
     density: null,
     densitySource: '',
     fit: null,
+    fitMid: null,
     featuresPerToken: null,
     featuresPerTokenSource: '',
     lossRecovered: null,
@@ -208,7 +210,10 @@ export async function loadRun(dir: string, opts: LoadOptions = {}): Promise<RunD
     }
   }
 
-  if (run.density) run.fit = fitZipf(run.density);
+  if (run.density) {
+    run.fit = fitZipf(run.density);
+    if (run.density.length > 100) run.fitMid = fitZipf(run.density, { rankFrom: 100, rankTo: 20_000 });
+  }
 
   // loss recovered: splice.json from the splice evaluation, else the last metrics line that has it
   const splice = await readJsonIfPresent(path.join(dir, 'splice.json'), label);

@@ -52,13 +52,17 @@ export function densityRankFigure(runs: RunData[], maxPoints = 400): Figure | nu
   if (!pts.length) return null;
   const fits = runs
     .filter((r) => r.fit)
-    .map((r) => `${r.name}: α=${r.fit!.alpha.toFixed(3)}, β=${r.fit!.beta.toPrecision(3)}, R²=${r.fit!.r2.toFixed(3)}`)
+    .map((r) => {
+      const one = (f: NonNullable<RunData['fit']>) => `α=${f.alpha.toFixed(3)}, β=${f.beta.toPrecision(3)}, R²=${f.r2.toFixed(3)}`;
+      return `${r.name}: ${one(r.fit!)}${r.fitMid ? ` (ranks ${r.fitMid.rankFrom}..${r.fitMid.rankTo}: ${one(r.fitMid)})` : ''}`;
+    })
     .join('; ');
+  const sources = [...new Set(runs.filter((r) => r.density).map((r) => r.densitySource))].join('; ');
   const x = { field: 'rank', type: 'quantitative', scale: { type: 'log' }, title: 'feature rank (densest first)' };
   return {
     id: 'density-rank',
     title: 'Feature density against rank (figure 3)',
-    caption: `Points: each feature's firing density, sorted, log-log (features that never fired are left out). Dashed: the Zipf fit log density = c − α·log(rank + β). ${fits}`,
+    caption: `Points: each feature's firing density (${sources}), sorted, log-log (features that never fired are left out; at most ${maxPoints} log-spaced ranks per run). Dashed: the Zipf fit log density = c − α·log(rank + β). ${fits}`,
     points: pts.length,
     spec: {
       $schema: SCHEMA,
