@@ -1,0 +1,251 @@
+/**
+ * Run directories → the plain data every report figure is built from. Nothing here draws.
+ */
+import { promises as fs } from 'node:fs';
+import * as path from 'node:path';
+import { UserError } from '../util/errors.js';
+import { FeatureStats, type FeatureStatsState } from '../sae/density.js';
+import { loadCheckpoint } from '../sae/checkpoint.js';
+import { selectionForCheckpoint } from '../sae/inference.js';
+import { openShards, checkCompatible } from '../store/reader.js';
+import { evaluateSae } from '../eval/evaluate.js';
+import type { KernelFactory } from '../kernels/types.js';
+import { fitZipf, type ZipfFit } from './fit.js';
+
+/** One logged training step (a subset of a metrics.jsonl line). */
+export interface MetricPoint {
+  step: number;
+  total?: number;
+  recon?: number;
+  fvu?: number;
+  l0?: number;
+  deadFraction?: number;
+  dyingFraction?: number;
+  lr?: number;
+}
+
+export interface RunData {
+  /** label in legends: the run directory's name (made unique) */
+  name: string;
+  dir: string;
+  activations: string[];
+  d: number;
+  width: number;
+  steps: number;
+  /** training's dead fraction: no firing in the last deadWindow training tokens */
+  deadFraction: number;
+  deadWindow: number;
+  /** L0 and FVU for the Pareto view, and where they were measured */
+  l0: number | null;
+  fvu: number | null;
+  measuredOn: string;
+  metrics: MetricPoint[];
+  /** per-feature density, densest first (rank 1 first), and where it came from */
+  density: number[] | null;
+  densitySource: string;
+  /** Zipf fit over all features with density > 0, and over ranks 100..20,000 (SPEC §9) when the run is that wide */
+  fit: ZipfFit | null;
+  fitMid: ZipfFit | null;
+  /** featuresPerToken[n] = fraction of tokens with n active features (last bin: ≥ n) */
+  featuresPerToken: number[] | null;
+  featuresPerTokenSource: string;
+  /** fraction of the LM loss recovered when the SAE is spliced in, when known */
+  lossRecovered: number | null;
+}
+
+export interface LoadOptions {
+  /** activation shards to evaluate each run's final weights on (features per token, L0, FVU) */
+  data?: string;
+  maxRows?: number;
+  allowNoManifest?: boolean;
+  kernels?: KernelFactory;
+}
+
+const METRIC_KEYS = ['total', 'recon', 'fvu', 'l0', 'deadFraction', 'dyingFraction', 'lr'] as const;
+
+async function readText(file: string): Promise<string | null> {
+  return fs.readFile(file, 'utf8').catch((e: NodeJS.ErrnoException) => {
+    if (e.code === 'ENOENT' || e.code === 'ENOTDIR') return null;
+    throw e;
+  });
+}
+
+async function readJsonIfPresent(file: string, label: string): Promise<Record<string, unknown> | null> {
+  const text = await readText(file);
+  if (text === null) return null;
+  try {
+    const v = JSON.parse(text) as unknown;
+    if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new Error('not an object');
+    return v as Record<string, unknown>;
+  } catch {
+    throw new UserError(`${label}: ${file} is not a JSON object`);
+  }
+}
+
+const num = (v: unknown): number | null => (typeof v === 'number' && Number.isFinite(v) ? v : null);
+
+/** metrics.jsonl → points; an unparsable line (e.g. one being written) is skipped. */
+export function parseMetrics(text: string): MetricPoint[] {
+  const out: MetricPoint[] = [];
+  for (const line of text.split('\n')) {
+    if (!line.trim()) continue;
+    let o: Record<string, unknown>;
+    try {
+      o = JSON.parse(line) as Record<string, unknown>;
+    } catch {
+      continue;
+    }
+    const step = num(o?.step);
+    if (step === null) continue;
+    const p: MetricPoint = { step };
+    for (const k of METRIC_KEYS) {
+      const v = num(o[k]);
+      if (v !== null) p[k] = v;
+    }
+    out.push(p);
+  }
+  return out;
+}
+
+/** Newest training checkpoint of a run: final/ when present, else checkpoint/. */
+async function checkpointDir(dir: string): Promise<string | null> {
+  for (const sub of ['final', 'checkpoint']) {
+    const p = path.join(dir, sub);
+    if (await fs.stat(path.join(p, 'cfg.json')).catch(() => null)) return p;
+  }
+  return null;
+}
+
+/** Densities from a checkpoint's training statistics (state.json), densest first. */
+async function trainingDensity(ckDir: string): Promise<number[] | null> {
+  const state = await readJsonIfPresent(path.join(ckDir, 'state.json'), `checkpoint ${ckDir}`);
+  if (!state?.stats) return null;
+  const stats = FeatureStats.fromState(state.stats as FeatureStatsState);
+  if (stats.updates === 0) return null;
+  return Array.from(stats.density).sort((a, b) => b - a);
+}
+
+function histogramToFractions(h: unknown): number[] | null {
+  if (!Array.isArray(h) || !h.length || !h.every((v) => typeof v === 'number' && v >= 0)) return null;
+  const total = (h as number[]).reduce((a, b) => a + b, 0);
+  if (!(total > 0)) return null;
+  return (h as number[]).map((v) => v / total);
+}
+
+export async function loadRun(dir: string, opts: LoadOptions = {}): Promise<RunData> {
+  const label = `run ${dir}`;
+  const st = await fs.stat(dir).catch(() => null);
+  if (!st) throw new UserError(`${label}: no such directory`);
+  if (!st.isDirectory()) throw new UserError(`${label}: not a directory`);
+  const metricsText = await readText(path.join(dir, 'metrics.jsonl'));
+  const summary = await readJsonIfPresent(path.join(dir, 'summary.json'), label);
+  if (metricsText === null || summary === null) {
+    const missing = [metricsText === null ? 'metrics.jsonl' : null, summary === null ? 'summary.json' : null].filter(Boolean).join(' and ');
+    throw new UserError(`${label} is not a finished training run: it has no ${missing}`);
+  }
+  const metrics = parseMetrics(metricsText);
+  const width = num(summary.width);
+  const d = num(summary.d);
+  if (width === null || d === null) throw new UserError(`${label}: summary.json lacks d/width`);
+  const last = (summary.last ?? {}) as Record<string, unknown>;
+
+  const run: RunData = {
+    name: path.basename(path.resolve(dir)),
+    dir,
+    activations: Array.isArray(summary.activations) ? (summary.activations as unknown[]).map(String) : [],
+    d,
+    width,
+    steps: num(summary.steps) ?? 0,
+    deadFraction: num(summary.deadFraction) ?? NaN,
+    deadWindow: num(summary.deadWindow) ?? NaN,
+    l0: num(last.l0),
+    fvu: num(last.fvu),
+    measuredOn: 'the last logged training batch',
+    metrics,
+    density: null,
+    densitySource: '',
+    fit: null,
+    fitMid: null,
+    featuresPerToken: null,
+    featuresPerTokenSource: '',
+    lossRecovered: null,
+  };
+
+  const ckDir = await checkpointDir(dir);
+  if (ckDir) {
+    run.density = await trainingDensity(ckDir);
+    if (run.density) run.densitySource = `training density statistics (EMA) in ${path.basename(ckDir)}/`;
+  }
+
+  // a saved `sae eval` output next to the run
+  const saved = await readJsonIfPresent(path.join(dir, 'eval.json'), label);
+  if (saved) {
+    const f = histogramToFractions(saved.l0Histogram);
+    if (f) {
+      run.featuresPerToken = f;
+      run.featuresPerTokenSource = `eval.json (${num(saved.rows) ?? '?'} rows)`;
+    }
+    if (num(saved.l0) !== null && num(saved.fvu) !== null) {
+      run.l0 = num(saved.l0);
+      run.fvu = num(saved.fvu);
+      run.measuredOn = `eval.json (${num(saved.rows) ?? '?'} rows)`;
+    }
+  }
+
+  if (opts.data) {
+    if (!ckDir) throw new UserError(`${label}: no checkpoint to evaluate (neither final/ nor checkpoint/)`);
+    const ck = await loadCheckpoint(ckDir, { withState: 'if-present' });
+    const set = await openShards(opts.data, { allowNoManifest: opts.allowNoManifest });
+    checkCompatible(set.meta, { d: ck.cfg.d_in });
+    const batchSize = (ck.cfg.sae_train?.config?.batchSize as number | undefined) ?? 1536;
+    const res = await evaluateSae(ck.params, set, selectionForCheckpoint(ck), { batchSize, maxRows: opts.maxRows, kernels: opts.kernels });
+    run.featuresPerToken = histogramToFractions(res.l0Histogram);
+    run.featuresPerTokenSource = `${res.rows} rows of ${opts.data}`;
+    run.l0 = res.l0;
+    run.fvu = res.fvu;
+    run.measuredOn = `${res.rows} rows of ${opts.data}`;
+    if (!run.density) {
+      run.density = Array.from(res.density).sort((a, b) => b - a);
+      run.densitySource = `firing frequency on ${res.rows} rows of ${opts.data}`;
+    }
+  }
+
+  if (run.density) {
+    run.fit = fitZipf(run.density);
+    if (run.density.length > 100) run.fitMid = fitZipf(run.density, { rankFrom: 100, rankTo: 20_000 });
+  }
+
+  // loss recovered: splice.json from the splice evaluation, else the last metrics line that has it
+  const splice = await readJsonIfPresent(path.join(dir, 'splice.json'), label);
+  run.lossRecovered = num(splice?.lossRecovered);
+  if (run.lossRecovered === null) {
+    for (const line of metricsText.split('\n').reverse()) {
+      if (!line.includes('lossRecovered')) continue;
+      try {
+        const v = num((JSON.parse(line) as Record<string, unknown>).lossRecovered);
+        if (v !== null) {
+          run.lossRecovered = v;
+          break;
+        }
+      } catch {
+        /* a partial line */
+      }
+    }
+  }
+  return run;
+}
+
+/** Load several runs; names made unique (a/final and b/final both named "final" → "final", "final#2"). */
+export async function loadRuns(dirs: string[], opts: LoadOptions = {}): Promise<RunData[]> {
+  if (!dirs.length) throw new UserError('give at least one run directory');
+  const runs: RunData[] = [];
+  const seen = new Map<string, number>();
+  for (const dir of dirs) {
+    const r = await loadRun(dir, opts);
+    const n = (seen.get(r.name) ?? 0) + 1;
+    seen.set(r.name, n);
+    if (n > 1) r.name = `${r.name}#${n}`;
+    runs.push(r);
+  }
+  return runs;
+}

@@ -1,0 +1,181 @@
+import { promises as fs, existsSync } from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { pathToFileURL } from 'node:url';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { writeSynth } from '../src/synth/synth.js';
+import { train } from '../src/sae/train.js';
+import { fitZipf, zipfAt } from '../src/report/fit.js';
+import { loadRuns, parseMetrics } from '../src/report/data.js';
+import { buildFigures } from '../src/report/figures.js';
+import { writeReport } from '../src/report/render.js';
+import { UserError } from '../src/util/errors.js';
+
+const run = promisify(execFile);
+const CHROMIUM = '/usr/bin/chromium';
+const BIN = path.resolve('bin/run.js');
+
+let root: string;
+let data: string;
+const runs: string[] = [];
+const short = { k: 3, batchSize: 128, steps: 60, logEvery: 5, checkpointEvery: 100_000, lr: 3e-3 };
+
+beforeAll(async () => {
+  root = await fs.mkdtemp(path.join(os.tmpdir(), 'sae-report-'));
+  data = path.join(root, 'synth');
+  await writeSynth({ out: data, d: 16, fTrue: 32, kTrue: 3, rows: 8192, seed: 1 });
+  for (const [name, activation, width] of [['mc-64', 'mutual', 64], ['fc-64', 'feature', 64], ['topk-32', 'topk', 32]] as const) {
+    const out = path.join(root, name);
+    await train({ data, out, config: { ...short, activation, width } });
+    runs.push(out);
+  }
+}, 60_000);
+
+afterAll(async () => {
+  await fs.rm(root, { recursive: true, force: true });
+});
+
+/** Data marks Vega drew as points / lines in one SVG. */
+function marks(svg: string): { points: number; lines: number } {
+  return {
+    points: (svg.match(/aria-roledescription="point"/g) ?? []).length,
+    lines: (svg.match(/aria-roledescription="line mark"/g) ?? []).length,
+  };
+}
+
+describe('Zipf fit', () => {
+  it('recovers α and β of an exact Zipf curve', () => {
+    const dens = Array.from({ length: 2000 }, (_, i) => 0.3 * Math.pow(i + 1 + 10, -1.2));
+    const f = fitZipf(dens)!;
+    expect(f.alpha).toBeCloseTo(1.2, 1);
+    expect(f.beta).toBeGreaterThan(7);
+    expect(f.beta).toBeLessThan(14);
+    expect(f.r2).toBeGreaterThan(0.999);
+    expect(zipfAt(f, 100) / dens[99]).toBeCloseTo(1, 1);
+    const mid = fitZipf(dens, { rankFrom: 100, rankTo: 20_000 })!;
+    expect([mid.rankFrom, mid.rankTo, mid.n]).toEqual([100, 2000, 1901]);
+    expect(mid.alpha).toBeCloseTo(1.2, 1);
+  });
+
+  it('leaves out zero densities and needs 3 points', () => {
+    expect(fitZipf([0.5, 0.1, 0, 0])).toBeNull();
+    expect(fitZipf([0.5, 0.2, 0.1, 0])!.n).toBe(3);
+  });
+});
+
+describe('metrics.jsonl', () => {
+  it('skips a partial last line', () => {
+    expect(parseMetrics('{"step":5,"fvu":0.5}\n{"step":10,"fv').map((p) => p.step)).toEqual([5]);
+  });
+});
+
+describe('sae report', () => {
+  it('writes an SVG per figure and a self-contained report.html whose marks match the data', async () => {
+    const loaded = await loadRuns(runs, { data, maxRows: 2048 });
+    expect(loaded.map((r) => r.name)).toEqual(['mc-64', 'fc-64', 'topk-32']);
+    for (const r of loaded) {
+      expect(r.density!.length).toBe(r.width);
+      expect(r.metrics.length).toBe(12);
+      expect(r.featuresPerToken!.reduce((a, b) => a + b, 0)).toBeCloseTo(1, 9);
+      expect(r.fit).not.toBeNull();
+      expect(r.fitMid).toBeNull(); // ranks 100..20,000 need a wider run
+    }
+    const out = path.join(root, 'report');
+    const res = await writeReport(loaded, out);
+    const ids = ['density-rank', 'features-per-token', 'training-curves', 'l0-fvu', 'dead-width'];
+    expect(res.figures.map((f) => f.id)).toEqual(ids);
+    // no run has a loss-recovered measurement: that chart is left out, with a note
+    expect(res.notes.some((n) => n.startsWith('L0 against loss recovered'))).toBe(true);
+    expect(res.files).toEqual([...ids.map((id) => path.join(out, `${id}.svg`)), path.join(out, 'report.html')]);
+
+    const expected: Record<string, { points: number; lines: number }> = {
+      'density-rank': { points: loaded.reduce((s, r) => s + r.density!.filter((v) => v > 0).length, 0), lines: 3 },
+      'features-per-token': { points: loaded.reduce((s, r) => s + r.featuresPerToken!.length, 0), lines: 3 },
+      // 4 panels × 3 runs × 12 logged steps (every value positive here)
+      'training-curves': { points: 4 * 3 * 12, lines: 4 * 3 },
+      'l0-fvu': { points: 3, lines: 0 },
+      'dead-width': { points: 3, lines: 0 },
+    };
+    for (const f of res.figures) expect(f.points).toBe(expected[f.id].points);
+    for (const id of ids) {
+      const svg = await fs.readFile(path.join(out, `${id}.svg`), 'utf8');
+      expect(svg.startsWith('<svg')).toBe(true);
+      expect(marks(svg), id).toEqual(expected[id]);
+    }
+
+    const html = await fs.readFile(path.join(out, 'report.html'), 'utf8');
+    // self-contained: no external resources, no executable scripts
+    expect(html).not.toMatch(/<script(?![^>]*application\/json)/);
+    expect(html).not.toMatch(/(src|href)="https?:/);
+    const json = JSON.parse(html.match(/<script type="application\/json" id="report-data">([\s\S]*?)<\/script>/)![1]);
+    expect(json.figures.map((f: { id: string }) => f.id)).toEqual(ids);
+
+    if (!existsSync(CHROMIUM)) {
+      console.warn(`report.test: ${CHROMIUM} is absent; the headless-browser check is skipped (.ci/run installs chromium)`);
+      return;
+    }
+    const profile = await fs.mkdtemp(path.join(os.tmpdir(), 'sae-chromium-'));
+    try {
+      const { stdout } = await run(
+        CHROMIUM,
+        ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync', `--user-data-dir=${profile}`, '--dump-dom', pathToFileURL(path.join(out, 'report.html')).href],
+        { timeout: 60_000, maxBuffer: 64 << 20 },
+      );
+      for (const id of ids) {
+        const m = stdout.match(new RegExp(`<figure id="fig-${id}"[\\s\\S]*?</figure>`));
+        expect(m, `figure ${id} in the browser's DOM`).not.toBeNull();
+        expect(m![0]).toContain('<svg');
+        expect(marks(m![0]), id).toEqual(expected[id]);
+      }
+    } finally {
+      await fs.rm(profile, { recursive: true, force: true });
+    }
+  }, 90_000);
+
+  it('draws L0 against loss recovered when a run carries a splice.json', async () => {
+    const dir = path.join(root, 'with-splice');
+    await fs.cp(runs[0], dir, { recursive: true });
+    await fs.writeFile(path.join(dir, 'splice.json'), JSON.stringify({ lossRecovered: 0.87 }));
+    const loaded = await loadRuns([dir, runs[1]]);
+    expect(loaded[0].lossRecovered).toBe(0.87);
+    const { figures, notes } = buildFigures(loaded);
+    const f = figures.find((x) => x.id === 'l0-loss-recovered')!;
+    expect(f.points).toBe(1);
+    // without --data and eval.json: no features-per-token figure, and a note that says so
+    expect(figures.some((x) => x.id === 'features-per-token')).toBe(false);
+    expect(notes.some((n) => n.includes('--data'))).toBe(true);
+    const res = await writeReport(loaded, path.join(root, 'report-splice'));
+    const svg = await fs.readFile(path.join(root, 'report-splice', 'l0-loss-recovered.svg'), 'utf8');
+    expect(marks(svg).points).toBe(1);
+    expect(res.files).toContain(path.join(root, 'report-splice', 'l0-loss-recovered.svg'));
+  }, 30_000);
+
+  it('names a run directory that is not a training run, in one line', async () => {
+    const empty = path.join(root, 'empty');
+    await fs.mkdir(empty, { recursive: true });
+    await expect(loadRuns([runs[0], empty])).rejects.toThrow(UserError);
+    await expect(loadRuns([empty])).rejects.toThrow(`run ${empty} is not a finished training run: it has no metrics.jsonl and summary.json`);
+  });
+
+  it('CLI: --json lists the files; bad runs and an --out that is a file fail with one line', async () => {
+    const out = path.join(root, 'cli-report');
+    const { stdout } = await run(process.execPath, [BIN, 'report', runs[0], runs[2], '--out', out, '--json']);
+    const res = JSON.parse(stdout);
+    expect(res.files).toContain(path.join(out, 'report.html'));
+    for (const f of res.files) expect(existsSync(f)).toBe(true);
+
+    const empty = path.join(root, 'not-a-run');
+    await fs.mkdir(empty, { recursive: true });
+    const bad = await run(process.execPath, [BIN, 'report', empty, '--out', out]).catch((e) => e);
+    expect(bad.code).not.toBe(0);
+    expect(bad.stderr.trim().split('\n')).toEqual([`sae: error: run ${empty} is not a finished training run: it has no metrics.jsonl and summary.json`]);
+
+    const file = path.join(root, 'a-file');
+    await fs.writeFile(file, 'x');
+    const bad2 = await run(process.execPath, [BIN, 'report', runs[0], '--out', file]).catch((e) => e);
+    expect(bad2.code).not.toBe(0);
+    expect(bad2.stderr.trim().split('\n')).toEqual([`sae: error: --out ${file} is an existing file, not a directory; choose another --out`]);
+  }, 60_000);
+});
