@@ -147,6 +147,16 @@ describe('sae splice-eval from the command line', () => {
     expect(Number.isFinite(out.spliced[0].lossRecovered)).toBe(true);
   });
 
+  it('saves its result with --out, which sae report turns into the L0 / loss-recovered figure', () => {
+    const run = path.join(root, 'mc');
+    const r = spawnSync(process.execPath, [bin, 'splice-eval', '--checkpoint', run, '--model', GPT2, '--max-tokens', '300', '--out', path.join(run, 'splice.json'), '--quiet'], { encoding: 'utf8' });
+    expect(r.status, r.stderr).toBe(0);
+    const rep = spawnSync(process.execPath, [bin, 'report', run, '--out', path.join(root, 'report'), '--json'], { encoding: 'utf8' });
+    expect(rep.status, rep.stderr).toBe(0);
+    const figs = JSON.parse(rep.stdout).figures as Array<{ id: string; points: number }>;
+    expect(figs.find((f) => f.id === 'l0-loss-recovered')?.points).toBe(1);
+  });
+
   it('refuses an SAE whose d_in does not match the model, in one line', async () => {
     expect(run('synth', '--out', path.join(root, 'syn'), '--d', '16', '--features', '32', '--rows', '2048').status).toBe(0);
     expect(run('train', '--data', path.join(root, 'syn'), '--out', path.join(root, 'small'), '--width', '32', '--k', '2', '--batch-size', '128', '--steps', '3', '--quiet').status).toBe(0);

@@ -1,4 +1,7 @@
+import { promises as fs } from 'node:fs';
+import * as path from 'node:path';
 import { Args, Flags } from '@oclif/core';
+import { writeFileAtomic } from '../util/atomic.js';
 import { SaeCommand } from '../util/command.js';
 import { UserError } from '../util/errors.js';
 import { Progress } from '../util/progress.js';
@@ -48,6 +51,7 @@ export default class SpliceEval extends SaeCommand {
     'mean-ablation': Flags.boolean({ description: 'also report the loss with the hook mean-ablated' }),
     'text-field': Flags.string({ description: 'JSONL field / Parquet column holding the text (default text)' }),
     json: Flags.boolean({ description: 'print the result as JSON on stdout' }),
+    out: Flags.string({ description: 'also write the JSON result to this file (e.g. RUN/splice.json, which sae report reads)' }),
     quiet: Flags.boolean({ description: 'no progress on stderr' }),
     kernels: sharedFlags.kernels,
   };
@@ -56,6 +60,11 @@ export default class SpliceEval extends SaeCommand {
     const { argv, flags } = await this.parse(SpliceEval);
     if (flags['max-tokens'] < 1) throw new UserError('--max-tokens must be ≥ 1');
     if (flags.batch < 1) throw new UserError('--batch must be ≥ 1');
+    if (flags.out) {
+      const st = await fs.stat(path.dirname(path.resolve(flags.out))).catch(() => null);
+      if (!st?.isDirectory()) throw new UserError(`--out ${flags.out}: its folder does not exist`);
+      if ((await fs.stat(flags.out).catch(() => null))?.isDirectory()) throw new UserError(`--out ${flags.out} is a directory; give a file name`);
+    }
     const inputs = argv as string[];
     const spec: CorpusSpec = inputs.length ? { inputs, textField: flags['text-field'] } : { brown: 'heldout' };
     const corpus = await openCorpus(spec);
@@ -93,6 +102,7 @@ export default class SpliceEval extends SaeCommand {
       ...r,
       gap: r.spliced.length > 1 ? { lossRecovered: r.spliced[1].lossRecovered - r.spliced[0].lossRecovered, loss: r.spliced[1].loss - r.spliced[0].loss } : undefined,
     };
+    if (flags.out) await writeFileAtomic(flags.out, JSON.stringify(out, null, 2) + '\n');
     for (const s of r.spliced) {
       this.info(
         `${s.label}: loss recovered ${s.lossRecovered.toFixed(2)}% (clean ${r.cleanLoss.toFixed(4)}, spliced ${s.loss.toFixed(4)}, zero ${r.zeroLoss.toFixed(4)}), ` +

@@ -217,7 +217,9 @@ export async function loadRun(dir: string, opts: LoadOptions = {}): Promise<RunD
 
   // loss recovered: splice.json from the splice evaluation, else the last metrics line that has it
   const splice = await readJsonIfPresent(path.join(dir, 'splice.json'), label);
-  run.lossRecovered = num(splice?.lossRecovered);
+  // `sae splice-eval --out RUN/splice.json` (schema sae-splice/1: the batch selection is spliced[0])
+  const spliced = Array.isArray(splice?.spliced) ? (splice.spliced as Array<Record<string, unknown>>) : [];
+  run.lossRecovered = num(splice?.lossRecovered) ?? num(spliced[0]?.lossRecovered);
   if (run.lossRecovered === null) {
     for (const line of metricsText.split('\n').reverse()) {
       if (!line.includes('lossRecovered')) continue;
