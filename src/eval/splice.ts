@@ -98,10 +98,12 @@ export async function spliceEval<P>(opts: SpliceOptions<P>): Promise<SpliceResul
     norm: new Float32Array(N),
     xhat: new Float32Array(maxSaeB * d),
     zero: new Float32Array(N * d),
-    // allocated once: LOGIT_ROWS rows of logits and of the clean run's log-probabilities
+    // allocated once: LOGIT_ROWS rows of logits and of the clean run's probabilities
     logits: new Float32Array(LOGIT_ROWS * V),
-    lpClean: new Float32Array(LOGIT_ROWS * V),
     pClean: new Float32Array(LOGIT_ROWS * V),
+    negH: new Float64Array(LOGIT_ROWS),
+    ce: new Float32Array(LOGIT_ROWS),
+    targets: new Int32Array(LOGIT_ROWS),
   };
   const sums = { clean: 0, zero: 0, zeroKl: 0, mean: 0, meanKl: 0, spliced: opts.saes.map(() => ({ loss: 0, kl: 0 })) };
   let counted = 0;
@@ -176,40 +178,46 @@ export async function spliceEval<P>(opts: SpliceOptions<P>): Promise<SpliceResul
       for (let i = 0; i < n; i++) for (let j = 0; j < d; j++) xm[i * d + j] = m ? mean[j] / m : 0;
       meanRun = runWith(B, xm).slice();
     }
-    // losses and KL, 64 rows of logits at a time
-    const addRows = (normed: Float32Array, from: number, rows: number, onRow: (i: number, logits: Float32Array) => void) => {
-      const L = buf.logits.subarray(0, rows * V);
-      model.kernels.linear(normed.subarray(from * d, (from + rows) * d), rows, d, model.weights.unembed, V, 'out_in', null, L);
-      for (let r = 0; r < rows; r++) onRow(from + r, L.subarray(r * V, (r + 1) * V));
-    };
     for (let from = 0; from < n; from += LOGIT_ROWS) {
       const rows = Math.min(LOGIT_ROWS, n - from);
-      // clean: log-probabilities and probabilities of each counted row, kept for the KLs below
-      addRows(normClean, from, rows, (i, l) => {
-        if (!count[i]) return;
-        const r = i - from;
-        const lp = buf.lpClean.subarray(r * V, (r + 1) * V);
-        const lse = logSumExp(l);
+      const targets = buf.targets.subarray(0, rows);
+      for (let r = 0; r < rows; r++) targets[r] = count[from + r] ? ids[from + r + 1] : 0;
+      // logits of `rows` rows, and per row CE = lse − logit[target] from the kernel (so lse too)
+      const logitsOf = (normed: Float32Array) => {
+        const L = buf.logits.subarray(0, rows * V);
+        model.kernels.linear(normed.subarray(from * d, (from + rows) * d), rows, d, model.weights.unembed, V, 'out_in', null, L);
+        model.kernels.crossEntropy(L, rows, V, targets, buf.ce);
+        return L;
+      };
+      // clean: probabilities p and entropy term Σ p log p of each counted row, kept for the KLs
+      const Lc = logitsOf(normClean);
+      for (let r = 0; r < rows; r++) {
+        if (!count[from + r]) continue;
+        const lse = buf.ce[r] + Lc[r * V + targets[r]];
+        sums.clean += buf.ce[r];
         const p = buf.pClean.subarray(r * V, (r + 1) * V);
+        let h = 0;
         for (let j = 0; j < V; j++) {
-          lp[j] = l[j] - lse;
-          p[j] = Math.exp(lp[j]);
+          const lp = Lc[r * V + j] - lse;
+          const e = Math.exp(lp);
+          p[j] = e;
+          h += e * lp;
         }
-        sums.clean -= lp[ids[i + 1]];
-      });
-      const other = (normed: Float32Array, acc: { loss: number; kl: number }) =>
-        addRows(normed, from, rows, (i, l) => {
-          if (!count[i]) return;
-          const r = i - from;
-          const lse = logSumExp(l);
-          acc.loss -= l[ids[i + 1]] - lse;
-          // KL(clean ‖ run) = Σ p (log p − log q)
-          const lp = buf.lpClean.subarray(r * V, (r + 1) * V);
+        buf.negH[r] = h;
+      }
+      // another run: its CE, and KL(clean ‖ run) = Σ p log p − Σ p l_q + lse_q
+      const other = (normed: Float32Array, acc: { loss: number; kl: number }) => {
+        const Lq = logitsOf(normed);
+        for (let r = 0; r < rows; r++) {
+          if (!count[from + r]) continue;
+          acc.loss += buf.ce[r];
+          const lse = buf.ce[r] + Lq[r * V + targets[r]];
           const p = buf.pClean.subarray(r * V, (r + 1) * V);
-          let s = 0;
-          for (let j = 0; j < V; j++) s += p[j] * (lp[j] - (l[j] - lse));
-          acc.kl += s;
-        });
+          let dot = 0;
+          for (let j = 0; j < V; j++) dot += p[j] * Lq[r * V + j];
+          acc.kl += buf.negH[r] - dot + lse;
+        }
+      };
       runs.forEach((r, si) => other(r, sums.spliced[si]));
       const z = { loss: 0, kl: 0 };
       other(zero, z);
@@ -289,11 +297,4 @@ function reconstructRows(
   }
 }
 
-function logSumExp(l: Float32Array): number {
-  let max = -Infinity;
-  for (let j = 0; j < l.length; j++) if (l[j] > max) max = l[j];
-  let s = 0;
-  for (let j = 0; j < l.length; j++) s += Math.exp(l[j] - max);
-  return max + Math.log(s);
-}
 
