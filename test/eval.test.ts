@@ -171,3 +171,24 @@ describe('sae eval: bad input gets one line and a non-zero exit', () => {
     expectUserError(sae('eval', '--checkpoint', ckpt, '--data', other), /shards have d=8 but the run expects d=16/);
   });
 });
+
+describe('sae eval refuses shards from another model', () => {
+  it('names both models in one line', async () => {
+    const { spawnSync } = await import('node:child_process');
+    const os = await import('node:os');
+    const { promises: fsp } = await import('node:fs');
+    const pathm = await import('node:path');
+    const bin = pathm.resolve(__dirname, '..', 'bin', 'run.js');
+    const fx = pathm.resolve(__dirname, '..', 'fixtures', 'hf-tiny');
+    const root = await fsp.mkdtemp(pathm.join(os.tmpdir(), 'sae-eval-model-'));
+    const run = (...a: string[]) => spawnSync(process.execPath, [bin, ...a], { encoding: 'utf8' });
+    expect(run('harvest', '--model', pathm.join(fx, 'gpt2'), '--hook', 'blocks.1.hook_resid_pre', '--out', pathm.join(root, 'a'), '--max-tokens', '1500', '--quiet').status).toBe(0);
+    expect(run('harvest', '--model', pathm.join(fx, 'gpt-neox'), '--hook', 'blocks.1.hook_resid_pre', '--out', pathm.join(root, 'b'), '--max-tokens', '1500', '--quiet').status).toBe(0);
+    expect(run('train', '--data', pathm.join(root, 'a'), '--out', pathm.join(root, 'sae'), '--width', '128', '--k', '4', '--batch-size', '128', '--steps', '3', '--quiet').status).toBe(0);
+    const r = run('eval', '--checkpoint', pathm.join(root, 'sae'), '--data', pathm.join(root, 'b'));
+    expect(r.status).not.toBe(0);
+    expect(r.stderr.trim().split('\n')).toHaveLength(1);
+    expect(r.stderr).toMatch(/shards come from model .*gpt-neox but the SAE was trained on .*gpt2/);
+    await fsp.rm(root, { recursive: true, force: true });
+  });
+});

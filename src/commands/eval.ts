@@ -41,7 +41,7 @@ export default class Eval extends SaeCommand {
     // the state holds the density ranking that Feature Choice capacities follow
     const ck = await loadCheckpoint(await findCheckpoint(flags.checkpoint), { withState: 'if-present' });
     const set = await openShards(flags.data, { allowNoManifest: flags['allow-no-manifest'] });
-    checkCompatible(set.meta, { d: ck.cfg.d_in });
+    checkCompatible(set.meta, { d: ck.cfg.d_in, hook: ck.cfg.hook_name, model: ck.cfg.model_name });
     const threshold = Number(flags.threshold);
     if (!(threshold > -1 && threshold <= 1)) throw new UserError(`--threshold must be a cosine in (-1, 1], got "${flags.threshold}"`);
     const batchSize = flags['batch-size'] ?? (ck.cfg.sae_train?.config?.batchSize as number | undefined) ?? 1536;

@@ -56,7 +56,7 @@ export default class Export extends SaeCommand {
     if (ck.threshold) throw new UserError(`checkpoint ${ck.dir} is already a JumpReLU SAE`);
     await checkExportTarget(flags.out, ck.dir, flags.force);
     const set = await openShards(flags.data, { allowNoManifest: flags['allow-no-manifest'] });
-    checkCompatible(set.meta, { d: ck.cfg.d_in });
+    checkCompatible(set.meta, { d: ck.cfg.d_in, hook: ck.cfg.hook_name, model: ck.cfg.model_name });
     const batchSize = flags['batch-size'] ?? (ck.cfg.sae_train?.config?.batchSize as number | undefined) ?? 1536;
     if (batchSize < 1) throw new UserError('--batch-size must be ≥ 1');
     const cal = await calibrateThresholds(ck.params, set, selectionForCheckpoint(ck), {
