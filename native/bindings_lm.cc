@@ -172,6 +172,24 @@ static napi_value jsLmCrossEntropy(napi_env env, napi_callback_info info) {
   });
 }
 
+// lmKlDivergence(h, p, q, n, V, qBroadcast, out)
+static napi_value jsLmKlDivergence(napi_env env, napi_callback_info info) {
+  return guard(env, [&]() -> napi_value {
+    napi_value a[7];
+    args(env, info, 7, a);
+    LmInstance* in = lmInst(env, a[0]);
+    Arr<float> p = f32(env, a[1], "p"), q = f32(env, a[2], "q"), out = f32(env, a[6], "out");
+    const int n = dim(env, a[3], "n"), V = dim(env, a[4], "V");
+    const bool broadcast = flag(env, a[5]);
+    if (n > 0 && V < 1) failRange("klDivergence: V must be ≥ 1");
+    atLeast(p.len, (int64_t)n * V, "p");
+    atLeast(q.len, broadcast ? (int64_t)(n > 0 ? V : 0) : (int64_t)n * V, "q");
+    atLeast(out.len, n, "out");
+    in->klDivergence(p.data, q.data, n, V, broadcast, out.data);
+    return nullptr;
+  });
+}
+
 napi_status defineLmBindings(napi_env env, napi_value exports) {
   const napi_property_descriptor props[] = {
       {"lmCreate", nullptr, jsLmCreate, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
@@ -182,6 +200,7 @@ napi_status defineLmBindings(napi_env env, napi_value exports) {
       {"lmRotary", nullptr, jsLmRotary, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"lmAttention", nullptr, jsLmAttention, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"lmCrossEntropy", nullptr, jsLmCrossEntropy, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
+      {"lmKlDivergence", nullptr, jsLmKlDivergence, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
   };
   return napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
 }

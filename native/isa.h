@@ -149,6 +149,8 @@ struct LmOps {
   void (*rotary)(float* x, int r0, int r1, int T, int H, int hd, int half, const float* cs, const float* sn);
   void (*attention)(const AttnJob& job);
   void (*crossEntropy)(const float* logits, int r0, int r1, int V, const int32_t* targets, float* loss);
+  // rows [r0, r1): KL(softmax p_r ‖ softmax q_r); q row r at q + r·qStride (0: one row for all)
+  void (*klDivergence)(const float* p, const float* q, int r0, int r1, int V, int64_t qStride, float* out);
 };
 
 // The packed SGEMM (gemm_isa.h): packing, the MR×NR register-blocked micro-kernel and its drivers.

@@ -442,5 +442,61 @@ static void crossEntropy(const float* logits, int r0, int r1, int V_, const int3
   }
 }
 
+// KL(softmax(p) ‖ softmax(q)) per row = Σ_j P_j·(p_j − q_j) − lse(p) + lse(q), taken on centred
+// logits (p_j − max p) − (q_j − max q) so that the expectation adds values of a few units, not of
+// the logits' size, and the small KL is not lost to cancellation. qStride 0: one q row for all.
+static double rowLse(const float* x, int V_, float* maxOut) {
+  V m0 = vset1(-kInf), m1 = m0;
+  int i = 0;
+  for (; i + 2 * VL <= V_; i += 2 * VL) {
+    m0 = vmax(m0, vloadu(x + i));
+    m1 = vmax(m1, vloadu(x + i + VL));
+  }
+  float m = hmax(vmax(m0, m1));
+  for (; i < V_; i++) m = x[i] > m ? x[i] : m;
+  const V mv = vset1(m);
+  V s0 = vzero(), s1 = vzero();
+  i = 0;
+  for (; i + 2 * VL <= V_; i += 2 * VL) {
+    s0 = vadd(s0, vexp(vsub(vloadu(x + i), mv)));
+    s1 = vadd(s1, vexp(vsub(vloadu(x + i + VL), mv)));
+  }
+  double sum = (double)hsum(s0) + (double)hsum(s1);
+  for (; i < V_; i++) sum += __builtin_expf(x[i] - m);
+  *maxOut = m;
+  return __builtin_log(sum);
+}
+
+static void klDivergence(const float* p, const float* q, int r0, int r1, int V_, int64_t qStride, float* out) {
+  float mq0 = 0;
+  const double lq0 = qStride == 0 ? rowLse(q, V_, &mq0) : 0;
+  for (int r = r0; r < r1; r++) {
+    const float* x = p + (size_t)r * V_;
+    const float* y = q + (size_t)r * qStride;
+    float mp, mq = mq0;
+    const double lp = rowLse(x, V_, &mp);
+    const double lq = qStride == 0 ? lq0 : rowLse(y, V_, &mq);
+    const V mpv = vset1(mp), mqv = vset1(mq);
+    V e0 = vzero(), e1 = vzero(), s0 = vzero(), s1 = vzero();
+    int i = 0;
+    for (; i + 2 * VL <= V_; i += 2 * VL) {
+      const V a0 = vsub(vloadu(x + i), mpv), a1 = vsub(vloadu(x + i + VL), mpv);
+      const V w0 = vexp(a0), w1 = vexp(a1);
+      e0 = vfma(w0, vsub(a0, vsub(vloadu(y + i), mqv)), e0);
+      e1 = vfma(w1, vsub(a1, vsub(vloadu(y + i + VL), mqv)), e1);
+      s0 = vadd(s0, w0);
+      s1 = vadd(s1, w1);
+    }
+    double e = (double)hsum(e0) + (double)hsum(e1), s = (double)hsum(s0) + (double)hsum(s1);
+    for (; i < V_; i++) {
+      const float a = x[i] - mp, w = __builtin_expf(a);
+      e += (double)w * (double)(a - (y[i] - mq));
+      s += w;
+    }
+    // Σ P·(centred p − centred q) − log Σ e^(p−mp) + log Σ e^(q−mq); P = e^(p−mp) / s
+    out[r] = (float)(e / s - lp + lq);
+  }
+}
+
 extern const LmOps kLm;
-const LmOps kLm = {layerNorm, geluTanh, geluErf, add, rotary, attention, crossEntropy};
+const LmOps kLm = {layerNorm, geluTanh, geluErf, add, rotary, attention, crossEntropy, klDivergence};

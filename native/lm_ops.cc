@@ -181,4 +181,9 @@ void LmInstance::crossEntropy(const float* logits, int n, int V, const int32_t* 
   rows(n, T_, (size_t)n * V, [&](int r0, int r1) { o.crossEntropy(logits, r0, r1, V, targets, loss); });
 }
 
+void LmInstance::klDivergence(const float* p, const float* q, int n, int V, bool qBroadcast, float* out) {
+  const LmOps& o = *ops_->lm;
+  rows(n, T_, (size_t)n * V, [&](int r0, int r1) { o.klDivergence(p, q, r0, r1, V, qBroadcast ? 0 : V, out); });
+}
+
 }  // namespace sae

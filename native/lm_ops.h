@@ -24,6 +24,7 @@ class LmInstance {
   void rotary(float* x, int B, int T, int H, int hd, int dims, double base);
   void attention(const float* q, const float* k, const float* v, int B, int T, int H, int hd, float* out, float* pattern);
   void crossEntropy(const float* logits, int n, int V, const int32_t* targets, float* loss);
+  void klDivergence(const float* p, const float* q, int n, int V, bool qBroadcast, float* out);
 
  private:
   struct Thread {

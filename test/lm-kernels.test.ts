@@ -218,6 +218,27 @@ describe.skipIf(skip)('native LM ops match the reference', () => {
         expectClose(got, want, 1e-6, (i) => Math.abs(want[i]) + 1, 0);
       }
     });
+
+    it(`klDivergence matches float64 for near and far distributions, per row and broadcast (${isa})`, () => {
+      const rng = new Rng(11);
+      const nat = k();
+      for (const [n, V, spread] of [[3, 50257, 1e-3], [3, 50257, 1], [4, 7, 0.5], [2, 1, 1], [5, 33, 2]] as const) {
+        // logits of size ~8 (like an LM's) and q = p + spread·noise: KL from ~1e-7 to ~1
+        const p = normal(rng, n * V, 8);
+        const q = Float32Array.from(p, (v) => v + spread * (rng.next() - 0.5));
+        for (const broadcast of [false, true]) {
+          const want = new Float32Array(n), got = new Float32Array(n);
+          ref.klDivergence(p, q, n, V, broadcast, want);
+          nat.klDivergence(p, q, n, V, broadcast, got);
+          for (let i = 0; i < n; i++) expect(Math.abs(got[i] - want[i])).toBeLessThanOrEqual(2e-6 + 1e-5 * want[i]);
+          // a distribution against itself: exactly nothing to pay
+          if (!broadcast) {
+            nat.klDivergence(p, p, n, V, false, got);
+            for (let i = 0; i < n; i++) expect(Math.abs(got[i])).toBeLessThan(1e-6);
+          }
+        }
+      }
+    });
   }
 
   it('linear at GPT-2-small shapes: QKV, MLP in/out (K 3072), and the unembedding (out_in, m 50257)', () => {

@@ -66,8 +66,10 @@ describe('splice-eval (SPEC §9)', () => {
     const [exact, zeros] = r.spliced;
     expect(exact.lossRecovered).toBeCloseTo(100, 3);
     expect(exact.kl).toBeLessThan(1e-8);
-    expect(zeros.lossRecovered).toBeCloseTo(0, 6);
-    expect(zeros.klScore).toBeCloseTo(0, 6);
+    // the zero-ablated run is computed at one position (every position's output is the same), the
+    // zero SAE's run at all of them: equal up to float rounding
+    expect(zeros.lossRecovered).toBeCloseTo(0, 3);
+    expect(zeros.klScore).toBeCloseTo(0, 5);
     expect(r.zeroLoss).not.toBeCloseTo(r.cleanLoss, 2);
   });
 

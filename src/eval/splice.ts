@@ -21,8 +21,9 @@ import { ContextPacker } from '../harvest/contexts.js';
  * spliced run (not reconstructed) and positions holding them are left out of every average; the
  * ablated runs still ablate them. The clean run's prefix up to a residual-stream hook is shared.
  */
-/** Rows of logits materialised at once: bounds memory at a few × LOGIT_ROWS × V. */
-const LOGIT_ROWS = 256;
+/** Rows of logits materialised at once, all runs together: one unembedding GEMM per chunk keeps
+ * the packing of its weights amortised, and memory bounded at LOGIT_ROWS × V floats. */
+const LOGIT_ROWS = 768;
 
 export interface SpliceSae {
   label: string;
@@ -53,6 +54,12 @@ export interface SpliceOptions<P> {
   onProgress?: (tokens: number) => void;
   /** testing: replace the reconstruction by a function of the raw activations */
   reconstructOverride?: (x: Float32Array, n: number, d: number) => void;
+}
+
+interface Ablated {
+  /** the final normalized residual: [n×d], or one row [1×d] shared by every position */
+  normed: Float32Array;
+  broadcast: boolean;
 }
 
 export interface SpliceRun {
@@ -97,14 +104,15 @@ export async function spliceEval<P>(opts: SpliceOptions<P>): Promise<SpliceResul
     mean: new Float32Array(N),
     norm: new Float32Array(N),
     xhat: new Float32Array(maxSaeB * d),
-    zero: new Float32Array(N * d),
-    // allocated once: LOGIT_ROWS rows of logits and of the clean run's probabilities
+    zero: new Float32Array(residual ? d : N * d),
+    // allocated once: the stacked normalized rows of every run for one chunk, and their logits
+    stack: new Float32Array(LOGIT_ROWS * d),
     logits: new Float32Array(LOGIT_ROWS * V),
-    pClean: new Float32Array(LOGIT_ROWS * V),
-    negH: new Float64Array(LOGIT_ROWS),
     ce: new Float32Array(LOGIT_ROWS),
+    kl: new Float32Array(LOGIT_ROWS),
     targets: new Int32Array(LOGIT_ROWS),
   };
+  const unembed = model.unembedInOut();
   const sums = { clean: 0, zero: 0, zeroKl: 0, mean: 0, meanKl: 0, spliced: opts.saes.map(() => ({ loss: 0, kl: 0 })) };
   let counted = 0;
   let contexts = 0;
@@ -116,12 +124,32 @@ export async function spliceEval<P>(opts: SpliceOptions<P>): Promise<SpliceResul
   const ids = new Int32Array(N);
 
   /** Run from the hook with x there; returns the final normalized residual [n×d]. */
-  const runWith = (B: number, x: Float32Array): Float32Array => {
-    const idv = ids.subarray(0, B * T);
+  const runWith = (B: number, Tr: number, x: Float32Array): Float32Array => {
+    const idv = ids.subarray(0, B * Tr);
     const r = residual
-      ? model.run(idv, B, T, { start: { hook: opts.hook, x }, capture: ['ln_final.hook_normalized'] })
-      : model.run(idv, B, T, { replace: { [opts.hook]: x }, capture: ['ln_final.hook_normalized'] });
+      ? model.run(idv, B, Tr, { start: { hook: opts.hook, x }, capture: ['ln_final.hook_normalized'] })
+      : model.run(idv, B, Tr, { replace: { [opts.hook]: x }, capture: ['ln_final.hook_normalized'] });
     return r.captured['ln_final.hook_normalized'];
+  };
+  /**
+   * An ablation that writes one vector c at every position. At a residual-stream hook everything
+   * after it then sees the same input at every position, and attention over identical values
+   * returns that value whatever the weights: every position's output is the same, so one position
+   * computes the whole run (a [1×d] row). At other hooks the run is computed in full.
+   */
+  const ablate = (B: number, c: Float32Array): Ablated => {
+    if (residual) return { normed: runWith(1, 1, c).slice(), broadcast: true };
+    const xs = buf.x.subarray(0, B * T * d);
+    for (let i = 0; i < B * T; i++) xs.set(c, i * d);
+    return { normed: runWith(B, T, xs).slice(), broadcast: false };
+  };
+  /** logits of one broadcast row and its log-sum-exp */
+  const rowLogits = (normed: Float32Array) => {
+    const l = new Float32Array(V);
+    model.kernels.linear(normed, 1, d, unembed, V, 'in_out', null, l);
+    const ce = new Float32Array(1);
+    model.kernels.crossEntropy(l, 1, V, new Int32Array(1), ce);
+    return { l, lse: ce[0] + l[0] };
   };
 
   while (counted < opts.maxTokens) {
@@ -158,79 +186,72 @@ export async function spliceEval<P>(opts: SpliceOptions<P>): Promise<SpliceResul
         count[i] = t < T - 1 && recon[i] ? 1 : 0;
       }
     }
-    const runs: Float32Array[] = [];
+    // every run besides the clean one, with where its sums go
+    const others: { normed: Float32Array; broadcast: boolean; acc: { loss: number; kl: number } }[] = [];
     for (let si = 0; si < opts.saes.length; si++) {
       const xs = buf.x.subarray(0, n * d);
       xs.set(x);
       reconstructRows(opts.saes[si], kernels[si], xs, recon, n, d, buf, opts.reconstructOverride);
-      runs.push(runWith(B, xs).slice());
+      others.push({ normed: runWith(B, T, xs).slice(), broadcast: false, acc: sums.spliced[si] });
     }
-    const zero = runWith(B, buf.zero.subarray(0, n * d)).slice();
-    let meanRun: Float32Array | null = null;
+    const z = { loss: 0, kl: 0 };
+    others.push({ ...ablate(B, buf.zero.subarray(0, d)), acc: z });
+    const m = { loss: 0, kl: 0 };
     if (opts.meanAblation) {
       const mean = new Float64Array(d);
-      let m = 0;
+      let cnt = 0;
       for (let i = 0; i < n; i++) if (recon[i]) {
-        m++;
+        cnt++;
         for (let j = 0; j < d; j++) mean[j] += x[i * d + j];
       }
-      const xm = buf.x.subarray(0, n * d);
-      for (let i = 0; i < n; i++) for (let j = 0; j < d; j++) xm[i * d + j] = m ? mean[j] / m : 0;
-      meanRun = runWith(B, xm).slice();
+      others.push({ ...ablate(B, Float32Array.from(mean, (v) => (cnt ? v / cnt : 0))), acc: m });
     }
-    for (let from = 0; from < n; from += LOGIT_ROWS) {
-      const rows = Math.min(LOGIT_ROWS, n - from);
+    const full = others.filter((o) => !o.broadcast);
+    const single = others.filter((o) => o.broadcast).map((o) => ({ ...o, ...rowLogits(o.normed) }));
+    // only the counted positions get logits (not a context's last position, nor special tokens)
+    const at = new Int32Array(n);
+    let nc = 0;
+    for (let i = 0; i < n; i++) if (count[i]) at[nc++] = i;
+    const chunk = Math.max(1, Math.floor(LOGIT_ROWS / (1 + full.length)));
+    for (let from = 0; from < nc; from += chunk) {
+      const rows = Math.min(chunk, nc - from);
       const targets = buf.targets.subarray(0, rows);
-      for (let r = 0; r < rows; r++) targets[r] = count[from + r] ? ids[from + r + 1] : 0;
-      // logits of `rows` rows, and per row CE = lse − logit[target] from the kernel (so lse too)
-      const logitsOf = (normed: Float32Array) => {
-        const L = buf.logits.subarray(0, rows * V);
-        model.kernels.linear(normed.subarray(from * d, (from + rows) * d), rows, d, model.weights.unembed, V, 'out_in', null, L);
-        model.kernels.crossEntropy(L, rows, V, targets, buf.ce);
-        return L;
-      };
-      // clean: probabilities p and entropy term Σ p log p of each counted row, kept for the KLs
-      const Lc = logitsOf(normClean);
-      for (let r = 0; r < rows; r++) {
-        if (!count[from + r]) continue;
-        const lse = buf.ce[r] + Lc[r * V + targets[r]];
-        sums.clean += buf.ce[r];
-        const p = buf.pClean.subarray(r * V, (r + 1) * V);
-        let h = 0;
-        for (let j = 0; j < V; j++) {
-          const lp = Lc[r * V + j] - lse;
-          const e = Math.exp(lp);
-          p[j] = e;
-          h += e * lp;
-        }
-        buf.negH[r] = h;
-      }
-      // another run: its CE, and KL(clean ‖ run) = Σ p log p − Σ p l_q + lse_q
-      const other = (normed: Float32Array, acc: { loss: number; kl: number }) => {
-        const Lq = logitsOf(normed);
+      for (let r = 0; r < rows; r++) targets[r] = ids[at[from + r] + 1];
+      // one GEMM for the chunk's rows of every full run: block 0 clean, block 1 + f run f
+      const blocks = [normClean, ...full.map((o) => o.normed)];
+      blocks.forEach((nm, k) => {
+        for (let r = 0; r < rows; r++) buf.stack.set(nm.subarray(at[from + r] * d, (at[from + r] + 1) * d), (k * rows + r) * d);
+      });
+      const L = buf.logits.subarray(0, blocks.length * rows * V);
+      model.kernels.linear(buf.stack.subarray(0, blocks.length * rows * d), blocks.length * rows, d, unembed, V, 'in_out', null, L);
+      const Lc = L.subarray(0, rows * V);
+      const ce = buf.ce.subarray(0, rows);
+      const kl = buf.kl.subarray(0, rows);
+      model.kernels.crossEntropy(Lc, rows, V, targets, ce);
+      for (let r = 0; r < rows; r++) sums.clean += ce[r];
+      full.forEach((o, f) => {
+        const Lq = L.subarray((1 + f) * rows * V, (2 + f) * rows * V);
+        model.kernels.crossEntropy(Lq, rows, V, targets, ce);
+        model.kernels.klDivergence(Lc, Lq, rows, V, false, kl);
         for (let r = 0; r < rows; r++) {
-          if (!count[from + r]) continue;
-          acc.loss += buf.ce[r];
-          const lse = buf.ce[r] + Lq[r * V + targets[r]];
-          const p = buf.pClean.subarray(r * V, (r + 1) * V);
-          let dot = 0;
-          for (let j = 0; j < V; j++) dot += p[j] * Lq[r * V + j];
-          acc.kl += buf.negH[r] - dot + lse;
+          o.acc.loss += ce[r];
+          o.acc.kl += kl[r];
         }
-      };
-      runs.forEach((r, si) => other(r, sums.spliced[si]));
-      const z = { loss: 0, kl: 0 };
-      other(zero, z);
-      sums.zero += z.loss;
-      sums.zeroKl += z.kl;
-      if (meanRun) {
-        const m = { loss: 0, kl: 0 };
-        other(meanRun, m);
-        sums.mean += m.loss;
-        sums.meanKl += m.kl;
+      });
+      for (const o of single) {
+        // CE = lse − logit[target] of the one row every position shares
+        model.kernels.klDivergence(Lc, o.l, rows, V, true, kl);
+        for (let r = 0; r < rows; r++) {
+          o.acc.loss += o.lse - o.l[targets[r]];
+          o.acc.kl += kl[r];
+        }
       }
     }
-    for (let i = 0; i < n; i++) counted += count[i];
+    sums.zero += z.loss;
+    sums.zeroKl += z.kl;
+    sums.mean += m.loss;
+    sums.meanKl += m.kl;
+    counted += nc;
     opts.onProgress?.(counted);
     if (ended && packer.pending === 0) break;
   }

@@ -20,6 +20,7 @@ export interface LmAddon {
   lmRotary(h: LmHandle, x: Float32Array, B: number, T: number, H: number, hd: number, dims: number, base: number): void;
   lmAttention(h: LmHandle, q: Float32Array, k: Float32Array, v: Float32Array, B: number, T: number, H: number, hd: number, out: Float32Array, pattern: Float32Array | null): void;
   lmCrossEntropy(h: LmHandle, logits: Float32Array, n: number, V: number, targets: Int32Array, loss: Float32Array): void;
+  lmKlDivergence(h: LmHandle, p: Float32Array, q: Float32Array, n: number, V: number, qBroadcast: boolean, out: Float32Array): void;
 }
 
 /** Native LM kernels with the best instruction set the CPU has. Throws when the addon is unavailable. */
@@ -44,5 +45,6 @@ function createNativeLmKernelsWith(isa: string | null): LmKernels {
     rotary: (x, B, T, H, hd, dims, base) => A.lmRotary(h, x, B, T, H, hd, dims, base),
     attention: (q, k, v, B, T, H, hd, out, pattern) => A.lmAttention(h, q, k, v, B, T, H, hd, out, pattern ?? null),
     crossEntropy: (logits, n, V, targets, loss) => A.lmCrossEntropy(h, logits, n, V, targets, loss),
+    klDivergence: (p, q, n, V, qBroadcast, out) => A.lmKlDivergence(h, p, q, n, V, qBroadcast, out),
   };
 }

@@ -128,6 +128,29 @@ export function createReferenceLmKernels(): LmKernels {
         loss[i] = max + Math.log(sum) - logits[o + targets[i]];
       }
     },
+
+    klDivergence(p, q, n, V, qBroadcast, out) {
+      // in float64: log P_j = p_j − lse(p), KL = Σ P_j (log P_j − log Q_j)
+      const lse = (x: Float32Array, o: number) => {
+        let max = -Infinity;
+        for (let j = 0; j < V; j++) if (x[o + j] > max) max = x[o + j];
+        let sum = 0;
+        for (let j = 0; j < V; j++) sum += Math.exp(x[o + j] - max);
+        return max + Math.log(sum);
+      };
+      for (let i = 0; i < n; i++) {
+        const op = i * V;
+        const oq = qBroadcast ? 0 : i * V;
+        const lp = lse(p, op);
+        const lq = lse(q, oq);
+        let kl = 0;
+        for (let j = 0; j < V; j++) {
+          const logP = p[op + j] - lp;
+          kl += Math.exp(logP) * (logP - (q[oq + j] - lq));
+        }
+        out[i] = kl;
+      }
+    },
   };
 }
 

@@ -40,4 +40,11 @@ export interface LmKernels {
 
   /** Per row of logits [n×V]: loss[i] = logsumexp(logits_i) − logits_i[targets[i]] (next-token cross-entropy). */
   crossEntropy(logits: Float32Array, n: number, V: number, targets: Int32Array, loss: Float32Array): void;
+
+  /**
+   * Per row i < n: out[i] = KL(softmax(p_i) ‖ softmax(q_i)) of logits p, q [n×V] (splice-eval's KL of
+   * the clean next-token distribution to another run's). `qBroadcast`: q is one row [V] shared by
+   * every row of p (an ablation that makes every position's output the same).
+   */
+  klDivergence(p: Float32Array, q: Float32Array, n: number, V: number, qBroadcast: boolean, out: Float32Array): void;
 }

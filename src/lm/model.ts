@@ -61,6 +61,7 @@ export class HookedTransformer {
   readonly kernels: LmKernels;
   readonly dir: string;
   private ws: Workspace | null = null;
+  private unembedT: Float32Array | null = null;
 
   constructor(cfg: LmConfig, weights: ModelWeights, kernels: LmKernels = createReferenceLmKernels(), dir = '') {
     this.cfg = cfg;
@@ -86,6 +87,22 @@ export class HookedTransformer {
     }
     const cfg = parseLmConfig(raw, cfgFile);
     return new HookedTransformer(cfg, await loadWeights(dir, cfg), kernels, dir);
+  }
+
+  /**
+   * W_U as [d×V] ('in_out'), made once on first use (V·d floats more memory): the GEMM's packing
+   * then copies contiguous rows of W_U instead of transposing [V×d] on every call, which costs
+   * ~5 % of the unembedding at a few hundred rows per call.
+   */
+  unembedInOut(): Float32Array {
+    if (!this.unembedT) {
+      const { dModel: d, vocab: V } = this.cfg;
+      const W = this.weights.unembed;
+      const t = new Float32Array(d * V);
+      for (let v = 0; v < V; v++) for (let j = 0; j < d; j++) t[j * V + v] = W[v * d + j];
+      this.unembedT = t;
+    }
+    return this.unembedT;
   }
 
   hookNames(): string[] {
@@ -176,20 +193,24 @@ export class HookedTransformer {
     const V = cfg.vocab;
     if (opts.logits) {
       const logits = new Float32Array(N * V);
-      k.linear(normed, N, d, w.unembed, V, 'out_in', null, logits);
+      k.linear(normed, N, d, this.unembedInOut(), V, 'in_out', null, logits);
       result.logits = logits;
     }
     if (opts.loss) {
+      // chunks of LOSS_ROWS rows across contexts (a context's last position predicts nothing:
+      // computed with a dummy target, not kept), so the unembedding GEMM sees many rows per call
       const loss = new Float32Array(B * (T - 1));
       let sum = 0;
-      for (let b = 0; b < B; b++) {
-        for (let t0 = 0; t0 < T - 1; t0 += LOSS_ROWS) {
-          const n = Math.min(LOSS_ROWS, T - 1 - t0);
-          const row = b * T + t0;
-          const logits = result.logits ? result.logits.subarray(row * V, (row + n) * V) : ws.logits;
-          if (!result.logits) k.linear(normed.subarray(row * d, (row + n) * d), n, d, w.unembed, V, 'out_in', null, logits);
-          for (let i = 0; i < n; i++) ws.targets[i] = ids[row + i + 1];
-          k.crossEntropy(logits, n, V, ws.targets, loss.subarray(b * (T - 1) + t0, b * (T - 1) + t0 + n));
+      const W = this.unembedInOut();
+      for (let row = 0; row < N; row += LOSS_ROWS) {
+        const n = Math.min(LOSS_ROWS, N - row);
+        const logits = result.logits ? result.logits.subarray(row * V, (row + n) * V) : ws.logits;
+        if (!result.logits) k.linear(normed.subarray(row * d, (row + n) * d), n, d, W, V, 'in_out', null, logits);
+        for (let i = 0; i < n; i++) ws.targets[i] = (row + i) % T < T - 1 ? ids[row + i + 1] : 0;
+        k.crossEntropy(logits, n, V, ws.targets, ws.ce);
+        for (let i = 0; i < n; i++) {
+          const b = Math.floor((row + i) / T), t = (row + i) % T;
+          if (t < T - 1) loss[b * (T - 1) + t] = ws.ce[i];
         }
       }
       for (let i = 0; i < loss.length; i++) sum += loss[i];
@@ -239,7 +260,7 @@ export class HookedTransformer {
     if (this.ws && this.ws.N >= N) return this.ws;
     const { dModel: d, dMlp: f, vocab: V } = this.cfg;
     const a = (n: number) => new Float32Array(n);
-    this.ws = { N, resid: a(N * d), h: a(N * d), qkv: a(N * 3 * d), q: a(N * d), k: a(N * d), v: a(N * d), att: a(N * d), attnOut: a(N * d), mlp: a(N * f), mlpOut: a(N * d), logits: a(LOSS_ROWS * V), targets: new Int32Array(LOSS_ROWS) };
+    this.ws = { N, resid: a(N * d), h: a(N * d), qkv: a(N * 3 * d), q: a(N * d), k: a(N * d), v: a(N * d), att: a(N * d), attnOut: a(N * d), mlp: a(N * f), mlpOut: a(N * d), logits: a(LOSS_ROWS * V), targets: new Int32Array(LOSS_ROWS), ce: new Float32Array(LOSS_ROWS) };
     return this.ws;
   }
 }
@@ -258,6 +279,7 @@ interface Workspace {
   mlpOut: Float32Array;
   logits: Float32Array;
   targets: Int32Array;
+  ce: Float32Array;
 }
 
 /**
