@@ -409,42 +409,8 @@ static void attention(const AttnJob& J) {
 
 // -------------------------------------------------------------------------- cross-entropy
 
-// loss = logsumexp(row) − row[target]: the max, then Σ e^(x − max) in 4·VL float partial sums
-// added in double (a row of 50k terms keeps ~1e−7 relative accuracy).
-static void crossEntropy(const float* logits, int r0, int r1, int V_, const int32_t* targets, float* loss) {
-  for (int r = r0; r < r1; r++) {
-    const float* x = logits + (size_t)r * V_;
-    V m0 = vset1(-kInf), m1 = m0;
-    int i = 0;
-    for (; i + 2 * VL <= V_; i += 2 * VL) {
-      m0 = vmax(m0, vloadu(x + i));
-      m1 = vmax(m1, vloadu(x + i + VL));
-    }
-    float m = hmax(vmax(m0, m1));
-    for (; i < V_; i++) m = x[i] > m ? x[i] : m;
-    const V mv = vset1(m);
-    V s0 = vzero(), s1 = vzero(), s2 = vzero(), s3 = vzero();
-    i = 0;
-    for (; i + 4 * VL <= V_; i += 4 * VL) {
-      s0 = vadd(s0, vexp(vsub(vloadu(x + i), mv)));
-      s1 = vadd(s1, vexp(vsub(vloadu(x + i + VL), mv)));
-      s2 = vadd(s2, vexp(vsub(vloadu(x + i + 2 * VL), mv)));
-      s3 = vadd(s3, vexp(vsub(vloadu(x + i + 3 * VL), mv)));
-    }
-    for (; i + VL <= V_; i += VL) s0 = vadd(s0, vexp(vsub(vloadu(x + i), mv)));
-    double sum = (double)hsum(s0) + (double)hsum(s1) + (double)hsum(s2) + (double)hsum(s3);
-    if (i < V_) {
-      float tmp[VL];
-      vstoreu(tmp, vexp(vsub(vmaskload(x + i, V_ - i), mv)));
-      for (int l = 0; l < V_ - i; l++) sum += tmp[l];
-    }
-    loss[r] = (float)((double)m + __builtin_log(sum) - (double)x[targets[r]]);
-  }
-}
-
-// KL(softmax(p) ‖ softmax(q)) per row = Σ_j P_j·(p_j − q_j) − lse(p) + lse(q), taken on centred
-// logits (p_j − max p) − (q_j − max q) so that the expectation adds values of a few units, not of
-// the logits' size, and the small KL is not lost to cancellation. qStride 0: one q row for all.
+// log Σ e^(x − max) of one row, and its max: Σ in 4·VL float partial sums added in double (a row
+// of 50k terms keeps ~1e−7 relative accuracy).
 static double rowLse(const float* x, int V_, float* maxOut) {
   V m0 = vset1(-kInf), m1 = m0;
   int i = 0;
@@ -455,18 +421,38 @@ static double rowLse(const float* x, int V_, float* maxOut) {
   float m = hmax(vmax(m0, m1));
   for (; i < V_; i++) m = x[i] > m ? x[i] : m;
   const V mv = vset1(m);
-  V s0 = vzero(), s1 = vzero();
+  V s0 = vzero(), s1 = vzero(), s2 = vzero(), s3 = vzero();
   i = 0;
-  for (; i + 2 * VL <= V_; i += 2 * VL) {
+  for (; i + 4 * VL <= V_; i += 4 * VL) {
     s0 = vadd(s0, vexp(vsub(vloadu(x + i), mv)));
     s1 = vadd(s1, vexp(vsub(vloadu(x + i + VL), mv)));
+    s2 = vadd(s2, vexp(vsub(vloadu(x + i + 2 * VL), mv)));
+    s3 = vadd(s3, vexp(vsub(vloadu(x + i + 3 * VL), mv)));
   }
-  double sum = (double)hsum(s0) + (double)hsum(s1);
-  for (; i < V_; i++) sum += __builtin_expf(x[i] - m);
+  for (; i + VL <= V_; i += VL) s0 = vadd(s0, vexp(vsub(vloadu(x + i), mv)));
+  double sum = (double)hsum(s0) + (double)hsum(s1) + (double)hsum(s2) + (double)hsum(s3);
+  if (i < V_) {
+    float tmp[VL];
+    vstoreu(tmp, vexp(vsub(vmaskload(x + i, V_ - i), mv)));
+    for (int l = 0; l < V_ - i; l++) sum += tmp[l];
+  }
   *maxOut = m;
   return __builtin_log(sum);
 }
 
+// loss = logsumexp(row) − row[target]
+static void crossEntropy(const float* logits, int r0, int r1, int V_, const int32_t* targets, float* loss) {
+  for (int r = r0; r < r1; r++) {
+    const float* x = logits + (size_t)r * V_;
+    float m;
+    const double lse = rowLse(x, V_, &m);
+    loss[r] = (float)((double)m + lse - (double)x[targets[r]]);
+  }
+}
+
+// KL(softmax(p) ‖ softmax(q)) per row = Σ_j P_j·(p_j − q_j) − lse(p) + lse(q), taken on centred
+// logits (p_j − max p) − (q_j − max q) so that the expectation adds values of a few units, not of
+// the logits' size, and the small KL is not lost to cancellation. qStride 0: one q row for all.
 static void klDivergence(const float* p, const float* q, int r0, int r1, int V_, int64_t qStride, float* out) {
   float mq0 = 0;
   const double lq0 = qStride == 0 ? rowLse(q, V_, &mq0) : 0;
