@@ -234,8 +234,12 @@ export class Trainer {
     return FeatureStats.fromState(this.backend.readStats());
   }
 
-  snapshot(): TrainerSnapshot {
-    const { m, v } = this.backend.readOptimizer();
+  /**
+   * Everything besides the weights that an exact resume needs. moments: false leaves m and v empty
+   * (for a selection at evaluation, which needs the ranking only: no F×d copies off the backend).
+   */
+  snapshot(opts: { moments: boolean } = { moments: true }): TrainerSnapshot {
+    const { m, v } = opts.moments ? this.backend.readOptimizer() : { m: [], v: [] };
     return {
       step: this.step,
       tokens: this.tokens,
