@@ -13,6 +13,7 @@
  */
 import { createHash } from 'node:crypto';
 import type { KernelFactory, SaeParams } from '../../src/kernels/types.js';
+import type { TrainingBackendFactory } from '../../src/kernels/backend.js';
 import { resolveConfig } from '../../src/sae/config.js';
 import { Trainer, type TrainerSnapshot } from '../../src/sae/trainer.js';
 import { Rng } from '../../src/util/rng.js';
@@ -20,6 +21,8 @@ import { Rng } from '../../src/util/rng.js';
 const d = 16;
 const F = 64;
 const B = 48;
+/** the runs' sizes: input dimension, width, batch rows */
+export const DIMS = { d, F, B } as const;
 
 type Json = null | boolean | number | string | Json[] | { [k: string]: Json };
 export type Trace = Record<string, Json>;
@@ -39,7 +42,7 @@ export const SCENARIOS: Record<string, { config: Record<string, unknown>; steps:
 };
 
 /** Batches with an offset (so b_dec's mean init matters) and uneven scales (so features die). */
-function batches(seed: number, n: number): Float32Array[] {
+export function batches(seed: number, n: number): Float32Array[] {
   const rng = new Rng(seed);
   const scale = Float32Array.from({ length: d }, (_, i) => 0.2 + (i % 5));
   return Array.from({ length: n }, () => {
@@ -88,13 +91,17 @@ function steps(t: Trainer, xs: Float32Array[]): Trace[] {
   });
 }
 
-function trainer(config: Record<string, unknown>, steps: number, kernels: KernelFactory, params?: SaeParams): Trainer {
+/** What a Trainer runs on: kernels (then the CPU backend over them) or a backend. */
+export type Source = { kernels: KernelFactory } | { backend: TrainingBackendFactory };
+
+/** A Trainer for one of the runs (exported for test/backend.test.ts and the GPU tests). */
+export function trainer(config: Record<string, unknown>, steps: number, source: Source | KernelFactory, params?: SaeParams): Trainer {
   const cfg = resolveConfig({ ...BASE, steps, ...config });
-  return new Trainer({ cfg, d, F, deadWindow: B, kernels, params });
+  return new Trainer({ cfg, d, F, deadWindow: B, ...(typeof source === 'function' ? { kernels: source } : source), params });
 }
 
-/** The whole trace for one kernel implementation. */
-export function recordTrace(kernels: KernelFactory): Trace {
+/** The whole trace for one kernel implementation (or backend). */
+export function recordTrace(kernels: KernelFactory | Source): Trace {
   const out: Trace = {};
   for (const [name, { config, steps: n }] of Object.entries(SCENARIOS)) {
     const xs = batches(5, n);
