@@ -1,3 +1,6 @@
+import { promises as fs } from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import type { KernelFactory, SaeParams, Selection } from '../src/kernels/types.js';
 import type { BackendInit, StepRequest } from '../src/kernels/backend.js';
@@ -12,6 +15,8 @@ import { uniformCapacities } from '../src/sae/zipf.js';
 import { Trainer } from '../src/sae/trainer.js';
 import { resolveConfig } from '../src/sae/config.js';
 import { UserError } from '../src/util/errors.js';
+import { writeSynth } from '../src/synth/synth.js';
+import { train } from '../src/sae/train.js';
 import { batches, DIMS, recordTrace, trainer } from './helpers/trainer-trace.js';
 import { isolating, logging, type Crossing } from './helpers/backends.js';
 
@@ -216,6 +221,38 @@ describe('the Trainer on the backend contract', () => {
   it('takes kernels or a backend, not both', () => {
     const cfg = resolveConfig({ width: F, batchSize: B, k: 4, steps: 1 });
     expect(() => new Trainer({ cfg, d, F, deadWindow: B, kernels: createReferenceKernels, backend: cpuBackend(createReferenceKernels) })).toThrow(/not both/);
+  });
+});
+
+describe('sae train on a backend', () => {
+  it('trains through the given backend and disposes of it at the end, also when the run fails', async () => {
+    const root = await fs.mkdtemp(path.join(os.tmpdir(), 'sae-backend-'));
+    try {
+      const data = path.join(root, 'synth');
+      await writeSynth({ out: data, d: 8, fTrue: 16, kTrue: 2, rows: 512, seed: 2 });
+      const config = { activation: 'topk', width: 16, k: 2, batchSize: 32, steps: 6, logEvery: 3, checkpointEvery: 100 };
+      const log: Crossing[] = [];
+      const s = await train({ data, out: path.join(root, 'ok'), config, backend: logging(cpuBackend(createReferenceKernels), log) });
+      expect(s.steps).toBe(6);
+      expect(log.filter((c) => c.method === 'step')).toHaveLength(6);
+      expect(log.at(-1)?.method).toBe('dispose');
+
+      log.length = 0;
+      const failing: typeof cpuBackend = (k) => (i) => {
+        const b = logging(cpuBackend(k), log)(i);
+        let n = 0;
+        return Object.assign(Object.create(b) as typeof b, {
+          step: (r: StepRequest) => {
+            if (++n === 3) throw new Error('device lost');
+            return b.step(r);
+          },
+        });
+      };
+      await expect(train({ data, out: path.join(root, 'fail'), config, backend: failing(createReferenceKernels) })).rejects.toThrow('device lost');
+      expect(log.at(-1)?.method).toBe('dispose');
+    } finally {
+      await fs.rm(root, { recursive: true, force: true });
+    }
   });
 });
 
