@@ -363,6 +363,6 @@ describe('lmKernelFactory', () => {
   });
 
   it('rejects unknown names like kernelFactory does', () => {
-    expect(() => lmKernelFactory('gpu' as never)).toThrow(/unknown kernels "gpu" \(auto, reference or native\)/);
+    expect(() => lmKernelFactory('gpu' as never)).toThrow(/unknown kernels "gpu" \(auto, reference, native or cuda\)/);
   });
 });

@@ -115,7 +115,9 @@ function capacityProbe(extra: Record<string, unknown>, dims: { d: number; F: num
   const cfg = resolveConfig({ activation: 'feature', batchSize: dims.B, width: dims.F, steps, lr: 1e-12, bDecInit: 'zero', rankInterval: 10_000, ...extra });
   const t = new Trainer({ cfg, d: dims.d, F: dims.F, deadWindow: dims.B });
   t.init();
-  t.params.WencT.forEach((v, i) => (t.params.WencT[i] = Math.abs(v) + 0.01));
+  // weights go in through the backend (its state may live on a device)
+  const p = t.params;
+  t.backend.writeParams({ ...p, WencT: p.WencT.map((v) => Math.abs(v) + 0.01) });
   const rng = new Rng(1);
   const x = new Float32Array(dims.B * dims.d);
   const l0: number[] = [];

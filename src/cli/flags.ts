@@ -1,6 +1,7 @@
 import { Flags } from '@oclif/core';
 import { isAutoKey, type TrainConfig } from '../sae/config.js';
 import { UserError } from '../util/errors.js';
+import { KERNEL_NAMES } from '../kernels/index.js';
 
 /**
  * CLI flags for the training config, generated from one table so that every config key has
@@ -51,7 +52,11 @@ export const sharedFlags = {
   'allow-no-manifest': Flags.boolean({
     description: 'read a --data folder of .parquet files that has no manifest.json (a hand-made set); without it such a folder counts as an unfinished write and is refused',
   }),
-  kernels: Flags.string({ description: 'hot-path implementation: auto (native when built) | reference | native', default: 'auto', options: ['auto', 'reference', 'native'] }),
+  kernels: Flags.string({
+    description: 'hot-path implementation: auto (native when built, else reference) | reference | native | cuda (NVIDIA GPU; not available yet: fails with what is missing, see docs/gpu.md)',
+    default: 'auto',
+    options: [...KERNEL_NAMES],
+  }),
 };
 
 export const flagName = (key: string): string => key.replace(/[A-Z]/g, (c) => '-' + c.toLowerCase());

@@ -12,7 +12,7 @@ import type { Preprocessing } from '../store/preprocess.js';
 import type { RowSource } from '../harvest/rows.js';
 import { checkTrainable, finetunePhase, type PhaseConfig } from '../sae/config.js';
 import { configFlags, flagsToConfig, sharedFlags } from '../cli/flags.js';
-import { kernelFactory, lmKernelFactory, type KernelName } from '../kernels/index.js';
+import { backendFactory, kernelFactory, lmKernelFactory, type KernelName } from '../kernels/index.js';
 
 /** --append-phase feature:800 → a phase like the paper's phase 2 (no auxiliary losses). */
 function parsePhase(spec: string): PhaseConfig {
@@ -137,6 +137,7 @@ export default class Train extends SaeCommand {
         initFrom: flags['init-from'],
         force: flags.force,
         kernels: kernelFactory(flags.kernels as KernelName),
+        backend: backendFactory(flags.kernels as KernelName),
         prefetch: flags.prefetch,
         signal: controller.signal,
         onNote: (m) => progress.line(`note: ${m}`),

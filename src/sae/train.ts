@@ -1,6 +1,7 @@
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import type { KernelFactory } from '../kernels/types.js';
+import type { TrainingBackendFactory } from '../kernels/backend.js';
 import { UserError } from '../util/errors.js';
 import { describeFsError, writeFileAtomic } from '../util/atomic.js';
 import { ensureOutDir, pathKind } from '../util/outdir.js';
@@ -44,7 +45,10 @@ export interface TrainOptions {
   appendPhases?: PhaseConfig[];
   /** start a new run in an `out` that already holds one (its checkpoints, log and summary go) */
   force?: boolean;
+  /** kernels of the CPU backend (the default: the reference kernels) and of splice-eval during training */
   kernels?: KernelFactory;
+  /** where the training state lives and steps run (default: the CPU backend over `kernels`) */
+  backend?: TrainingBackendFactory;
   /** batches decoded ahead in a worker thread (0 = decode in-thread); default 2 */
   prefetch?: number;
   /** called every logEvery steps with the step's report */
@@ -242,144 +246,150 @@ export async function train(opts: TrainOptions): Promise<TrainSummary> {
   const deadWindow = typeof saved === 'number' && Number.isInteger(saved) && saved > 0 ? saved : autoDeadWindow(cfg);
   await ensureOutDir(opts.out);
   if (!opts.resume) await clearOrRefuse(opts.out, !!opts.force);
-  const trainer = new Trainer({ cfg, d, F: width, deadWindow, kernels: opts.kernels, params: ck?.params });
-  const total = totalSteps(cfg);
-  if (deadWindow < 10_000_000 && cfg.deadWindow === 'auto') note(`dead window ${deadWindow} tokens (run has ${total * cfg.batchSize} tokens; 10M is the standard)`);
-
-  let position: DataPosition | undefined;
-  if (live && opts.resume && ck?.cfg.sae_train?.shards !== live.description)
-    throw new UserError(`the checkpoint was trained on ${ck?.cfg.sae_train?.shards}; this command harvests ${live.description}`);
-  if (opts.resume && ck?.state) {
-    trainer.restore(ck.state.snapshot);
-    position = ck.state.dataPosition as DataPosition;
-  } else if (opts.initFrom && ck?.state) {
-    // weights and density statistics (for Zipf ranks and the dying set); a fresh optimiser
-    trainer.restore(ck.state.snapshot, { optimizer: false });
-  }
-  if (trainer.step >= total) note(`checkpoint is already at step ${trainer.step} of ${total}`);
-
-  const logFile = path.join(opts.out, 'metrics.jsonl');
-  await truncateLog(logFile, trainer.step);
-
-  const windowRows = shuffleWindowRows(cfg);
-  const streamOpts = { batchSize: cfg.batchSize, windowRows: Math.max(windowRows, cfg.batchSize), seed: cfg.seed, loop: true };
-  const stream = live
-    ? new LiveBatchSource(live.model, live.tokenizer, live.corpus, live.rows, { batchSize: cfg.batchSize, windowRows: streamOpts.windowRows, seed: cfg.seed, preprocessing: live.preprocessing }, position as unknown as LivePosition<unknown> | undefined)
-    : announced && first
-      ? new PipeBatchSource(announced, first, cfg.batchSize, windowRows, cfg.seed, (all) => openBatchSource(all, { ...streamOpts, windowRows: Math.min(streamOpts.windowRows, all.rows) }, undefined, opts.prefetch ?? 2))
-      : openBatchSource(set, streamOpts, position, opts.prefetch ?? 2);
-  const x = new Float32Array(cfg.batchSize * d);
-  const meta = { hook: set.meta.hook, model: set.meta.model, preprocessing: set.meta.preprocessing };
-
-  const save = async (dir: string) => {
-    const act = trainer.phaseAt(Math.max(0, trainer.step - 1)).phase.activation;
-    await saveCheckpoint(dir, cfgJson(cfg, d, width, trainer.step, deadWindow, meta, dataLabel, act), trainer.params, {
-      snapshot: trainer.snapshot(),
-      dataPosition: stream.position(),
-    });
-  };
-
-  const t0 = Date.now();
-  let tLast = t0;
-  let tokLast = trainer.tokens;
-  let last: StepReport | null = null;
-  let done = 0;
-  let interrupted = false;
-  const logLines: string[] = [];
-  const flushLog = async () => {
-    if (!logLines.length) return;
-    await fs.appendFile(logFile, logLines.join('')).catch((e) => {
-      throw describeFsError(e, `writing ${logFile}`);
-    });
-    logLines.length = 0;
-  };
-
+  const trainer = new Trainer({ cfg, d, F: width, deadWindow, ...(opts.backend ? { backend: opts.backend } : { kernels: opts.kernels }), params: ck?.params });
+  // the backend may hold device memory: released however the run ends
   try {
-    await trainLoop();
-  } finally {
-    await stream.close();
-  }
+    const total = totalSteps(cfg);
+    if (deadWindow < 10_000_000 && cfg.deadWindow === 'auto') note(`dead window ${deadWindow} tokens (run has ${total * cfg.batchSize} tokens; 10M is the standard)`);
 
-  /** The SAE as it stands, spliced into the model on held-out text (the trainer's state is not touched). */
-  async function spliceNow(lv: LiveData, se: NonNullable<TrainOptions['spliceEvery']>) {
-    const act = trainer.phaseAt(Math.max(0, trainer.step - 1)).phase.activation;
-    const ckLike = { dir: opts.out, cfg: cfgJson(cfg, d, width, trainer.step, deadWindow, meta, dataLabel, act), params: trainer.params, state: { snapshot: trainer.snapshot(), dataPosition: null } };
-    const r = await spliceEval({
-      model: lv.model,
-      tokenizer: lv.tokenizer,
-      corpus: se.corpus,
-      hook: lv.rows.hooks[0],
-      saes: [{ label: act, params: trainer.params, selectionFor: selectionForCheckpoint(ckLike), batchSize: cfg.batchSize, preprocessing: lv.preprocessing }],
-      ctx: lv.rows.ctx,
-      batch: lv.rows.batch,
-      maxTokens: se.maxTokens,
-      kernels: opts.kernels,
-    });
-    const s = r.spliced[0];
-    return { tokens: r.tokens, cleanLoss: r.cleanLoss, zeroLoss: r.zeroLoss, loss: s.loss, lossRecovered: s.lossRecovered, kl: s.kl, klScore: s.klScore, specialTokens: r.specialTokens };
-  }
+    let position: DataPosition | undefined;
+    if (live && opts.resume && ck?.cfg.sae_train?.shards !== live.description)
+      throw new UserError(`the checkpoint was trained on ${ck?.cfg.sae_train?.shards}; this command harvests ${live.description}`);
+    if (opts.resume && ck?.state) {
+      trainer.restore(ck.state.snapshot);
+      position = ck.state.dataPosition as DataPosition;
+    } else if (opts.initFrom && ck?.state) {
+      // weights and density statistics (for Zipf ranks and the dying set); a fresh optimiser
+      trainer.restore(ck.state.snapshot, { optimizer: false });
+    }
+    if (trainer.step >= total) note(`checkpoint is already at step ${trainer.step} of ${total}`);
 
-  async function trainLoop(): Promise<void> {
-    while (trainer.step < total) {
-      if (!(await stream.next(x))) throw new UserError(`${dataLabel}: ran out of data`);
-      if (trainer.step === 0 && !opts.resume && !opts.initFrom) trainer.init(x);
-      last = trainer.trainStep(x);
-      done++;
-      opts.onStep?.(trainer.step, total);
-      if (trainer.step % cfg.logEvery === 0 || trainer.step === total) {
-        const now = Date.now();
-        const tokensPerSec = ((trainer.tokens - tokLast) * 1000) / Math.max(1, now - tLast);
-        tLast = now;
-        tokLast = trainer.tokens;
-        // deadFraction's window travels with it (SPEC §9: every dead count states its window)
-        const rec = { ...last, deadWindow, tokensPerSec };
-        logLines.push(JSON.stringify(rec) + '\n');
-        opts.onLog?.(rec);
-        await flushLog();
-      }
-      if (live && opts.spliceEvery && (trainer.step % opts.spliceEvery.steps === 0 || trainer.step === total)) {
-        const rec = { step: trainer.step, kind: 'splice', ...(await spliceNow(live, opts.spliceEvery)) };
-        logLines.push(JSON.stringify(rec) + '\n');
-        opts.onNote?.(`step ${trainer.step}: loss recovered ${rec.lossRecovered.toFixed(2)}% (clean ${rec.cleanLoss.toFixed(4)}, spliced ${rec.loss.toFixed(4)}, zero ${rec.zeroLoss.toFixed(4)}) over ${rec.tokens} held-out tokens`);
-        await flushLog();
-      }
-      const stop = opts.signal?.aborted || (opts.stopAfterSteps !== undefined && done >= opts.stopAfterSteps);
-      if (trainer.step % cfg.checkpointEvery === 0 || (stop && trainer.step < total)) {
-        await flushLog();
-        await save(path.join(opts.out, 'checkpoint'));
-      }
-      if (stop && trainer.step < total) {
-        interrupted = true;
-        break;
+    const logFile = path.join(opts.out, 'metrics.jsonl');
+    await truncateLog(logFile, trainer.step);
+
+    const windowRows = shuffleWindowRows(cfg);
+    const streamOpts = { batchSize: cfg.batchSize, windowRows: Math.max(windowRows, cfg.batchSize), seed: cfg.seed, loop: true };
+    const stream = live
+      ? new LiveBatchSource(live.model, live.tokenizer, live.corpus, live.rows, { batchSize: cfg.batchSize, windowRows: streamOpts.windowRows, seed: cfg.seed, preprocessing: live.preprocessing }, position as unknown as LivePosition<unknown> | undefined)
+      : announced && first
+        ? new PipeBatchSource(announced, first, cfg.batchSize, windowRows, cfg.seed, (all) => openBatchSource(all, { ...streamOpts, windowRows: Math.min(streamOpts.windowRows, all.rows) }, undefined, opts.prefetch ?? 2))
+        : openBatchSource(set, streamOpts, position, opts.prefetch ?? 2);
+    const x = new Float32Array(cfg.batchSize * d);
+    const meta = { hook: set.meta.hook, model: set.meta.model, preprocessing: set.meta.preprocessing };
+
+    const save = async (dir: string) => {
+      const act = trainer.phaseAt(Math.max(0, trainer.step - 1)).phase.activation;
+      await saveCheckpoint(dir, cfgJson(cfg, d, width, trainer.step, deadWindow, meta, dataLabel, act), trainer.params, {
+        snapshot: trainer.snapshot(),
+        dataPosition: stream.position(),
+      });
+    };
+
+    const t0 = Date.now();
+    let tLast = t0;
+    let tokLast = trainer.tokens;
+    let last: StepReport | null = null;
+    let done = 0;
+    let interrupted = false;
+    const logLines: string[] = [];
+    const flushLog = async () => {
+      if (!logLines.length) return;
+      await fs.appendFile(logFile, logLines.join('')).catch((e) => {
+        throw describeFsError(e, `writing ${logFile}`);
+      });
+      logLines.length = 0;
+    };
+
+    try {
+      await trainLoop();
+    } finally {
+      await stream.close();
+    }
+
+    /** The SAE as it stands, spliced into the model on held-out text (the trainer's state is not touched). */
+    async function spliceNow(lv: LiveData, se: NonNullable<TrainOptions['spliceEvery']>) {
+      const act = trainer.phaseAt(Math.max(0, trainer.step - 1)).phase.activation;
+      // the ranking is all the selection reads from the state: no Adam moments off the backend for this
+      const ckLike = { dir: opts.out, cfg: cfgJson(cfg, d, width, trainer.step, deadWindow, meta, dataLabel, act), params: trainer.params, state: { snapshot: trainer.snapshot({ moments: false }), dataPosition: null } };
+      const r = await spliceEval({
+        model: lv.model,
+        tokenizer: lv.tokenizer,
+        corpus: se.corpus,
+        hook: lv.rows.hooks[0],
+        saes: [{ label: act, params: trainer.params, selectionFor: selectionForCheckpoint(ckLike), batchSize: cfg.batchSize, preprocessing: lv.preprocessing }],
+        ctx: lv.rows.ctx,
+        batch: lv.rows.batch,
+        maxTokens: se.maxTokens,
+        kernels: opts.kernels,
+      });
+      const s = r.spliced[0];
+      return { tokens: r.tokens, cleanLoss: r.cleanLoss, zeroLoss: r.zeroLoss, loss: s.loss, lossRecovered: s.lossRecovered, kl: s.kl, klScore: s.klScore, specialTokens: r.specialTokens };
+    }
+
+    async function trainLoop(): Promise<void> {
+      while (trainer.step < total) {
+        if (!(await stream.next(x))) throw new UserError(`${dataLabel}: ran out of data`);
+        if (trainer.step === 0 && !opts.resume && !opts.initFrom) trainer.init(x);
+        last = trainer.trainStep(x);
+        done++;
+        opts.onStep?.(trainer.step, total);
+        if (trainer.step % cfg.logEvery === 0 || trainer.step === total) {
+          const now = Date.now();
+          const tokensPerSec = ((trainer.tokens - tokLast) * 1000) / Math.max(1, now - tLast);
+          tLast = now;
+          tokLast = trainer.tokens;
+          // deadFraction's window travels with it (SPEC §9: every dead count states its window)
+          const rec = { ...last, deadWindow, tokensPerSec };
+          logLines.push(JSON.stringify(rec) + '\n');
+          opts.onLog?.(rec);
+          await flushLog();
+        }
+        if (live && opts.spliceEvery && (trainer.step % opts.spliceEvery.steps === 0 || trainer.step === total)) {
+          const rec = { step: trainer.step, kind: 'splice', ...(await spliceNow(live, opts.spliceEvery)) };
+          logLines.push(JSON.stringify(rec) + '\n');
+          opts.onNote?.(`step ${trainer.step}: loss recovered ${rec.lossRecovered.toFixed(2)}% (clean ${rec.cleanLoss.toFixed(4)}, spliced ${rec.loss.toFixed(4)}, zero ${rec.zeroLoss.toFixed(4)}) over ${rec.tokens} held-out tokens`);
+          await flushLog();
+        }
+        const stop = opts.signal?.aborted || (opts.stopAfterSteps !== undefined && done >= opts.stopAfterSteps);
+        if (trainer.step % cfg.checkpointEvery === 0 || (stop && trainer.step < total)) {
+          await flushLog();
+          await save(path.join(opts.out, 'checkpoint'));
+        }
+        if (stop && trainer.step < total) {
+          interrupted = true;
+          break;
+        }
       }
     }
+    await flushLog();
+    let final: string | null = null;
+    if (!interrupted) {
+      final = path.join(opts.out, 'final');
+      await save(final);
+    }
+    const seconds = (Date.now() - t0) / 1000;
+    const dead = new Uint8Array(width);
+    const summary: TrainSummary = {
+      out: opts.out,
+      final,
+      interrupted,
+      steps: trainer.step,
+      totalSteps: total,
+      tokens: trainer.tokens,
+      d,
+      width,
+      deadWindow,
+      activations: allPhases(cfg).map((p) => p.activation),
+      last,
+      deadFraction: trainer.featureStats().deadMask(deadWindow, dead) / width,
+      seconds,
+      tokensPerSec: (done * cfg.batchSize) / Math.max(seconds, 1e-9),
+    };
+    if (!interrupted) await writeFileAtomic(path.join(opts.out, 'summary.json'), JSON.stringify(summary, null, 2) + '\n');
+    return summary;
+  } finally {
+    trainer.backend.dispose();
   }
-  await flushLog();
-  let final: string | null = null;
-  if (!interrupted) {
-    final = path.join(opts.out, 'final');
-    await save(final);
-  }
-  const seconds = (Date.now() - t0) / 1000;
-  const dead = new Uint8Array(width);
-  const summary: TrainSummary = {
-    out: opts.out,
-    final,
-    interrupted,
-    steps: trainer.step,
-    totalSteps: total,
-    tokens: trainer.tokens,
-    d,
-    width,
-    deadWindow,
-    activations: allPhases(cfg).map((p) => p.activation),
-    last,
-    deadFraction: trainer.featureStats().deadMask(deadWindow, dead) / width,
-    seconds,
-    tokensPerSec: (done * cfg.batchSize) / Math.max(seconds, 1e-9),
-  };
-  if (!interrupted) await writeFileAtomic(path.join(opts.out, 'summary.json'), JSON.stringify(summary, null, 2) + '\n');
-  return summary;
 }
 
 /** What a run writes into its directory, and how to tell that an existing entry is one of ours. */

@@ -1,9 +1,11 @@
 import type { KernelFactory, SaeKernels, SaeParams, Selection } from '../kernels/types.js';
+import type { TrainingBackend, TrainingBackendFactory } from '../kernels/backend.js';
+import { cpuBackend, CpuTrainingBackend } from '../kernels/backend-cpu.js';
 import { createReferenceKernels } from '../kernels/reference.js';
 import { Rng, type RngState } from '../util/rng.js';
 import { UserError } from '../util/errors.js';
-import { allocParams, initParams, tensors } from './params.js';
-import { allocWorkspace, batchVariance, lossAndGrad, type AuxLossSpec, type LossTerms, type Workspace } from './objective.js';
+import { allocParams, initParams } from './params.js';
+import type { LossTerms, Workspace } from './objective.js';
 import { FeatureStats } from './density.js';
 import { capacitiesByFeature, densityRanking, dyingFeatures, uniformCapacities, zipfCapacities } from './zipf.js';
 import { CarriedCapacities, uniformShares, zipfShares } from './capacities.js';
@@ -40,25 +42,22 @@ export interface StepReport extends LossTerms {
 }
 
 /**
- * One SAE training run's numeric state and its step (SPEC §8): loss and gradients through the
- * kernel seam, decoder-gradient projection, gradient-norm clipping, AdamW, decoder renormalisation,
- * density statistics, periodic density ranking (Zipf capacities, dying set).
+ * One SAE training run's host-side policy and its step (SPEC §8). The numeric state (weights,
+ * gradients, Adam moments, feature statistics, codes) lives in a TrainingBackend
+ * (src/kernels/backend.ts) that may keep it on a device; the trainer resolves what each step asks
+ * for (the phase, the selection with Feature Choice's carried capacities, the aux losses, the NFM
+ * sample, the learning rate) and, every rankInterval steps, re-ranks features by the backend's
+ * density (Zipf capacities, dying set). Per step only the batch, O(F) small vectors and scalars
+ * cross the seam; weights only at checkpoints and evaluation.
  */
 export class Trainer {
   readonly cfg: TrainConfig;
   readonly d: number;
   readonly F: number;
-  readonly params: SaeParams;
-  readonly kernels: SaeKernels;
+  readonly backend: TrainingBackend;
   readonly baseLr: number;
   readonly deadWindow: number;
-  private readonly grads: SaeParams;
-  private readonly m: Float32Array[];
-  private readonly v: Float32Array[];
-  private readonly ws: Workspace;
   private readonly phases: PhaseConfig[];
-  private readonly deadMask: Uint8Array;
-  private stats: FeatureStats;
   private rng: Rng;
   private order: Int32Array;
   private dying: Uint8Array;
@@ -71,24 +70,24 @@ export class Trainer {
   step = 0;
   tokens = 0;
 
-  constructor(opts: { cfg: TrainConfig; d: number; F: number; deadWindow: number; kernels?: KernelFactory; params?: SaeParams }) {
+  /**
+   * backend: where the state lives (default: the CPU backend over `kernels`, themselves the
+   * reference kernels by default); give one or the other. params: initial weights, handed over to
+   * the backend (see BackendInit.params).
+   */
+  constructor(opts: { cfg: TrainConfig; d: number; F: number; deadWindow: number; kernels?: KernelFactory; backend?: TrainingBackendFactory; params?: SaeParams }) {
     const { cfg, d, F } = opts;
+    if (opts.kernels && opts.backend) throw new Error('Trainer: give kernels or a backend, not both');
     this.cfg = cfg;
     this.d = d;
     this.F = F;
     this.deadWindow = opts.deadWindow;
     this.phases = allPhases(cfg);
     const B = cfg.batchSize;
-    this.kernels = (opts.kernels ?? createReferenceKernels)({ d, F, maxB: B });
-    this.params = opts.params ?? allocParams(d, F);
-    this.grads = allocParams(d, F);
-    this.m = tensors(this.params).map((t) => new Float32Array(t.length));
-    this.v = tensors(this.params).map((t) => new Float32Array(t.length));
-    this.baseLr = baseLearningRate(cfg, F);
     const maxNnz = Math.max(...this.phases.map((ph) => (ph.activation === 'relu' ? B * Math.min(F, 64) : cfg.k * B)));
-    this.ws = allocWorkspace(d, B, maxNnz, 2, B * Math.min(this.auxK(), F), Float32Array);
-    this.deadMask = new Uint8Array(F);
-    this.stats = new FeatureStats(F, { emaDecay: cfg.densityEma });
+    const factory = opts.backend ?? cpuBackend(opts.kernels ?? createReferenceKernels);
+    this.backend = factory({ d, F, maxB: B, maxNnz, auxK: this.auxK(), deadWindow: opts.deadWindow, densityEma: cfg.densityEma, params: opts.params });
+    this.baseLr = baseLearningRate(cfg, F);
     this.rng = Rng.derive(cfg.seed, 'trainer');
     this.order = identity(F);
     this.dying = new Uint8Array(F);
@@ -99,6 +98,24 @@ export class Trainer {
     this.carried = fc && cfg.capacityRounding === 'carry' ? new CarriedCapacities(this.shares(B), featureCap(cfg, B)) : null;
   }
 
+  /**
+   * The weights as they stand, in host memory: read-only, and stale after the next step (a device
+   * backend copies them over on every read, so read at checkpoints and evaluation only).
+   */
+  get params(): SaeParams {
+    return this.backend.readParams();
+  }
+
+  /** The CPU backend's kernels (bench/train.mjs times them); undefined on a device backend. */
+  get kernels(): SaeKernels | undefined {
+    return this.backend instanceof CpuTrainingBackend ? this.backend.kernels : undefined;
+  }
+
+  /** The CPU backend's scratch of the last step (bench/train.mjs reports aux sizes); undefined on a device backend. */
+  get ws(): Workspace | undefined {
+    return this.backend instanceof CpuTrainingBackend ? this.backend.ws : undefined;
+  }
+
   private shares(B: number) {
     const { cfg, F } = this;
     const mMax = featureCap(cfg, B);
@@ -107,7 +124,9 @@ export class Trainer {
 
   /** Fresh weights (SPEC §4), b_dec from the first batch's mean when configured. */
   init(firstBatch?: Float32Array): void {
-    initParams(this.params, this.cfg.seed, this.cfg.bDecInit === 'mean' && firstBatch ? { sample: firstBatch, n: this.cfg.batchSize } : undefined);
+    const p = allocParams(this.d, this.F);
+    initParams(p, this.cfg.seed, this.cfg.bDecInit === 'mean' && firstBatch ? { sample: firstBatch, n: this.cfg.batchSize } : undefined);
+    this.backend.writeParams(p);
   }
 
   /** SPEC §7: k_aux = 512 by default, never more than F/2. */
@@ -144,64 +163,83 @@ export class Trainer {
 
   /** Re-rank features by running density and recompute the dying set (definition 3.1). */
   private rerank(): void {
-    this.order = densityRanking(this.stats.density);
-    const dy = dyingFeatures(this.stats.density, this.cfg.zipfAlpha, this.cfg.zipfBeta, this.order);
-    this.dying = dy.mask;
-    this.dyingCount = dy.count;
+    const density = this.backend.readDensity();
+    this.order = densityRanking(density);
+    const dy = dyingFeatures(density, this.cfg.zipfAlpha, this.cfg.zipfBeta, this.order);
+    this.setDying(dy.mask, dy.count);
     this.lastRankStep = this.step;
+  }
+
+  private setDying(mask: Uint8Array, count: number): void {
+    this.dying = mask;
+    this.dyingCount = count;
+    this.backend.setDying(mask);
   }
 
   /** One optimiser step on a batch of B×d preprocessed activations. */
   trainStep(x: Float32Array): StepReport {
-    const { cfg, d, F, kernels: k, params: p, grads: g } = this;
+    const { cfg, F } = this;
     const B = cfg.batchSize;
     if (this.step > 0 && this.step - this.lastRankStep >= cfg.rankInterval) this.rerank();
     const { index: phaseIndex, phase } = this.phaseAt(this.step);
 
-    const aux: AuxLossSpec[] = [];
-    const deadCount = this.stats.deadMask(this.deadWindow, this.deadMask);
-    if (phase.auxKCoef > 0 && deadCount > 0) aux.push({ name: 'auxK', mask: this.deadMask, k: this.auxK(), coef: phase.auxKCoef });
-    if (phase.auxZipfCoef > 0 && this.dyingCount > 0) aux.push({ name: 'auxZipf', mask: this.dying, k: this.auxK(), coef: phase.auxZipfCoef });
-
     const nfmOn = cfg.nfmCoef > 0 || cfg.nfmInfCoef > 0;
-    const terms = lossAndGrad(k, p, g, x, B, {
-      selection: this.selectionFor(phase, B),
+    const selection = this.selectionFor(phase, B);
+    const nfmSample = nfmOn ? sampleWithoutReplacement(this.rng, F, Math.min(cfg.nfmSample, F)) : new Int32Array(0);
+    const lr = learningRate(cfg, this.baseLr, this.step);
+    const r = this.backend.step({
+      x,
+      B,
+      selection,
       l1Coef: phase.activation === 'relu' ? cfg.l1Coef : 0,
-      aux,
-      nfmSample: nfmOn ? sampleWithoutReplacement(this.rng, F, Math.min(cfg.nfmSample, F)) : new Int32Array(0),
+      // aux_k applies while dead features exist (the backend's statistics); aux_zipf while the ranking finds dying ones
+      auxK: phase.auxKCoef > 0 ? { k: this.auxK(), coef: phase.auxKCoef } : null,
+      auxZipf: phase.auxZipfCoef > 0 && this.dyingCount > 0 ? { k: this.auxK(), coef: phase.auxZipfCoef } : null,
+      nfmSample,
       nfmCoef: cfg.nfmCoef,
       nfmInfCoef: cfg.nfmInfCoef,
-    }, this.ws);
-    if (!Number.isFinite(terms.total)) throw new UserError(`loss became ${terms.total} at step ${this.step + 1}; the run diverged (lower --lr or check the data)`);
-
-    const lr = learningRate(cfg, this.baseLr, this.step);
-    const gradNorm = k.optimizerStep(p, g, this.m, this.v, {
-      lr, beta1: cfg.beta1, beta2: cfg.beta2, eps: cfg.eps, weightDecay: cfg.weightDecay, step: this.step + 1, maxGradNorm: cfg.maxGradNorm,
+      optimizer: { lr, beta1: cfg.beta1, beta2: cfg.beta2, eps: cfg.eps, weightDecay: cfg.weightDecay, step: this.step + 1, maxGradNorm: cfg.maxGradNorm },
     });
+    const terms = r.terms;
+    if (!r.applied || !Number.isFinite(terms.total)) throw new UserError(`loss became ${terms.total} at step ${this.step + 1}; the run diverged (lower --lr or check the data)`);
 
-    this.stats.update(this.ws.enc.codes, B);
     this.step += 1;
     this.tokens += B;
 
     return {
-      ...terms,
+      // the terms in LossTerms' order: metrics.jsonl keeps its key order
+      total: terms.total,
+      recon: terms.recon,
+      l1: terms.l1,
+      auxK: terms.auxK,
+      auxZipf: terms.auxZipf,
+      nfm: terms.nfm,
+      nfmInf: terms.nfmInf,
+      l0: terms.l0,
+      sse: terms.sse,
       step: this.step,
       phase: phaseIndex,
       activation: phase.activation,
       lr,
-      gradNorm,
-      fvu: terms.sse / batchVariance(x, B, d),
-      deadFraction: this.stats.deadMask(this.deadWindow, this.deadMask) / F,
+      gradNorm: r.gradNorm,
+      fvu: terms.sse / r.batchVariance,
+      deadFraction: r.deadCount / F,
       dyingFraction: this.dyingCount / F,
       tokens: this.tokens,
     };
   }
 
+  /** The feature statistics as they stand: a host copy (reports and summaries, not every step). */
   featureStats(): FeatureStats {
-    return this.stats;
+    return FeatureStats.fromState(this.backend.readStats());
   }
 
-  snapshot(): TrainerSnapshot {
+  /**
+   * Everything besides the weights that an exact resume needs. moments: false leaves m and v empty
+   * (for a selection at evaluation, which needs the ranking only: no F×d copies off the backend).
+   */
+  snapshot(opts: { moments: boolean } = { moments: true }): TrainerSnapshot {
+    const { m, v } = opts.moments ? this.backend.readOptimizer() : { m: [], v: [] };
     return {
       step: this.step,
       tokens: this.tokens,
@@ -211,19 +249,19 @@ export class Trainer {
       dying: this.dying.slice(),
       capacityCredit: this.carried ? this.carried.credit.slice() : new Float64Array(this.F),
       batchCredit: this.carried ? this.carried.batchCredit : 0,
-      stats: this.stats.toState(),
-      m: this.m.map((a) => a.slice()),
-      v: this.v.map((a) => a.slice()),
+      stats: this.backend.readStats(),
+      m: m.map((a) => a.slice()),
+      v: v.map((a) => a.slice()),
     };
   }
 
-  /** Restore a snapshot taken by `snapshot()` (weights are restored separately, into params). */
+  /** Restore a snapshot taken by `snapshot()` (weights are restored separately, through the constructor's params). */
   restore(s: TrainerSnapshot, opts: { optimizer: boolean } = { optimizer: true }): void {
     if (s.order.length !== this.F || s.dying.length !== this.F) throw new Error('snapshot width mismatch');
-    this.stats = FeatureStats.fromState(s.stats);
+    this.backend.writeStats(s.stats);
     this.order = s.order.slice();
-    this.dying = s.dying.slice();
-    this.dyingCount = this.dying.reduce((a, b) => a + b, 0);
+    const dying = s.dying.slice();
+    this.setDying(dying, dying.reduce((a, b) => a + b, 0));
     if (!opts.optimizer) return;
     if (s.capacityCredit.length !== this.F) throw new Error('snapshot width mismatch');
     this.carried?.restore({ credit: s.capacityCredit, batchCredit: s.batchCredit });
@@ -231,10 +269,7 @@ export class Trainer {
     this.tokens = s.tokens;
     this.rng = new Rng(s.rng);
     this.lastRankStep = s.lastRankStep;
-    for (let i = 0; i < this.m.length; i++) {
-      this.m[i].set(s.m[i]);
-      this.v[i].set(s.v[i]);
-    }
+    this.backend.writeOptimizer(s.m, s.v);
   }
 }
 
