@@ -231,7 +231,7 @@ static void scan(const ScanJob& s) {
         const int j0 = f0 + mp * MR;
         if (s.W) {
           kernel(s.Wp + (size_t)mp * ((size_t)MR * d + MR), xp, d, s.tile);
-          for (size_t q = 0; q < pfStep && pf < pfEnd; q++, pf += 64) _mm_prefetch(pf, _MM_HINT_T1);
+          for (size_t q = 0; q < pfStep && pf < pfEnd; q++, pf += 64) prefetchL2(pf);
         } else {
           for (int r = 0; r < MR; r++)
             for (int t = 0; t < NR; t++)

@@ -12,12 +12,15 @@ static int poolSizeFromEnv() {
     const int n = std::atoi(env);
     if (n >= 1 && n <= 256) return n;
   }
+#ifdef __linux__
+  // the CPUs this process may use (taskset, cgroups' cpusets); macOS has no affinity masks
   cpu_set_t set;
   CPU_ZERO(&set);
   if (sched_getaffinity(0, sizeof(set), &set) == 0) {
     const int n = CPU_COUNT(&set);
     if (n >= 1) return std::min(n, 64);
   }
+#endif
   const unsigned h = std::thread::hardware_concurrency();
   return h >= 1 ? (int)std::min(h, 64u) : 1;
 }
