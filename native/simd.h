@@ -34,8 +34,9 @@ static inline uint32_t vgt(V a, V b) { return (uint32_t)_mm256_movemask_ps(_mm25
 #elif SAE_NEON
 typedef float32x4_t V;
 constexpr int VL = 4;
-// 12×8 tile: 24 accumulators + 2 vectors of x + the broadcast row values fit the 32 q registers
-constexpr int MR = 12;
+// 8×8 tile: 16 accumulators + 2 vectors of x + 8 row values (each a by-element FMA operand) fit
+// the 32 q registers without spills; 12 rows spill accumulators (see docs/performance.md, arm64)
+constexpr int MR = 8;
 static inline V vload(const float* p) { return vld1q_f32(p); }
 static inline V vloadu(const float* p) { return vld1q_f32(p); }
 static inline void vstore(float* p, V a) { vst1q_f32(p, a); }
