@@ -127,6 +127,7 @@ function main() {
   if (hostMode) {
     launch = [process.execPath];
     if (!fs.existsSync(path.join(root, 'build', 'sae_kernels.node'))) fail('build/sae_kernels.node is missing (node scripts/build-native.mjs)');
+    if (!fs.existsSync(path.join(root, 'dist', 'kernels', 'native.js'))) fail('dist/ is missing (npm run build:ts)');
   } else {
     if (process.platform !== 'linux' || process.arch !== 'x64') skip(`they run on a Linux x86-64 host, this is ${process.platform}/${process.arch}`);
     let tools = findTools();

@@ -140,6 +140,32 @@ describe(`native LM ops match the reference (${info.isas.join(', ')})`, () => {
     });
   }
 
+  it('linear, attention and crossEntropy at GPT-2-small sizes (d 768, K 3072, T 300, V 50257)', () => {
+    const rng = new Rng(8);
+    const nat = createNativeLmKernels();
+    checkLinear(nat, rng, 12, 768, 2304, 'in_out');
+    checkLinear(nat, rng, 9, 3072, 768, 'in_out');
+    checkLinear(nat, rng, 2, 768, 5003, 'out_in', false);
+    // one head at T 300 (several query blocks); the reference on the prefix 0..t gives row t
+    const [T, hd] = [300, 64];
+    const q = normal(rng, T * hd), k = normal(rng, T * hd), v = normal(rng, T * hd);
+    const got = new Float32Array(T * hd);
+    nat.attention(q, k, v, 1, T, 1, hd, got, null);
+    for (const t of [0, 63, 64, 200, 299]) {
+      const n = t + 1;
+      const want = new Float32Array(n * hd);
+      ref.attention(q.subarray(0, n * hd), k.subarray(0, n * hd), v.subarray(0, n * hd), 1, n, 1, hd, want);
+      expectWithin(got.subarray(t * hd, n * hd), want.subarray(t * hd), 2e-6, () => 1, 0, `attention row ${t}`);
+    }
+    const V = 50257;
+    const logits = normal(rng, 2 * V, 4);
+    const targets = Int32Array.from([3, 50256]);
+    const want = new Float32Array(2), out = new Float32Array(2);
+    ref.crossEntropy(logits, 2, V, targets, want);
+    nat.crossEntropy(logits, 2, V, targets, out);
+    expectWithin(out, want, 1e-6, (i) => Math.abs(want[i]) + 1, 0, 'crossEntropy V=50257');
+  });
+
   it('rejects short arrays, aliasing linear outputs and targets outside the vocabulary', () => {
     const nat = createNativeLmKernels();
     const x = new Float32Array(6);
