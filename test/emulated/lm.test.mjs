@@ -127,6 +127,27 @@ describe(`native LM ops match the reference (${info.isas.join(', ')})`, () => {
       }
     });
 
+    // klDivergence arrives with the splice-eval work on main; tested here wherever it exists
+    if (typeof nat.klDivergence === 'function') {
+      it(`klDivergence matches float64 for near and far distributions, per row and broadcast (${isa})`, () => {
+        const rng = new Rng(11);
+        for (const [n, V, spread] of [[2, 50257, 1e-3], [2, 5003, 1], [4, 7, 0.5], [2, 1, 1], [5, 33, 2]]) {
+          const p = normal(rng, n * V, 8);
+          const q = Float32Array.from(p, (v) => v + spread * (rng.next() - 0.5));
+          for (const broadcast of [false, true]) {
+            const want = new Float32Array(n), got = new Float32Array(n);
+            ref.klDivergence(p, q, n, V, broadcast, want);
+            nat.klDivergence(p, q, n, V, broadcast, got);
+            expectWithin(got, want, 1e-5, (i) => want[i], 2e-6, `klDivergence ${n}×${V} spread ${spread} broadcast ${broadcast}`);
+            if (!broadcast) {
+              nat.klDivergence(p, p, n, V, false, got);
+              for (let i = 0; i < n; i++) assert.ok(Math.abs(got[i]) < 1e-6, 'KL of a distribution against itself');
+            }
+          }
+        }
+      });
+    }
+
     it(`crossEntropy over a wide row and tiny V (${isa})`, () => {
       const rng = new Rng(7);
       for (const [n, V] of [[2, 5003], [3, 1], [5, 3], [2, 17]]) {
