@@ -4,7 +4,8 @@
 // step goes, and peak RSS against the memory the run needs; plus one step of the reference kernels.
 // Prints a markdown table to stdout. Needs the compiled package (`npm run build`) and the addon
 // (build/sae_kernels.node). Every configuration runs in its own child process so that its peak RSS
-// is its own. See bench/README.md.
+// is its own. See bench/README.md. `--platform-report` prints what a user on a new platform (arm64
+// Linux, macOS) should send back: bench/platform-report.mjs.
 import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import os from 'node:os';
@@ -27,6 +28,9 @@ function parseArgs(argv) {
     reference: true,
     child: null,
     json: false,
+    platformReport: false,
+    ghz: null,
+    peak: null,
   };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
@@ -45,9 +49,13 @@ function parseArgs(argv) {
       o.warmup = 1;
       o.reference = false;
     } else if (a === '--json') o.json = true;
+    else if (a === '--platform-report') o.platformReport = true;
+    else if (a === '--ghz') o.ghz = Number(next());
+    else if (a === '--peak') o.peak = Number(next());
     else if (a === '--child') o.child = JSON.parse(next());
     else if (a === '--help' || a === '-h') {
       console.log('usage: node bench/train.mjs [--shapes FxB,...] [--acts topk,mutual,mutual+aux,feature,feature-uniform,relu] [--steps N] [--warmup N] [--no-reference] [--quick] [--json]');
+      console.log('       node bench/train.mjs --platform-report [--ghz CLOCK] [--peak FLOP_PER_CYCLE_PER_CORE] [--json]   (the figures to send back from a new platform)');
       process.exit(0);
     } else throw new Error(`unknown argument ${a}`);
   }
@@ -201,6 +209,7 @@ const int = (x) => Math.round(x).toLocaleString('en-US');
 async function main() {
   const o = parseArgs(process.argv.slice(2));
   if (o.child) return child(o.child);
+  if (o.platformReport) return (await import('./platform-report.mjs')).platformReport(o, { dist, runChild, median, d });
   if (!existsSync(path.join(dist, 'kernels', 'native.js'))) {
     console.error('bench: dist/ is missing; run `npm run build` first');
     process.exit(1);

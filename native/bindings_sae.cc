@@ -89,10 +89,9 @@ static napi_value jsInfo(napi_env env, napi_callback_info) {
     CHECK_NAPI(napi_set_named_property(env, o, "threads", mkNum(env, pool().size())));
     CHECK_NAPI(napi_set_named_property(env, o, "isa", mkStr(env, bestIsa()->name)));
     CHECK_NAPI(napi_create_array(env, &list));
-    uint32_t n = 0;
-    if (cpuHas512()) CHECK_NAPI(napi_set_element(env, list, n++, mkStr(env, "avx512")));
-    if (cpuHas256()) CHECK_NAPI(napi_set_element(env, list, n++, mkStr(env, "avx2")));
-    CHECK_NAPI(napi_set_element(env, list, n++, mkStr(env, "sse2")));
+    const char* names[kMaxIsas];
+    const int n = availableIsas(names);
+    for (int i = 0; i < n; i++) CHECK_NAPI(napi_set_element(env, list, (uint32_t)i, mkStr(env, names[i])));
     CHECK_NAPI(napi_set_named_property(env, o, "isas", list));
     return o;
   });

@@ -1,8 +1,9 @@
 // Plumbing shared by every part of the native kernels: page-backed reusable buffers and the error
 // type that the Node-API layer turns into a JavaScript exception.
 //
-// Everything in this header is compiled for baseline x86-64; only code included through
-// isa_variants.h (inside its `#pragma GCC target` regions) uses AVX2 / AVX-512.
+// Everything in this header is compiled for the baseline of the target (x86-64, or armv8-a where
+// NEON is always present); only code included through isa_variants.h (inside its target regions)
+// uses AVX2 / AVX-512.
 #pragma once
 
 #include <sys/mman.h>
@@ -19,6 +20,12 @@
 #define SAE_X86 1
 #else
 #define SAE_X86 0
+#endif
+#if defined(__aarch64__)
+#include <arm_neon.h>
+#define SAE_ARM64 1
+#else
+#define SAE_ARM64 0
 #endif
 
 namespace sae {

@@ -12,12 +12,18 @@
   extern const ::sae::OptimizerOps kOptimizer;   \
   extern const ::sae::LmOps kLm;                 \
   }
+#if SAE_X86
 SAE_DECLARE_TABLES(isa512)
 SAE_DECLARE_TABLES(isa256)
 SAE_DECLARE_TABLES(isa128)
+#elif SAE_ARM64
+SAE_DECLARE_TABLES(isaneon)
+#endif
 #undef SAE_DECLARE_TABLES
 
 namespace sae {
+
+#if SAE_X86
 
 // Addresses only: constant-initialised, so no code compiled for a wider instruction set runs here.
 static const IsaOps k512 = {"avx512", &isa512::kGemm, &isa512::kSelect, &isa512::kSparse, &isa512::kOptimizer, &isa512::kLm};
@@ -39,15 +45,43 @@ const IsaOps* isaByName(const std::string& name) {
   if (name == "sse2") return &k128;
   return nullptr;
 }
+static const IsaOps* bestOfCpu() {
+  if (cpuHas512()) return &k512;
+  if (cpuHas256()) return &k256;
+  return &k128;
+}
+int availableIsas(const char** names) {
+  int n = 0;
+  if (cpuHas512()) names[n++] = "avx512";
+  if (cpuHas256()) names[n++] = "avx2";
+  names[n++] = "sse2";
+  return n;
+}
+
+#elif SAE_ARM64
+
+// armv8-a makes NEON (Advanced SIMD with double precision and FMA) part of the baseline: the one
+// table runs on every arm64 CPU.
+static const IsaOps kNeon = {"neon", &isaneon::kGemm, &isaneon::kSelect, &isaneon::kSparse, &isaneon::kOptimizer, &isaneon::kLm};
+
+bool cpuHas512() { return false; }
+bool cpuHas256() { return false; }
+const IsaOps* isaByName(const std::string& name) { return name == "neon" ? &kNeon : nullptr; }
+static const IsaOps* bestOfCpu() { return &kNeon; }
+int availableIsas(const char** names) {
+  names[0] = "neon";
+  return 1;
+}
+
+#endif
+
 const IsaOps* bestIsa() {
   const char* env = std::getenv("SAE_ISA");
   if (env && *env) {
     const IsaOps* o = isaByName(env);
     if (o) return o;
   }
-  if (cpuHas512()) return &k512;
-  if (cpuHas256()) return &k256;
-  return &k128;
+  return bestOfCpu();
 }
 
 }  // namespace sae

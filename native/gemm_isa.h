@@ -116,6 +116,9 @@ static void packW(const float* W, const float* bEnc, int f0, int nf, int d, floa
 
 // ------------------------------------------------------------------------------ micro-kernel
 
+#if SAE_NEON
+#include "gemm_neon.h"
+#else
 // tile[r][t] = Σ_k wp[k][r]·xp[k][t] + bias[r] over the whole K: an MR×NR block of z' that
 // stays in registers until it is complete, then goes to an L1 scratch tile.
 static inline void kernel(const float* __restrict wp, const float* __restrict xp, int K, float* __restrict tile) {
@@ -147,6 +150,7 @@ static inline void kernel(const float* __restrict wp, const float* __restrict xp
     vstore(tile + r * NR + VL, vadd(a1[r], b));
   }
 }
+#endif
 
 static inline uint32_t gtVec(const float* row, const float* thr) {
   return vgt(vload(row), vloadu(thr)) | (vgt(vload(row + VL), vloadu(thr + VL)) << VL);
@@ -231,7 +235,7 @@ static void scan(const ScanJob& s) {
         const int j0 = f0 + mp * MR;
         if (s.W) {
           kernel(s.Wp + (size_t)mp * ((size_t)MR * d + MR), xp, d, s.tile);
-          for (size_t q = 0; q < pfStep && pf < pfEnd; q++, pf += 64) _mm_prefetch(pf, _MM_HINT_T1);
+          for (size_t q = 0; q < pfStep && pf < pfEnd; q++, pf += 64) prefetchL2(pf);
         } else {
           for (int r = 0; r < MR; r++)
             for (int t = 0; t < NR; t++)

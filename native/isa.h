@@ -206,8 +206,12 @@ struct IsaOps {
 
 bool cpuHas512();
 bool cpuHas256();
-// The tables for an instruction set by name (avx512, avx2, sse2), or null when the CPU lacks it.
+// The tables for an instruction set by name (avx512, avx2, sse2 on x86-64; neon on arm64), or
+// null when the CPU lacks it.
 const IsaOps* isaByName(const std::string& name);
+// The names of the instruction sets this CPU can run, best first (at most kMaxIsas); their count.
+constexpr int kMaxIsas = 4;
+int availableIsas(const char** names);
 // SAE_ISA when set and available, else the best the CPU has.
 const IsaOps* bestIsa();
 

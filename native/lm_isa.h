@@ -49,6 +49,27 @@ static inline V vmaskload(const float* p, int n) {
   for (int i = 0; i < n; i++) b[i] = p[i];
   return vloadu(b);
 }
+#elif SAE_NEON
+typedef uint32x4_t M;
+static inline V vsub(V a, V b) { return vsubq_f32(a, b); }
+static inline V vmul(V a, V b) { return vmulq_f32(a, b); }
+static inline V vdiv(V a, V b) { return vdivq_f32(a, b); }
+static inline V vmax(V a, V b) { return vmaxq_f32(a, b); }
+static inline V vmin(V a, V b) { return vminq_f32(a, b); }
+static inline V vand(V a, uint32_t m) { return vreinterpretq_f32_u32(vandq_u32(vreinterpretq_u32_f32(a), vdupq_n_u32(m))); }
+static inline M vlt(V a, V b) { return vcltq_f32(a, b); }  // false for NaN, like _CMP_LT_OQ
+static inline V vsel(M m, V a, V b) { return vbslq_f32(m, a, b); }
+static inline bool vany(M m) { return vmaxvq_u32(m) != 0; }
+static inline M vinrange(V a, float lo, float hi) { return vandq_u32(vcltq_f32(a, vdupq_n_f32(hi)), vcgeq_f32(a, vdupq_n_f32(lo))); }
+static inline V vround(V a) { return vrndnq_f32(a); }  // to nearest, ties to even (FRINTN)
+static inline V vpow2i(V n) {
+  return vreinterpretq_f32_s32(vshlq_n_s32(vaddq_s32(vcvtnq_s32_f32(n), vdupq_n_s32(127)), 23));
+}
+static inline V vmaskload(const float* p, int n) {
+  float b[VL] = {0};
+  for (int i = 0; i < n; i++) b[i] = p[i];
+  return vloadu(b);
+}
 #else
 typedef __m128 M;
 static inline V vsub(V a, V b) { return _mm_sub_ps(a, b); }

@@ -62,6 +62,10 @@ class Pool {
   static void pause() {
 #if SAE_X86
     _mm_pause();
+#elif SAE_ARM64
+    // ISB stalls for tens of cycles, like x86's PAUSE; YIELD is a no-op on most arm64 cores, which
+    // would make the spin phase far shorter than on x86
+    __asm__ __volatile__("isb" ::: "memory");
 #endif
   }
   void loop(int id) {

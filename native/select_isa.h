@@ -22,6 +22,12 @@ static inline size_t countGE(const float* v, size_t n, uint32_t c) {
     const __m256i x = _mm256_loadu_si256((const __m256i*)(v + i));
     cnt += (size_t)__builtin_popcount(_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(x, cc))));
   }
+#elif SAE_NEON
+  // a lane that passes is all ones (−1): subtracting it counts it; lanes summed once at the end
+  const uint32x4_t cc = vdupq_n_u32(c);
+  uint32x4_t acc = vdupq_n_u32(0);
+  for (; i + 4 <= n; i += 4) acc = vsubq_u32(acc, vcgeq_u32(vreinterpretq_u32_f32(vld1q_f32(v + i)), cc));
+  cnt = (size_t)vaddlvq_u32(acc);
 #else
   const __m128i cc = _mm_set1_epi32((int)(c - 1));
   for (; i + 4 <= n; i += 4) {

@@ -1,6 +1,7 @@
 // The vector primitives of one instruction set, included by isa_variants.h inside each ISA
-// namespace (SAE_ISA_LEVEL 512, 256 or 128). VL floats per vector; MR×NR is the GEMM micro-tile
-// (MR rows broadcast, NR = two vectors), sized to the register file. No include guard on purpose.
+// namespace (SAE_ISA_LEVEL 512, 256 or 128; 128 with SAE_NEON set is arm64's NEON). VL floats per
+// vector; MR×NR is the GEMM micro-tile (MR rows broadcast, NR = two vectors), sized to the
+// register file. No include guard on purpose.
 
 static inline int imin(int a, int b) { return a < b ? a : b; }
 
@@ -30,6 +31,25 @@ static inline V vzero() { return _mm256_setzero_ps(); }
 static inline V vadd(V a, V b) { return _mm256_add_ps(a, b); }
 static inline V vfma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
 static inline uint32_t vgt(V a, V b) { return (uint32_t)_mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_GT_OQ)); }
+#elif SAE_NEON
+typedef float32x4_t V;
+constexpr int VL = 4;
+// 8×8 tile: 16 accumulators + 2 vectors of x + 8 row values (each a by-element FMA operand) fit
+// the 32 q registers without spills; 12 rows spill accumulators (see docs/performance.md, arm64)
+constexpr int MR = 8;
+static inline V vload(const float* p) { return vld1q_f32(p); }
+static inline V vloadu(const float* p) { return vld1q_f32(p); }
+static inline void vstore(float* p, V a) { vst1q_f32(p, a); }
+static inline void vstoreu(float* p, V a) { vst1q_f32(p, a); }
+static inline V vset1(float s) { return vdupq_n_f32(s); }
+static inline V vzero() { return vdupq_n_f32(0.0f); }
+static inline V vadd(V a, V b) { return vaddq_f32(a, b); }
+static inline V vfma(V a, V b, V c) { return vfmaq_f32(c, a, b); }
+// NEON has no movemask: keep lane i's bit of the all-ones compare result, then add the lanes
+static inline uint32_t vgt(V a, V b) {
+  const uint32x4_t bit = {1u, 2u, 4u, 8u};
+  return vaddvq_u32(vandq_u32(vcgtq_f32(a, b), bit));
+}
 #else
 typedef __m128 V;
 constexpr int VL = 4;
@@ -56,6 +76,13 @@ static inline float hsum(V v) {
   x = _mm_add_ss(x, _mm_shuffle_ps(x, x, 1));
   return _mm_cvtss_f32(x);
 }
+#elif SAE_NEON
+// (v0 + v2) + (v1 + v3), the SSE2 version's order, spelled out (no across-lanes reduction whose
+// order a reader would have to look up)
+static inline float hsum(V v) {
+  const float32x2_t p = vadd_f32(vget_low_f32(v), vget_high_f32(v));
+  return vget_lane_f32(p, 0) + vget_lane_f32(p, 1);
+}
 #else
 static inline float hsum(V v) {
   __m128 x = _mm_add_ps(v, _mm_movehl_ps(v, v));
@@ -80,3 +107,14 @@ static inline float dotv(const float* __restrict a, const float* __restrict b, i
   for (; i < d; i++) r += a[i] * b[i];
   return r;
 }
+
+// Software prefetch of the cache line at p towards L1, L2 or (far ahead) L3.
+#if SAE_X86
+static inline void prefetchL1(const void* p) { _mm_prefetch((const char*)p, _MM_HINT_T0); }
+static inline void prefetchL2(const void* p) { _mm_prefetch((const char*)p, _MM_HINT_T1); }
+static inline void prefetchL3(const void* p) { _mm_prefetch((const char*)p, _MM_HINT_T2); }
+#else
+static inline void prefetchL1(const void* p) { __builtin_prefetch(p, 0, 3); }
+static inline void prefetchL2(const void* p) { __builtin_prefetch(p, 0, 2); }
+static inline void prefetchL3(const void* p) { __builtin_prefetch(p, 0, 1); }
+#endif

@@ -37,11 +37,11 @@ constexpr int kPfNear = 2;
 constexpr int kPfFar = 8;
 static inline void prefetchRow(const float* p, int d) {
   const char* c = (const char*)p;
-  for (int i = 0; i < d * 4; i += 64) _mm_prefetch(c + i, _MM_HINT_T0);
+  for (int i = 0; i < d * 4; i += 64) prefetchL1(c + i);
 }
 static inline void prefetchFar(const float* p, int d) {
   const char* c = (const char*)p;
-  for (int i = 0; i < d * 4; i += 64) _mm_prefetch(c + i, _MM_HINT_T2);
+  for (int i = 0; i < d * 4; i += 64) prefetchL3(c + i);
 }
 
 static inline void axpy(float* __restrict o, const float* __restrict w, float a, int d) {
