@@ -474,34 +474,53 @@ static void crossEntropy(const float* logits, int r0, int r1, int V_, const int3
 // KL(softmax(p) ‖ softmax(q)) per row = Σ_j P_j·(p_j − q_j) − lse(p) + lse(q), taken on centred
 // logits (p_j − max p) − (q_j − max q) so that the expectation adds values of a few units, not of
 // the logits' size, and the small KL is not lost to cancellation. qStride 0: one q row for all.
+static inline float rowMax(const float* x, int V_) {
+  V m0 = vset1(-kInf), m1 = m0;
+  int i = 0;
+  for (; i + 2 * VL <= V_; i += 2 * VL) {
+    m0 = vmax(m0, vloadu(x + i));
+    m1 = vmax(m1, vloadu(x + i + VL));
+  }
+  float m = hmax(vmax(m0, m1));
+  for (; i < V_; i++) m = x[i] > m ? x[i] : m;
+  return m;
+}
+
+// Two passes per row: the maxima, then one pass with the exponentials of p (and of q when q has
+// a row of its own) and the expectation.
 static void klDivergence(const float* p, const float* q, int r0, int r1, int V_, int64_t qStride, float* out) {
   float mq0 = 0;
   const double lq0 = qStride == 0 ? rowLse(q, V_, &mq0) : 0;
   for (int r = r0; r < r1; r++) {
     const float* x = p + (size_t)r * V_;
     const float* y = q + (size_t)r * qStride;
-    float mp, mq = mq0;
-    const double lp = rowLse(x, V_, &mp);
-    const double lq = qStride == 0 ? lq0 : rowLse(y, V_, &mq);
+    const float mp = rowMax(x, V_), mq = qStride == 0 ? mq0 : rowMax(y, V_);
     const V mpv = vset1(mp), mqv = vset1(mq);
-    V e0 = vzero(), e1 = vzero(), s0 = vzero(), s1 = vzero();
+    V e0 = vzero(), e1 = vzero(), s0 = vzero(), s1 = vzero(), t0 = vzero(), t1 = vzero();
     int i = 0;
     for (; i + 2 * VL <= V_; i += 2 * VL) {
       const V a0 = vsub(vloadu(x + i), mpv), a1 = vsub(vloadu(x + i + VL), mpv);
+      const V c0 = vsub(vloadu(y + i), mqv), c1 = vsub(vloadu(y + i + VL), mqv);
       const V w0 = vexp(a0), w1 = vexp(a1);
-      e0 = vfma(w0, vsub(a0, vsub(vloadu(y + i), mqv)), e0);
-      e1 = vfma(w1, vsub(a1, vsub(vloadu(y + i + VL), mqv)), e1);
+      e0 = vfma(w0, vsub(a0, c0), e0);
+      e1 = vfma(w1, vsub(a1, c1), e1);
       s0 = vadd(s0, w0);
       s1 = vadd(s1, w1);
+      if (qStride != 0) {
+        t0 = vadd(t0, vexp(c0));
+        t1 = vadd(t1, vexp(c1));
+      }
     }
     double e = (double)hsum(e0) + (double)hsum(e1), s = (double)hsum(s0) + (double)hsum(s1);
+    double t = (double)hsum(t0) + (double)hsum(t1);
     for (; i < V_; i++) {
-      const float a = x[i] - mp, w = __builtin_expf(a);
-      e += (double)w * (double)(a - (y[i] - mq));
+      const float a = x[i] - mp, c = y[i] - mq, w = __builtin_expf(a);
+      e += (double)w * (double)(a - c);
       s += w;
+      t += __builtin_expf(c);
     }
     // Σ P·(centred p − centred q) − log Σ e^(p−mp) + log Σ e^(q−mq); P = e^(p−mp) / s
-    out[r] = (float)(e / s - lp + lq);
+    out[r] = (float)(e / s - __builtin_log(s) + (qStride == 0 ? lq0 : __builtin_log(t)));
   }
 }
 

@@ -91,9 +91,13 @@ export async function spliceEval<P>(opts: SpliceOptions<P>): Promise<SpliceResul
   for (const s of opts.saes) if (s.params.d !== d) throw new UserError(`SAE ${s.label} has d_in ${s.params.d} but ${opts.hook} of this model has d=${d}`);
   if (opts.ctx > cfg.nPositions) throw new UserError(`--ctx ${opts.ctx} is longer than the model's ${cfg.nPositions} positions`);
   const residual = site.kind === 'resid_pre' || site.kind === 'resid_post';
+  if (opts.ctx < 2) throw new UserError(`--ctx ${opts.ctx} leaves no next token to predict (at least 2)`);
   const T = opts.ctx;
+  // A context's last token is only a target: no later position attends to it and its own
+  // prediction has nothing to score, so every run covers the first T − 1 positions.
+  const Tr = T - 1;
   const Bmax = opts.batch;
-  const N = Bmax * T;
+  const N = Bmax * Tr;
   const V = cfg.vocab;
   const special = new Set([tokenizer.bosId, tokenizer.eosId]);
   const kernels = opts.saes.map((s) => (opts.kernels ?? createReferenceKernels)({ d, F: s.params.F, maxB: s.batchSize }));
@@ -121,14 +125,17 @@ export async function spliceEval<P>(opts: SpliceOptions<P>): Promise<SpliceResul
   const docs = opts.corpus.documents(null)[Symbol.asyncIterator]();
   let ended = false;
   let lastPos: P | null = null;
+  const packed = new Int32Array(Bmax * T);
+  /** the positions run [B×Tr] and the token each predicts */
   const ids = new Int32Array(N);
+  const next = new Int32Array(N);
 
   /** Run from the hook with x there; returns the final normalized residual [n×d]. */
-  const runWith = (B: number, Tr: number, x: Float32Array): Float32Array => {
-    const idv = ids.subarray(0, B * Tr);
+  const runWith = (B: number, Tn: number, x: Float32Array): Float32Array => {
+    const idv = ids.subarray(0, B * Tn);
     const r = residual
-      ? model.run(idv, B, Tr, { start: { hook: opts.hook, x }, capture: ['ln_final.hook_normalized'] })
-      : model.run(idv, B, Tr, { replace: { [opts.hook]: x }, capture: ['ln_final.hook_normalized'] });
+      ? model.run(idv, B, Tn, { start: { hook: opts.hook, x }, capture: ['ln_final.hook_normalized'] })
+      : model.run(idv, B, Tn, { replace: { [opts.hook]: x }, capture: ['ln_final.hook_normalized'] });
     return r.captured['ln_final.hook_normalized'];
   };
   /**
@@ -139,9 +146,9 @@ export async function spliceEval<P>(opts: SpliceOptions<P>): Promise<SpliceResul
    */
   const ablate = (B: number, c: Float32Array): Ablated => {
     if (residual) return { normed: runWith(1, 1, c).slice(), broadcast: true };
-    const xs = buf.x.subarray(0, B * T * d);
-    for (let i = 0; i < B * T; i++) xs.set(c, i * d);
-    return { normed: runWith(B, T, xs).slice(), broadcast: false };
+    const xs = buf.x.subarray(0, B * Tr * d);
+    for (let i = 0; i < B * Tr; i++) xs.set(c, i * d);
+    return { normed: runWith(B, Tr, xs).slice(), broadcast: false };
   };
   /** logits of one broadcast row and its log-sum-exp */
   const rowLogits = (normed: Float32Array) => {
@@ -157,7 +164,7 @@ export async function spliceEval<P>(opts: SpliceOptions<P>): Promise<SpliceResul
     while (B < Bmax) {
       const c = packer.take();
       if (c) {
-        ids.set(c.ids, B * T);
+        packed.set(c.ids, B * T);
         B++;
         continue;
       }
@@ -171,28 +178,26 @@ export async function spliceEval<P>(opts: SpliceOptions<P>): Promise<SpliceResul
     }
     if (B === 0) break;
     contexts += B;
-    const n = B * T;
-    const clean = model.run(ids.subarray(0, n), B, T, { capture: [opts.hook, 'ln_final.hook_normalized'] });
+    const n = B * Tr;
+    for (let b = 0; b < B; b++) {
+      ids.set(packed.subarray(b * T, b * T + Tr), b * Tr);
+      next.set(packed.subarray(b * T + 1, (b + 1) * T), b * Tr);
+    }
+    const clean = model.run(ids.subarray(0, n), B, Tr, { capture: [opts.hook, 'ln_final.hook_normalized'] });
     const x = clean.captured[opts.hook];
     const normClean = clean.captured['ln_final.hook_normalized'];
-    // positions that count: predict ids[t+1], and (by default) hold no special token
+    // positions that count: (by default) those holding no special token; they are also the ones
+    // reconstructed
     const count = new Uint8Array(n);
-    const recon = new Uint8Array(n);
-    for (let b = 0; b < B; b++) {
-      for (let t = 0; t < T; t++) {
-        const i = b * T + t;
-        const isSpecial = special.has(ids[i]);
-        recon[i] = opts.includeSpecial || !isSpecial ? 1 : 0;
-        count[i] = t < T - 1 && recon[i] ? 1 : 0;
-      }
-    }
+    for (let i = 0; i < n; i++) count[i] = opts.includeSpecial || !special.has(ids[i]) ? 1 : 0;
+    const recon = count;
     // every run besides the clean one, with where its sums go
     const others: { normed: Float32Array; broadcast: boolean; acc: { loss: number; kl: number } }[] = [];
     for (let si = 0; si < opts.saes.length; si++) {
       const xs = buf.x.subarray(0, n * d);
       xs.set(x);
       reconstructRows(opts.saes[si], kernels[si], xs, recon, n, d, buf, opts.reconstructOverride);
-      others.push({ normed: runWith(B, T, xs).slice(), broadcast: false, acc: sums.spliced[si] });
+      others.push({ normed: runWith(B, Tr, xs).slice(), broadcast: false, acc: sums.spliced[si] });
     }
     const z = { loss: 0, kl: 0 };
     others.push({ ...ablate(B, buf.zero.subarray(0, d)), acc: z });
@@ -216,7 +221,7 @@ export async function spliceEval<P>(opts: SpliceOptions<P>): Promise<SpliceResul
     for (let from = 0; from < nc; from += chunk) {
       const rows = Math.min(chunk, nc - from);
       const targets = buf.targets.subarray(0, rows);
-      for (let r = 0; r < rows; r++) targets[r] = ids[at[from + r] + 1];
+      for (let r = 0; r < rows; r++) targets[r] = next[at[from + r]];
       // one GEMM for the chunk's rows of every full run: block 0 clean, block 1 + f run f
       const blocks = [normClean, ...full.map((o) => o.normed)];
       blocks.forEach((nm, k) => {
