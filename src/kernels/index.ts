@@ -30,7 +30,7 @@ export function kernelFactory(name: KernelName): KernelFactory {
       return createReferenceKernels;
     case 'native':
       if (!nativeAvailable()) {
-        throw new UserError(`native kernels unavailable (${nativeLoadError()}); build them with \`node scripts/build-native.mjs\` (needs g++ and Node's headers), or use --kernels reference`);
+        throw new UserError(nativeUnavailableMessage());
       }
       return createNativeKernels;
     case 'auto':
@@ -69,7 +69,7 @@ export function lmKernelFactory(name: KernelName): LmKernels {
       return createReferenceLmKernels();
     case 'native':
       if (!nativeAvailable()) {
-        throw new UserError(`native kernels unavailable (${nativeLoadError()}); build them with \`node scripts/build-native.mjs\` (needs g++ and Node's headers), or use --kernels reference`);
+        throw new UserError(nativeUnavailableMessage());
       }
       return createNativeLmKernels();
     case 'auto':
@@ -79,4 +79,10 @@ export function lmKernelFactory(name: KernelName): LmKernels {
     default:
       throw new UserError(`unknown kernels "${String(name)}" (auto, reference, native or cuda)`);
   }
+}
+
+/** One line for a missing addon: why it did not load, and how to build it on this platform. */
+function nativeUnavailableMessage(): string {
+  const compiler = process.platform === 'darwin' ? "Apple clang (xcode-select --install)" : process.platform === 'win32' ? 'Linux or WSL2: Windows has no native build' : 'g++ or clang++';
+  return `native kernels unavailable (${nativeLoadError()}); build them with \`node scripts/build-native.mjs\` (needs ${compiler} and Node's headers), or use --kernels reference`;
 }
