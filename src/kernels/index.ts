@@ -83,6 +83,6 @@ export function lmKernelFactory(name: KernelName): LmKernels {
 
 /** One line for a missing addon: why it did not load, and how to build it on this platform. */
 function nativeUnavailableMessage(): string {
-  const compiler = process.platform === 'darwin' ? "Apple clang (xcode-select --install)" : process.platform === 'win32' ? 'Linux or WSL2: Windows has no native build' : 'g++ or clang++';
+  const compiler = process.platform === 'darwin' ? "Apple clang (Xcode's command line tools)" : process.platform === 'win32' ? 'Linux or WSL2: Windows has no native build' : 'g++ or clang++';
   return `native kernels unavailable (${nativeLoadError()}); build them with \`node scripts/build-native.mjs\` (needs ${compiler} and Node's headers), or use --kernels reference`;
 }
