@@ -10,6 +10,7 @@ import { allocParams } from '../src/sae/params.js';
 import { ContextPacker } from '../src/harvest/contexts.js';
 
 const GPT2 = path.resolve(__dirname, '..', 'fixtures', 'hf-tiny', 'gpt2');
+const NEOX = path.resolve(__dirname, '..', 'fixtures', 'hf-tiny', 'gpt-neox');
 const HOOK = 'blocks.1.hook_resid_pre';
 const TEXTS = Array.from({ length: 10 }, (_, i) => `Evaluation text ${i}: the ${['grey', 'small', 'bright'][i % 3]} owl flew ${i + 2} miles over the hills before dusk.`);
 const corpus = {
@@ -117,6 +118,42 @@ describe('splice-eval (SPEC §9)', () => {
     expect(r.tokens).toBe(30);
     expect(r.zeroLoss).toBeCloseTo(zero.loss!, 5);
     expect(r.spliced[0].loss).toBeCloseTo(zero.loss!, 5);
+  });
+
+  it('mean-ablates a residual hook as the model does with every position set to the batch mean', async () => {
+    const d = model.cfg.dModel;
+    const r = await spliceEval({ model, tokenizer: tok, corpus, hook: HOOK, saes: [exactSae(d)], ctx: 16, batch: 3, maxTokens: 3 * 15, includeSpecial: true, meanAblation: true });
+    const ids = await contexts(3);
+    // the evaluation runs the first 15 positions of each context (the 16th is only a target)
+    const run = new Int32Array(3 * 15);
+    for (let b = 0; b < 3; b++) run.set(ids.subarray(b * 16, b * 16 + 15), b * 15);
+    const x = model.run(run, 3, 15, { capture: [HOOK] }).captured[HOOK];
+    const mean = new Float64Array(d);
+    for (let i = 0; i < 45; i++) for (let j = 0; j < d; j++) mean[j] += x[i * d + j] / 45;
+    const want = model.run(ids, 3, 16, { loss: true, replace: { [HOOK]: (h) => h.forEach((_, i) => (h[i] = mean[i % d])) } });
+    expect(r.meanAblation!.loss).toBeCloseTo(want.loss!, 5);
+    expect(r.meanAblation!.kl).toBeGreaterThan(0);
+  });
+
+  it('computes the zero-ablated run at one position on a rotary model (GPT-NeoX) as the full replace does', async () => {
+    const neox = await HookedTransformer.load(NEOX);
+    const ntok = await loadTokenizer(NEOX);
+    const hook = 'blocks.1.hook_resid_pre';
+    const d = neox.cfg.dModel;
+    const r = await spliceEval({ model: neox, tokenizer: ntok, corpus, hook, saes: [exactSae(d)], ctx: 16, batch: 2, maxTokens: 2 * 15, includeSpecial: true });
+    const ids = new Int32Array(2 * 16);
+    const p = new ContextPacker<number>(16, ntok.bosId, ntok.eosId);
+    let k = 0;
+    for await (const doc of corpus.documents()) {
+      p.push(ntok.encode(doc.text), doc.position);
+      for (let c; k < 2 && (c = p.take()); k++) ids.set(c.ids, k * 16);
+      if (k === 2) break;
+    }
+    const zero = neox.run(ids, 2, 16, { loss: true, replace: { [hook]: new Float32Array(2 * 16 * d) } });
+    const clean = neox.run(ids, 2, 16, { loss: true });
+    expect(r.zeroLoss).toBeCloseTo(zero.loss!, 5);
+    expect(r.cleanLoss).toBeCloseTo(clean.loss!, 5);
+    expect(r.spliced[0].lossRecovered).toBeCloseTo(100, 3);
   });
 
   it('refuses an SAE whose d_in is not the model’s', async () => {
