@@ -250,6 +250,21 @@ describe('resuming phased runs from the command line', () => {
   });
 });
 
+describe('resuming on other data', () => {
+  it('is refused when the shards hold other activations with the same row count, and allowed from a moved copy', async () => {
+    const out = path.join(root, 'resume-data');
+    const common = ['--width', '64', '--k', '2', '--batch-size', '64', '--quiet'];
+    expect(sae('train', '--data', data, '--out', out, ...common, '--steps', '4').code).toBe(0);
+    // same d, rows and layout; other rows (another seed)
+    const other = path.join(root, 'synth-other-seed');
+    expect(sae('synth', '--out', other, '--d', '16', '--features', '32', '--k', '2', '--rows', '4096', '--seed', '4').code).toBe(0);
+    expectUserError(sae('train', '--data', other, '--out', out, ...common, '--resume', out, '--steps', '8'), /holds other activations than the checkpoint was trained on.*--init-from/);
+    const moved = path.join(root, 'synth-moved');
+    await fs.cp(data, moved, { recursive: true });
+    expect(sae('train', '--data', moved, '--out', out, ...common, '--resume', out, '--steps', '8').code).toBe(0);
+  });
+});
+
 describe('interrupting a run', () => {
   it('Ctrl-C writes a resumable checkpoint, exits 130, and resuming matches an uninterrupted run bit for bit', async () => {
     const args = ['--data', data, '--activation', 'mutual', '--width', '64', '--k', '2', '--batch-size', '64', '--steps', '400', '--log-every', '1', '--checkpoint-every', '1000', '--rank-interval', '7'];

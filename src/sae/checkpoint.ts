@@ -32,7 +32,7 @@ export interface SaeCfgJson {
   activation_fn_kwargs: Record<string, number>;
   format: string;
   /** present for training checkpoints */
-  sae_train?: { config: TrainConfig; d: number; F: number; step: number; deadWindow: number; shards?: string };
+  sae_train?: { config: TrainConfig; d: number; F: number; step: number; deadWindow: number; shards?: string; /** shardSetDigest of the shards (absent for live and piped data, and in older checkpoints) */ shardsDigest?: string };
   /** JumpReLU export: how thresholds were calibrated */
   calibration?: Record<string, unknown>;
 }

@@ -6,6 +6,7 @@ import { UserError } from '../util/errors.js';
 import { describeFsError, writeFileAtomic } from '../util/atomic.js';
 import { ensureOutDir, pathKind } from '../util/outdir.js';
 import { checkCompatible, openShards, type DataPosition, type ShardSet } from '../store/reader.js';
+import { shardSetDigest } from '../store/digest.js';
 import { openBatchSource } from '../store/prefetch.js';
 import { PipeBatchSource, firstShard, readAnnouncements } from '../store/pipe.js';
 import type { Readable } from 'node:stream';
@@ -187,7 +188,7 @@ export function autoDeadWindow(cfg: TrainConfig): number {
   return Math.max(cfg.batchSize, Math.min(10_000_000, Math.floor((totalSteps(cfg) * cfg.batchSize) / 4)));
 }
 
-function cfgJson(cfg: TrainConfig, d: number, F: number, step: number, deadWindow: number, meta: { hook: string; model: string; preprocessing: string }, data: string, activation: string): SaeCfgJson {
+function cfgJson(cfg: TrainConfig, d: number, F: number, step: number, deadWindow: number, meta: { hook: string; model: string; preprocessing: string }, data: string, activation: string, digest?: string): SaeCfgJson {
   return {
     architecture: architectureName(activation),
     d_in: d,
@@ -199,7 +200,7 @@ function cfgJson(cfg: TrainConfig, d: number, F: number, step: number, deadWindo
     apply_b_dec_to_input: true,
     activation_fn_kwargs: activation === 'relu' ? {} : { k: cfg.k },
     format: 'sae-checkpoint/1',
-    sae_train: { config: cfg, d, F, step, deadWindow, shards: data },
+    sae_train: { config: cfg, d, F, step, deadWindow, shards: data, ...(digest ? { shardsDigest: digest } : {}) },
   };
 }
 
@@ -219,6 +220,8 @@ export async function train(opts: TrainOptions): Promise<TrainSummary> {
       : await openShards(opts.data, { allowNoManifest: opts.allowNoManifest });
   const d = set.meta.d;
   const dataLabel = live ? live.description : opts.data;
+  // shard folders only: a pipe's shards are not all known up front, live data has no files
+  const digest = !live && !first ? await shardSetDigest(set) : undefined;
 
   let cfg: TrainConfig;
   let ck: Awaited<ReturnType<typeof loadCheckpoint>> | undefined;
@@ -255,6 +258,10 @@ export async function train(opts: TrainOptions): Promise<TrainSummary> {
     let position: DataPosition | undefined;
     if (live && opts.resume && ck?.cfg.sae_train?.shards !== live.description)
       throw new UserError(`the checkpoint was trained on ${ck?.cfg.sae_train?.shards}; this command harvests ${live.description}`);
+    // the saved stream position is only meaningful on the very activations it was saved on
+    const was = ck?.cfg.sae_train?.shardsDigest;
+    if (opts.resume && was && digest && was !== digest)
+      throw new UserError(`${opts.data} holds other activations than the checkpoint was trained on (${ck?.cfg.sae_train?.shards}; contents ${digest} here, ${was} there): resuming would not continue the same stream; use --init-from to train on new data`);
     if (opts.resume && ck?.state) {
       trainer.restore(ck.state.snapshot);
       position = ck.state.dataPosition as DataPosition;
@@ -279,7 +286,7 @@ export async function train(opts: TrainOptions): Promise<TrainSummary> {
 
     const save = async (dir: string) => {
       const act = trainer.phaseAt(Math.max(0, trainer.step - 1)).phase.activation;
-      await saveCheckpoint(dir, cfgJson(cfg, d, width, trainer.step, deadWindow, meta, dataLabel, act), trainer.params, {
+      await saveCheckpoint(dir, cfgJson(cfg, d, width, trainer.step, deadWindow, meta, dataLabel, act, digest), trainer.params, {
         snapshot: trainer.snapshot(),
         dataPosition: stream.position(),
       });
@@ -310,7 +317,7 @@ export async function train(opts: TrainOptions): Promise<TrainSummary> {
     async function spliceNow(lv: LiveData, se: NonNullable<TrainOptions['spliceEvery']>) {
       const act = trainer.phaseAt(Math.max(0, trainer.step - 1)).phase.activation;
       // the ranking is all the selection reads from the state: no Adam moments off the backend for this
-      const ckLike = { dir: opts.out, cfg: cfgJson(cfg, d, width, trainer.step, deadWindow, meta, dataLabel, act), params: trainer.params, state: { snapshot: trainer.snapshot({ moments: false }), dataPosition: null } };
+      const ckLike = { dir: opts.out, cfg: cfgJson(cfg, d, width, trainer.step, deadWindow, meta, dataLabel, act, digest), params: trainer.params, state: { snapshot: trainer.snapshot({ moments: false }), dataPosition: null } };
       const r = await spliceEval({
         model: lv.model,
         tokenizer: lv.tokenizer,
