@@ -59,7 +59,7 @@ if (!found.nvcc) finish({ built: false, nvcc: null, reason: `no nvcc at build ti
 
 const sources = fs.existsSync(sourcesDir) ? fs.readdirSync(sourcesDir).filter((f) => f.endsWith('.cu')) : [];
 if (sources.length === 0) {
-  finish({ built: false, nvcc: found.nvcc, reason: `nvcc ${found.release} found ${found.where}, but there are no CUDA sources yet (native/cuda/, issue 12 part 2)` });
+  finish({ built: false, nvcc: found.nvcc, reason: `nvcc ${found.release} found ${found.where}, but this version of sae has no CUDA backend to build yet (see docs/gpu.md)` });
 }
 // Sources exist but the compile and link steps are written with them, on a GPU machine.
-finish({ built: false, nvcc: found.nvcc, reason: `native/cuda/ has ${sources.length} source(s) but this script does not compile them yet (issue 12 part 2)` });
+finish({ built: false, nvcc: found.nvcc, reason: `native/cuda/ has ${sources.length} source(s) but this version of sae does not compile them yet (see docs/gpu.md)` });

@@ -123,6 +123,12 @@ describe('sae synth | train | eval | export', () => {
 });
 
 describe('bad input gets one line and a non-zero exit', () => {
+  it('an unknown command, listing the commands', () => {
+    const r = sae('trian', '--data', 'x');
+    expectUserError(r, /unknown command "trian"; the commands are .*train/);
+    expect(r.code).toBe(2);
+    expectUserError(sae('model', 'foo'), /unknown command "model foo"/);
+  });
   const base = () => ['train', '--data', data, '--out', path.join(root, 'bad'), '--width', '64', '--batch-size', '128', '--steps', '2'];
 
   it('unknown activation, listing only trainable ones', () => {

@@ -62,7 +62,7 @@ describe('scripts/build-cuda.mjs', () => {
   it('finds nvcc on PATH, or under CUDA_HOME first, and says there are no CUDA sources to build yet', () => {
     const onPath = hook('on-path', { PATH: fakeNvcc(path.join(tmp, 'path-bin'), '12.4') });
     expect(onPath.rc).toBe(0);
-    expect(onPath.lines).toEqual([expect.stringContaining('nvcc 12.4 found on PATH, but there are no CUDA sources yet')]);
+    expect(onPath.lines).toEqual([expect.stringContaining('nvcc 12.4 found on PATH, but this version of sae has no CUDA backend to build yet')]);
     expect(onPath.status).toMatchObject({ built: false, nvcc: 'nvcc' });
     const home = path.join(tmp, 'cuda-home');
     fakeNvcc(path.join(home, 'bin'), '12.6');

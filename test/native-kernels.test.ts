@@ -596,3 +596,19 @@ describe.skipIf(skip)('Trainer with native kernels', () => {
 // Keep the SaeKernels type honest for the native object.
 const _typecheck: (k: SaeKernels) => void = () => {};
 void _typecheck;
+
+describe.skipIf(skip)('environment hints the addon cannot follow', () => {
+  it('are reported once on stderr with what is used instead (SAE_ISA, SAE_THREADS)', () => {
+    const dist = new URL('../dist/kernels/native.js', import.meta.url).href;
+    const r = spawnSync(process.execPath, ['-e', `import(${JSON.stringify(dist)}).then((m) => console.log(m.nativeInfo().isa))`], {
+      encoding: 'utf8',
+      env: { ...process.env, SAE_ISA: 'avx9', SAE_THREADS: 'abc' },
+    });
+    expect(r.status).toBe(0);
+    const isa = r.stdout.trim();
+    expect(r.stderr).toMatch(new RegExp(`^sae: warning: SAE_ISA=avx9 ignored \\(this CPU offers .*\\); using ${isa}$`, 'm'));
+    expect(r.stderr).toMatch(/^sae: warning: SAE_THREADS=abc ignored \(want 1\.\.256\); using \d+ threads$/m);
+    const quiet = spawnSync(process.execPath, ['-e', `import(${JSON.stringify(dist)}).then((m) => m.nativeInfo())`], { encoding: 'utf8', env: { ...process.env, SAE_ISA: isa, SAE_THREADS: '1' } });
+    expect(quiet.stderr).toBe('');
+  });
+});

@@ -70,7 +70,7 @@ export function cudaStatus(): CudaStatus {
     const why = b?.reason ? `not built: ${b.reason}` : `not built: ${file} is missing and scripts/build-cuda.mjs recorded no build (run \`node scripts/build-cuda.mjs\`)`;
     return { available: false, reason: `CUDA backend unavailable, ${why}; ${here}` };
   }
-  return { available: false, reason: `CUDA backend unavailable: ${file} exists but this version of sae has no CUDA training backend to drive it yet (issue 12 part 2, docs/gpu.md); ${here}` };
+  return { available: false, reason: `CUDA backend unavailable: ${file} exists but this version of sae has no CUDA training backend to drive it yet (see docs/gpu.md); ${here}` };
 }
 
 /** Detected NVIDIA GPU (for tests that must run wherever one is present, and for messages). */

@@ -104,10 +104,23 @@ function load(): Addon | null {
       return null;
     }
     addon = mod;
+    warnIgnoredEnv(mod.info());
   } catch (e) {
     loadError = e instanceof Error ? e.message.split('\n')[0] : String(e);
   }
   return addon;
+}
+
+/**
+ * SAE_ISA and SAE_THREADS are hints the addon drops when it cannot follow them (an instruction set
+ * this CPU lacks, a count that is not 1..256); say so once on stderr rather than let a benchmark
+ * or a test believe it ran what it asked for.
+ */
+function warnIgnoredEnv(info: { threads: number; isa: string; isas: string[] }): void {
+  const isa = process.env.SAE_ISA;
+  if (isa && isa !== info.isa) process.stderr.write(`sae: warning: SAE_ISA=${isa} ignored (this CPU offers ${info.isas.join(', ')}); using ${info.isa}\n`);
+  const t = process.env.SAE_THREADS;
+  if (t && !(/^\d+$/.test(t) && Number(t) >= 1 && Number(t) <= 256)) process.stderr.write(`sae: warning: SAE_THREADS=${t} ignored (want 1..256); using ${info.threads} threads\n`);
 }
 
 /** True when build/sae_kernels.node exists, loads and matches this code. */
