@@ -1,5 +1,5 @@
 import { spawnSync } from 'node:child_process';
-import { promises as fs } from 'node:fs';
+import { promises as fs, existsSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { DuckDBInstance } from '@duckdb/node-api';
@@ -169,6 +169,23 @@ describe('sae eval: bad input gets one line and a non-zero exit', () => {
     const other = path.join(root, 'd8');
     expect(sae('synth', '--out', other, '--d', '8', '--features', '16', '--k', '2', '--rows', '256', '--seed', '1').code).toBe(0);
     expectUserError(sae('eval', '--checkpoint', ckpt, '--data', other), /shards have d=8 but the run expects d=16/);
+  });
+});
+
+describe('eval and export check the shards’ preprocessing against the checkpoint', () => {
+  // same d, hook and model, but raw activations: an SAE trained on center_unit_norm inputs gives FVU > 1 there
+  it('eval refuses shards harvested with another preprocessing, in one line', () => {
+    const raw = path.join(root, 'raw');
+    expect(sae('synth', '--out', raw, '--d', '16', '--features', '32', '--k', '2', '--rows', '2048', '--seed', '3', '--preprocessing', 'none').code).toBe(0);
+    expectUserError(sae('eval', '--checkpoint', ckpt, '--data', raw), /shards have preprocessing=none but the run expects preprocessing=center_unit_norm/);
+  });
+
+  it('export refuses to calibrate thresholds on shards with another preprocessing', async () => {
+    const raw = path.join(root, 'raw-export');
+    expect(sae('synth', '--out', raw, '--d', '16', '--features', '32', '--k', '2', '--rows', '2048', '--seed', '3', '--preprocessing', 'none').code).toBe(0);
+    const out = path.join(root, 'jr-raw');
+    expectUserError(sae('export', '--checkpoint', ckpt, '--data', raw, '--out', out), /shards have preprocessing=none but the run expects preprocessing=center_unit_norm/);
+    expect(existsSync(out)).toBe(false);
   });
 });
 

@@ -9,6 +9,7 @@ import { openShards, checkCompatible } from '../store/reader.js';
 import { evaluateSae } from '../eval/evaluate.js';
 import { featureRecovery } from '../eval/recovery.js';
 import { loadDictionary } from '../synth/synth.js';
+import type { Preprocessing } from '../store/preprocess.js';
 import { kernelFactory, type KernelName } from '../kernels/index.js';
 import { checkpointConfig } from '../sae/checkpoint.js';
 import { DEFAULTS } from '../sae/config.js';
@@ -41,7 +42,9 @@ export default class Eval extends SaeCommand {
     // the state holds the density ranking that Feature Choice capacities follow
     const ck = await loadCheckpoint(await findCheckpoint(flags.checkpoint), { withState: 'if-present' });
     const set = await openShards(flags.data, { allowNoManifest: flags['allow-no-manifest'] });
-    checkCompatible(set.meta, { d: ck.cfg.d_in, hook: ck.cfg.hook_name, model: ck.cfg.model_name });
+    // the SAE only means something on inputs preprocessed as in training (raw activations give FVU > 1
+    // and, for export, thresholds calibrated on the wrong scale)
+    checkCompatible(set.meta, { d: ck.cfg.d_in, hook: ck.cfg.hook_name, model: ck.cfg.model_name, preprocessing: ck.cfg.normalize_activations as Preprocessing });
     const threshold = Number(flags.threshold);
     if (!(threshold > -1 && threshold <= 1)) throw new UserError(`--threshold must be a cosine in (-1, 1], got "${flags.threshold}"`);
     const batchSize = flags['batch-size'] ?? (ck.cfg.sae_train?.config?.batchSize as number | undefined) ?? 1536;
