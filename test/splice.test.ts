@@ -156,6 +156,15 @@ describe('splice-eval (SPEC §9)', () => {
     expect(r.spliced[0].lossRecovered).toBeCloseTo(100, 3);
   });
 
+  it('stops at --max-tokens within one context instead of filling the last batch', async () => {
+    const d = model.cfg.dModel;
+    for (const includeSpecial of [false, true]) {
+      const r = await spliceEval({ model, tokenizer: tok, corpus, hook: HOOK, saes: [exactSae(d)], ctx: 16, batch: 8, maxTokens: 20, includeSpecial });
+      expect(r.tokens).toBeGreaterThanOrEqual(20);
+      expect(r.tokens).toBeLessThan(20 + 15);
+    }
+  });
+
   it('refuses an SAE whose d_in is not the model’s', async () => {
     await expect(spliceEval({ model, tokenizer: tok, corpus, hook: HOOK, saes: [exactSae(32)], ctx: 16, batch: 2, maxTokens: 10 })).rejects.toThrow(/d_in 32 .* d=64/);
   });
