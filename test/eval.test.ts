@@ -172,6 +172,37 @@ describe('sae eval: bad input gets one line and a non-zero exit', () => {
   });
 });
 
+describe('sae eval --features-out never replaces a file it did not write', () => {
+  it('refuses an existing file that is not a feature table unless --force, and replaces its own on a rerun', async () => {
+    for (const ext of ['csv', 'parquet']) {
+      const f = path.join(root, `precious.${ext}`);
+      await fs.writeFile(f, 'precious\n');
+      expectUserError(sae('eval', '--checkpoint', ckpt, '--data', data, '--features-out', f), /exists and is not an earlier output of this command; add --force/);
+      expect(await fs.readFile(f, 'utf8')).toBe('precious\n');
+      // a rerun over its own output is expected
+      const mine = path.join(root, `mine.${ext}`);
+      expect(sae('eval', '--checkpoint', ckpt, '--data', data, '--features-out', mine).code).toBe(0);
+      expect(sae('eval', '--checkpoint', ckpt, '--data', data, '--features-out', mine).code).toBe(0);
+      expect(sae('eval', '--checkpoint', ckpt, '--data', data, '--features-out', f, '--force').code).toBe(0);
+      expect(await fs.readFile(f, 'utf8')).not.toBe('precious\n');
+    }
+  }, 60_000);
+});
+
+describe('sae eval --dictionary', () => {
+  it('accepts the synth folder’s dictionary.safetensors itself', () => {
+    const viaDir = evalJson('--dictionary', data);
+    const viaFile = evalJson('--dictionary', path.join(data, 'dictionary.safetensors'));
+    expect(viaFile.recovery).toEqual(viaDir.recovery);
+  });
+
+  it('names the folder to pass for any other file, in one line', async () => {
+    const other = path.join(root, 'other.bin');
+    await fs.writeFile(other, 'x');
+    expectUserError(sae('eval', '--checkpoint', ckpt, '--data', data, '--dictionary', other), /is a file; pass the `sae synth` output folder/);
+  });
+});
+
 describe('eval and export check the shards’ preprocessing against the checkpoint', () => {
   // same d, hook and model, but raw activations: an SAE trained on center_unit_norm inputs gives FVU > 1 there
   it('eval refuses shards harvested with another preprocessing, in one line', () => {
