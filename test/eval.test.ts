@@ -203,6 +203,14 @@ describe('sae eval --dictionary', () => {
   });
 });
 
+describe('sae export', () => {
+  it('says a JumpReLU export given as --checkpoint is already one, in one line', () => {
+    const jr = path.join(root, 'jr-once');
+    expect(sae('export', '--checkpoint', ckpt, '--data', data, '--out', jr, '--batches', '2').code).toBe(0);
+    expectUserError(sae('export', '--checkpoint', jr, '--data', data, '--out', path.join(root, 'jr-twice')), /is already a JumpReLU export/);
+  });
+});
+
 describe('eval and export check the shards’ preprocessing against the checkpoint', () => {
   // same d, hook and model, but raw activations: an SAE trained on center_unit_norm inputs gives FVU > 1 there
   it('eval refuses shards harvested with another preprocessing, in one line', () => {

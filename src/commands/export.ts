@@ -53,8 +53,13 @@ export default class Export extends SaeCommand {
   async run(): Promise<void> {
     const { flags } = await this.parse(Export);
     if (flags.batches < 1) throw new UserError('--batches must be ≥ 1');
-    const ck = await loadCheckpoint(await findCheckpoint(flags.checkpoint), { withState: true });
-    if (ck.threshold) throw new UserError(`checkpoint ${ck.dir} is already a JumpReLU SAE`);
+    // an export has no state.json: recognise it before asking for the training state, so the
+    // error says what it is rather than what it lacks
+    const ckDir = await findCheckpoint(flags.checkpoint);
+    const first = await loadCheckpoint(ckDir, { withState: 'if-present' });
+    if (first.threshold) throw new UserError(`checkpoint ${ckDir} is already a JumpReLU export; pass the training checkpoint (or run directory) it came from`);
+    // without its state: loading it as required gives the usual one-line reason
+    const ck = first.state ? first : await loadCheckpoint(ckDir, { withState: true });
     await checkExportTarget(flags.out, ck.dir, flags.force);
     const set = await openShards(flags.data, { allowNoManifest: flags['allow-no-manifest'] });
     // the SAE only means something on inputs preprocessed as in training (raw activations give FVU > 1
