@@ -1,5 +1,5 @@
 import { spawnSync } from 'node:child_process';
-import { promises as fs } from 'node:fs';
+import { promises as fs, existsSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { DuckDBInstance } from '@duckdb/node-api';
@@ -169,6 +169,62 @@ describe('sae eval: bad input gets one line and a non-zero exit', () => {
     const other = path.join(root, 'd8');
     expect(sae('synth', '--out', other, '--d', '8', '--features', '16', '--k', '2', '--rows', '256', '--seed', '1').code).toBe(0);
     expectUserError(sae('eval', '--checkpoint', ckpt, '--data', other), /shards have d=8 but the run expects d=16/);
+  });
+});
+
+describe('sae eval --features-out never replaces a file it did not write', () => {
+  it('refuses an existing file that is not a feature table unless --force, and replaces its own on a rerun', async () => {
+    for (const ext of ['csv', 'parquet']) {
+      const f = path.join(root, `precious.${ext}`);
+      await fs.writeFile(f, 'precious\n');
+      expectUserError(sae('eval', '--checkpoint', ckpt, '--data', data, '--features-out', f), /exists and is not an earlier output of this command; add --force/);
+      expect(await fs.readFile(f, 'utf8')).toBe('precious\n');
+      // a rerun over its own output is expected
+      const mine = path.join(root, `mine.${ext}`);
+      expect(sae('eval', '--checkpoint', ckpt, '--data', data, '--features-out', mine).code).toBe(0);
+      expect(sae('eval', '--checkpoint', ckpt, '--data', data, '--features-out', mine).code).toBe(0);
+      expect(sae('eval', '--checkpoint', ckpt, '--data', data, '--features-out', f, '--force').code).toBe(0);
+      expect(await fs.readFile(f, 'utf8')).not.toBe('precious\n');
+    }
+  }, 60_000);
+});
+
+describe('sae eval --dictionary', () => {
+  it('accepts the synth folder’s dictionary.safetensors itself', () => {
+    const viaDir = evalJson('--dictionary', data);
+    const viaFile = evalJson('--dictionary', path.join(data, 'dictionary.safetensors'));
+    expect(viaFile.recovery).toEqual(viaDir.recovery);
+  });
+
+  it('names the folder to pass for any other file, in one line', async () => {
+    const other = path.join(root, 'other.bin');
+    await fs.writeFile(other, 'x');
+    expectUserError(sae('eval', '--checkpoint', ckpt, '--data', data, '--dictionary', other), /is a file; pass the `sae synth` output folder/);
+  });
+});
+
+describe('sae export', () => {
+  it('says a JumpReLU export given as --checkpoint is already one, in one line', () => {
+    const jr = path.join(root, 'jr-once');
+    expect(sae('export', '--checkpoint', ckpt, '--data', data, '--out', jr, '--batches', '2').code).toBe(0);
+    expectUserError(sae('export', '--checkpoint', jr, '--data', data, '--out', path.join(root, 'jr-twice')), /is already a JumpReLU export/);
+  });
+});
+
+describe('eval and export check the shards’ preprocessing against the checkpoint', () => {
+  // same d, hook and model, but raw activations: an SAE trained on center_unit_norm inputs gives FVU > 1 there
+  it('eval refuses shards harvested with another preprocessing, in one line', () => {
+    const raw = path.join(root, 'raw');
+    expect(sae('synth', '--out', raw, '--d', '16', '--features', '32', '--k', '2', '--rows', '2048', '--seed', '3', '--preprocessing', 'none').code).toBe(0);
+    expectUserError(sae('eval', '--checkpoint', ckpt, '--data', raw), /shards have preprocessing=none but the run expects preprocessing=center_unit_norm/);
+  });
+
+  it('export refuses to calibrate thresholds on shards with another preprocessing', async () => {
+    const raw = path.join(root, 'raw-export');
+    expect(sae('synth', '--out', raw, '--d', '16', '--features', '32', '--k', '2', '--rows', '2048', '--seed', '3', '--preprocessing', 'none').code).toBe(0);
+    const out = path.join(root, 'jr-raw');
+    expectUserError(sae('export', '--checkpoint', ckpt, '--data', raw, '--out', out), /shards have preprocessing=none but the run expects preprocessing=center_unit_norm/);
+    expect(existsSync(out)).toBe(false);
   });
 });
 

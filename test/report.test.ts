@@ -178,4 +178,34 @@ describe('sae report', () => {
     expect(bad2.code).not.toBe(0);
     expect(bad2.stderr.trim().split('\n')).toEqual([`sae: error: --out ${file} is an existing file, not a directory; choose another --out`]);
   }, 60_000);
+  it('refuses --data whose preprocessing, hook or model is not the run’s (same d is not enough)', async () => {
+    const raw = path.join(root, 'synth-raw');
+    await writeSynth({ out: raw, d: 16, fTrue: 32, kTrue: 3, rows: 1024, seed: 1, preprocessing: 'none' });
+    await expect(loadRuns([runs[0]], { data: raw })).rejects.toThrow(/shards have preprocessing=none but the run expects preprocessing=center_unit_norm/);
+  });
+
+  it('counts a run named twice (another spelling of the same folder) once', async () => {
+    const loaded = await loadRuns([runs[0], runs[0] + '/', path.relative(process.cwd(), runs[0])]);
+    expect(loaded.map((r) => r.name)).toEqual([path.basename(runs[0])]);
+  });
+
+  it('prints the report’s path on stdout without --json, and leaves no output folder behind after an error', async () => {
+    const out = path.join(root, 'plain-report');
+    const { stdout } = await run(process.execPath, [BIN, 'report', runs[0], '--out', out]);
+    expect(stdout).toBe(path.join(out, 'report.html') + '\n');
+
+    const empty = path.join(root, 'not-a-run-2');
+    await fs.mkdir(empty, { recursive: true });
+    const fresh = path.join(root, 'never-made');
+    const bad = await run(process.execPath, [BIN, 'report', runs[0], empty, '--out', fresh]).catch((e) => e);
+    expect(bad.code).not.toBe(0);
+    expect(existsSync(fresh)).toBe(false);
+    // an existing folder is the user's: kept, with what was in it
+    const mine = path.join(root, 'users-folder');
+    await fs.mkdir(mine);
+    await fs.writeFile(path.join(mine, 'notes.txt'), 'keep');
+    const bad2 = await run(process.execPath, [BIN, 'report', empty, '--out', mine]).catch((e) => e);
+    expect(bad2.code).not.toBe(0);
+    expect(await fs.readFile(path.join(mine, 'notes.txt'), 'utf8')).toBe('keep');
+  }, 60_000);
 });

@@ -156,6 +156,15 @@ describe('splice-eval (SPEC §9)', () => {
     expect(r.spliced[0].lossRecovered).toBeCloseTo(100, 3);
   });
 
+  it('stops at --max-tokens within one context instead of filling the last batch', async () => {
+    const d = model.cfg.dModel;
+    for (const includeSpecial of [false, true]) {
+      const r = await spliceEval({ model, tokenizer: tok, corpus, hook: HOOK, saes: [exactSae(d)], ctx: 16, batch: 8, maxTokens: 20, includeSpecial });
+      expect(r.tokens).toBeGreaterThanOrEqual(20);
+      expect(r.tokens).toBeLessThan(20 + 15);
+    }
+  });
+
   it('refuses an SAE whose d_in is not the model’s', async () => {
     await expect(spliceEval({ model, tokenizer: tok, corpus, hook: HOOK, saes: [exactSae(32)], ctx: 16, batch: 2, maxTokens: 10 })).rejects.toThrow(/d_in 32 .* d=64/);
   });
@@ -196,10 +205,48 @@ describe('sae splice-eval from the command line', () => {
     expect(figs.find((f) => f.id === 'l0-loss-recovered')?.points).toBe(1);
   });
 
+  const oneLineError = (r: ReturnType<typeof run>, pattern: RegExp) => {
+    expect(r.status).not.toBe(0);
+    expect(r.stderr.trim().split('\n')).toHaveLength(1);
+    expect(r.stderr).toMatch(pattern);
+  };
+
+  it('refuses a --model other than the SAE’s unless --allow-other-model (same d is not enough)', () => {
+    const other = path.join(path.dirname(GPT2), 'gpt-neox');
+    oneLineError(run('splice-eval', '--checkpoint', path.join(root, 'mc'), '--model', other, '--max-tokens', '50', '--quiet'), /^sae: error: the SAE was trained on .*gpt2 but --model is .*gpt-neox; add --allow-other-model/);
+    const ok = run('splice-eval', '--checkpoint', path.join(root, 'mc'), '--model', other, '--max-tokens', '50', '--quiet', '--allow-other-model', '--json');
+    expect(ok.status, ok.stderr).toBe(0);
+  });
+
+  it('labels each SAE by what was loaded: refuses a training checkpoint as --exported, calls an export given as --checkpoint jumprelu', () => {
+    oneLineError(run('splice-eval', '--checkpoint', path.join(root, 'mc'), '--exported', path.join(root, 'mc'), '--model', GPT2, '--max-tokens', '50'), /--exported .* is a training checkpoint, not a JumpReLU export .*pass it as --checkpoint/);
+    const r = run('splice-eval', '--checkpoint', path.join(root, 'jr'), '--model', GPT2, '--max-tokens', '50', '--json', '--quiet');
+    expect(r.status, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout).spliced.map((s: { label: string }) => s.label)).toEqual(['jumprelu']);
+  });
+
+  it('--out never replaces a file it did not write unless --force; a rerun replaces its own result', async () => {
+    const f = path.join(root, 'precious.json');
+    await fs.writeFile(f, 'precious\n');
+    const args = ['splice-eval', '--checkpoint', path.join(root, 'mc'), '--model', GPT2, '--max-tokens', '50', '--quiet', '--out', f];
+    oneLineError(run(...args), /--out .*precious\.json exists and is not an earlier output of this command; add --force/);
+    expect(await fs.readFile(f, 'utf8')).toBe('precious\n');
+    expect(run(...args, '--force').status).toBe(0);
+    expect(JSON.parse(await fs.readFile(f, 'utf8')).schema).toBe('sae-splice/1');
+    expect(run(...args).status).toBe(0);
+  });
+
+  it('prints one "<label> <loss recovered>%" line per SAE on stdout without --json, logs on stderr', () => {
+    const r = run('splice-eval', '--checkpoint', path.join(root, 'mc'), '--exported', path.join(root, 'jr'), '--model', GPT2, '--max-tokens', '50', '--quiet');
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/^batch -?\d+\.\d\d%\njumprelu -?\d+\.\d\d%\n$/);
+  });
+
   it('refuses an SAE whose d_in does not match the model, in one line', async () => {
     expect(run('synth', '--out', path.join(root, 'syn'), '--d', '16', '--features', '32', '--rows', '2048').status).toBe(0);
     expect(run('train', '--data', path.join(root, 'syn'), '--out', path.join(root, 'small'), '--width', '32', '--k', '2', '--batch-size', '128', '--steps', '3', '--quiet').status).toBe(0);
-    const r = run('splice-eval', '--checkpoint', path.join(root, 'small'), '--model', GPT2, '--max-tokens', '100');
+    // a synth SAE is from no model: --allow-other-model gets past the model check, d_in still refuses it
+    const r = run('splice-eval', '--checkpoint', path.join(root, 'small'), '--model', GPT2, '--max-tokens', '100', '--allow-other-model');
     expect(r.status).not.toBe(0);
     expect(r.stderr.trim().split('\n')).toHaveLength(1);
     expect(r.stderr).toMatch(/^sae: error: .*d_in 16 .*d_model 64/);

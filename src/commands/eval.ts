@@ -8,7 +8,19 @@ import { selectionForCheckpoint } from '../sae/inference.js';
 import { openShards, checkCompatible } from '../store/reader.js';
 import { evaluateSae } from '../eval/evaluate.js';
 import { featureRecovery } from '../eval/recovery.js';
-import { loadDictionary } from '../synth/synth.js';
+import { loadDictionary, DICTIONARY_FILE } from '../synth/synth.js';
+import { pathKind } from '../util/outdir.js';
+import * as path from 'node:path';
+
+/** --dictionary names the synth folder; its dictionary.safetensors itself is accepted too. */
+async function dictionaryDir(p: string): Promise<string> {
+  const kind = await pathKind(p);
+  if (kind === 'dir') return p;
+  if (kind === 'file' && path.basename(p) === DICTIONARY_FILE) return path.dirname(p);
+  if (kind === 'file') throw new UserError(`--dictionary ${p} is a file; pass the \`sae synth\` output folder (the one holding ${DICTIONARY_FILE})`);
+  throw new UserError(`--dictionary ${p}: no such folder`);
+}
+import type { Preprocessing } from '../store/preprocess.js';
 import { kernelFactory, type KernelName } from '../kernels/index.js';
 import { checkpointConfig } from '../sae/checkpoint.js';
 import { DEFAULTS } from '../sae/config.js';
@@ -26,11 +38,12 @@ export default class Eval extends SaeCommand {
   static override flags = {
     checkpoint: Flags.string({ description: 'checkpoint folder or run directory', required: true }),
     data: Flags.string({ description: 'activation shards to evaluate on', required: true }),
-    dictionary: Flags.string({ description: 'a `sae synth` output directory: also report recovery of its true features' }),
+    dictionary: Flags.string({ description: 'a `sae synth` output directory (or its dictionary.safetensors): also report recovery of its true features' }),
     'batch-size': Flags.integer({ description: 'tokens per batch for batch selections (default: the training batch size)' }),
     'max-rows': Flags.integer({ description: 'evaluate at most this many rows (the last batch may be partial; it is evaluated as a batch of its own size)' }),
     threshold: Flags.string({ description: 'cosine threshold for a recovered feature', default: '0.9' }),
     'features-out': Flags.string({ description: 'also write per-feature statistics (rank, density, mean and max activation, decoder norm, dying, never fired) to this file: Parquet if it ends in .parquet, CSV if .csv' }),
+    force: Flags.boolean({ description: 'let --features-out replace an existing file that is not an earlier feature table' }),
     json: Flags.boolean({ description: 'print the result as one JSON object on stdout (schema sae-eval/1; this is also what eval prints without the flag)' }),
     'allow-no-manifest': sharedFlags['allow-no-manifest'],
     kernels: sharedFlags.kernels,
@@ -41,13 +54,18 @@ export default class Eval extends SaeCommand {
     // the state holds the density ranking that Feature Choice capacities follow
     const ck = await loadCheckpoint(await findCheckpoint(flags.checkpoint), { withState: 'if-present' });
     const set = await openShards(flags.data, { allowNoManifest: flags['allow-no-manifest'] });
-    checkCompatible(set.meta, { d: ck.cfg.d_in, hook: ck.cfg.hook_name, model: ck.cfg.model_name });
+    // the SAE only means something on inputs preprocessed as in training (raw activations give FVU > 1
+    // and, for export, thresholds calibrated on the wrong scale)
+    checkCompatible(set.meta, { d: ck.cfg.d_in, hook: ck.cfg.hook_name, model: ck.cfg.model_name, preprocessing: ck.cfg.normalize_activations as Preprocessing });
     const threshold = Number(flags.threshold);
     if (!(threshold > -1 && threshold <= 1)) throw new UserError(`--threshold must be a cosine in (-1, 1], got "${flags.threshold}"`);
     const batchSize = flags['batch-size'] ?? (ck.cfg.sae_train?.config?.batchSize as number | undefined) ?? 1536;
     if (batchSize < 1) throw new UserError('--batch-size must be ≥ 1');
     if (flags['max-rows'] !== undefined && flags['max-rows'] < 1) throw new UserError('--max-rows must be ≥ 1');
-    if (flags['features-out']) await checkFeaturesOut(flags['features-out']);
+    if (flags['features-out']) await checkFeaturesOut(flags['features-out'], flags.force);
+    // the dictionary is checked before the evaluation, not after it
+    const dict = flags.dictionary ? await loadDictionary(await dictionaryDir(flags.dictionary)) : null;
+    if (dict && dict.d !== ck.cfg.d_in) throw new UserError(`dictionary has d=${dict.d} but the SAE has d=${ck.cfg.d_in}`);
     const res = await evaluateSae(ck.params, set, selectionForCheckpoint(ck), {
       batchSize,
       maxRows: flags['max-rows'],
@@ -95,14 +113,14 @@ export default class Eval extends SaeCommand {
       `${ck.cfg.architecture} F=${ck.cfg.d_sae}: ${res.rows} rows in ${res.batches} batches` +
       `${res.lastBatchRows < batchSize ? ` (last one ${res.lastBatchRows} rows)` : ''}, L0 ${res.l0.toFixed(2)}, FVU ${res.fvu.toFixed(4)}, ` +
       `never fired on these ${res.rows} tokens ${(100 * res.neverFiredFraction).toFixed(2)}%, dying ${(100 * table.dyingCount / F).toFixed(2)}%`;
-    if (flags.dictionary) {
-      const dict = await loadDictionary(flags.dictionary);
-      if (dict.d !== ck.cfg.d_in) throw new UserError(`dictionary has d=${dict.d} but the SAE has d=${ck.cfg.d_in}`);
+    if (dict) {
       const rec = featureRecovery(dict.G, dict.fTrue, ck.params.Wdec, ck.cfg.d_sae, dict.d, threshold);
       out.recovery = rec;
       line += `, recovery: mean max cos ${rec.meanMaxCos.toFixed(3)}, ${(100 * rec.fractionRecovered).toFixed(1)}% of true features ≥ ${threshold}`;
     }
     if (flags['features-out']) {
+      // the file may have appeared while evaluating
+      await checkFeaturesOut(flags['features-out'], flags.force);
       await writeFeatures(flags['features-out'], table);
       line += `; per-feature statistics in ${flags['features-out']}`;
     }

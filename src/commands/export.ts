@@ -6,6 +6,7 @@ import { loadCheckpoint, saveCheckpoint, type SaeCfgJson } from '../sae/checkpoi
 import { findCheckpoint } from '../sae/train.js';
 import { calibrateThresholds, selectionForCheckpoint } from '../sae/inference.js';
 import { checkCompatible, openShards } from '../store/reader.js';
+import type { Preprocessing } from '../store/preprocess.js';
 import { kernelFactory, type KernelName } from '../kernels/index.js';
 import { promises as fs } from 'node:fs';
 import { pathKind } from '../util/outdir.js';
@@ -52,11 +53,18 @@ export default class Export extends SaeCommand {
   async run(): Promise<void> {
     const { flags } = await this.parse(Export);
     if (flags.batches < 1) throw new UserError('--batches must be ≥ 1');
-    const ck = await loadCheckpoint(await findCheckpoint(flags.checkpoint), { withState: true });
-    if (ck.threshold) throw new UserError(`checkpoint ${ck.dir} is already a JumpReLU SAE`);
+    // an export has no state.json: recognise it before asking for the training state, so the
+    // error says what it is rather than what it lacks
+    const ckDir = await findCheckpoint(flags.checkpoint);
+    const first = await loadCheckpoint(ckDir, { withState: 'if-present' });
+    if (first.threshold) throw new UserError(`checkpoint ${ckDir} is already a JumpReLU export; pass the training checkpoint (or run directory) it came from`);
+    // without its state: loading it as required gives the usual one-line reason
+    const ck = first.state ? first : await loadCheckpoint(ckDir, { withState: true });
     await checkExportTarget(flags.out, ck.dir, flags.force);
     const set = await openShards(flags.data, { allowNoManifest: flags['allow-no-manifest'] });
-    checkCompatible(set.meta, { d: ck.cfg.d_in, hook: ck.cfg.hook_name, model: ck.cfg.model_name });
+    // the SAE only means something on inputs preprocessed as in training (raw activations give FVU > 1
+    // and, for export, thresholds calibrated on the wrong scale)
+    checkCompatible(set.meta, { d: ck.cfg.d_in, hook: ck.cfg.hook_name, model: ck.cfg.model_name, preprocessing: ck.cfg.normalize_activations as Preprocessing });
     const batchSize = flags['batch-size'] ?? (ck.cfg.sae_train?.config?.batchSize as number | undefined) ?? 1536;
     if (batchSize < 1) throw new UserError('--batch-size must be ≥ 1');
     const cal = await calibrateThresholds(ck.params, set, selectionForCheckpoint(ck), {

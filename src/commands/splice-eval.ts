@@ -14,14 +14,27 @@ import { loadCheckpoint } from '../sae/checkpoint.js';
 import { findCheckpoint } from '../sae/train.js';
 import { selectionForCheckpoint } from '../sae/inference.js';
 import { spliceEval, type SpliceSae } from '../eval/splice.js';
+import { checkOutFile, jsonWithSchema } from '../eval/outfile.js';
+import { sameModel } from '../store/reader.js';
 import type { Preprocessing } from '../store/preprocess.js';
 
-async function saeFrom(dir: string, label: string): Promise<{ sae: SpliceSae; hook: string; model: string }> {
+/**
+ * Load an SAE and label it by what it is, not by the flag that named it: a JumpReLU export (it has
+ * thresholds) is 'jumprelu', a training checkpoint (batch-dependent or per-token selection) 'batch'.
+ */
+async function saeFrom(dir: string): Promise<{ sae: SpliceSae; hook: string; model: string; exported: boolean; dir: string }> {
   const ck = await loadCheckpoint(await findCheckpoint(dir), { withState: 'if-present' });
+  const exported = ck.threshold !== undefined;
   const batchSize = (ck.cfg.sae_train?.config?.batchSize as number | undefined) ?? 1536;
   const pre = ck.cfg.normalize_activations as Preprocessing;
   if (pre === 'dataset_scale') throw new UserError(`checkpoint ${ck.dir}: dataset_scale preprocessing needs its scale, which checkpoints do not record; harvest with center_unit_norm`);
-  return { sae: { label, params: ck.params, selectionFor: selectionForCheckpoint(ck), batchSize, preprocessing: pre }, hook: ck.cfg.hook_name, model: ck.cfg.model_name };
+  return {
+    sae: { label: exported ? 'jumprelu' : 'batch', params: ck.params, selectionFor: selectionForCheckpoint(ck), batchSize, preprocessing: pre },
+    hook: ck.cfg.hook_name,
+    model: ck.cfg.model_name,
+    exported,
+    dir: ck.dir,
+  };
 }
 
 export default class SpliceEval extends SaeCommand {
@@ -41,7 +54,7 @@ export default class SpliceEval extends SaeCommand {
 
   static override flags = {
     checkpoint: Flags.string({ description: 'the SAE: a checkpoint folder or run directory', required: true }),
-    exported: Flags.string({ description: 'also evaluate its exported JumpReLU SAE (sae export) and report the gap' }),
+    exported: Flags.string({ description: 'also evaluate its exported JumpReLU SAE (the --out of sae export; a training checkpoint is refused) and report the gap' }),
     model: Flags.string({ description: 'host LM: a Hugging Face model folder or Hub id (the one the SAE was trained on)', required: true }),
     revision: Flags.string({ description: 'Hub revision of the model' }),
     'max-tokens': Flags.integer({ description: 'tokens to count', default: 20000 }),
@@ -50,8 +63,10 @@ export default class SpliceEval extends SaeCommand {
     'include-special': Flags.boolean({ description: 'count (and reconstruct) BOS/EOS positions too; by default they keep their activation and are left out of every average' }),
     'mean-ablation': Flags.boolean({ description: 'also report the loss with the hook mean-ablated' }),
     'text-field': Flags.string({ description: 'JSONL field / Parquet column holding the text (default text)' }),
-    json: Flags.boolean({ description: 'print the result as JSON on stdout' }),
-    out: Flags.string({ description: 'also write the JSON result to this file (e.g. RUN/splice.json, which sae report reads)' }),
+    'allow-other-model': Flags.boolean({ description: 'splice the SAE into a --model other than the one it was trained on (a deliberate transfer experiment)' }),
+    json: Flags.boolean({ description: 'print the result as JSON on stdout (without it: one line per SAE, "<label> <loss recovered>%")' }),
+    out: Flags.string({ description: 'also write the JSON result to this file (e.g. RUN/splice.json, which sae report reads); an existing file that is not an earlier splice-eval result needs --force' }),
+    force: Flags.boolean({ description: 'let --out replace an existing file that is not an earlier splice-eval result' }),
     quiet: Flags.boolean({ description: 'no progress on stderr' }),
     kernels: sharedFlags.kernels,
   };
@@ -60,19 +75,24 @@ export default class SpliceEval extends SaeCommand {
     const { argv, flags } = await this.parse(SpliceEval);
     if (flags['max-tokens'] < 1) throw new UserError('--max-tokens must be ≥ 1');
     if (flags.batch < 1) throw new UserError('--batch must be ≥ 1');
-    if (flags.out) {
-      const st = await fs.stat(path.dirname(path.resolve(flags.out))).catch(() => null);
-      if (!st?.isDirectory()) throw new UserError(`--out ${flags.out}: its folder does not exist`);
-      if ((await fs.stat(flags.out).catch(() => null))?.isDirectory()) throw new UserError(`--out ${flags.out} is a directory; give a file name`);
-    }
+    const ours = jsonWithSchema('sae-splice/1');
+    if (flags.out) await checkOutFile(flags.out, '--out', ours, flags.force);
     const inputs = argv as string[];
     const spec: CorpusSpec = inputs.length ? { inputs, textField: flags['text-field'] } : { brown: 'heldout' };
     const corpus = await openCorpus(spec);
-    const main = await saeFrom(flags.checkpoint, 'batch');
+    const main = await saeFrom(flags.checkpoint);
+    // an SAE only means something in the model it was trained on; a transfer experiment says so
+    if (!flags['allow-other-model'] && !sameModel(main.model, flags.model)) {
+      throw new UserError(`the SAE was trained on ${main.model} but --model is ${flags.model}; add --allow-other-model to splice it into another model`);
+    }
     const saes = [main.sae];
     if (flags.exported) {
-      const ex = await saeFrom(flags.exported, 'jumprelu');
-      if (ex.hook !== main.hook || ex.sae.params.F !== main.sae.params.F) throw new UserError(`--exported ${flags.exported} is not an export of this SAE (hook ${ex.hook}, width ${ex.sae.params.F})`);
+      if (main.exported) throw new UserError(`--checkpoint ${flags.checkpoint} is already a JumpReLU export; pass the training checkpoint as --checkpoint and this as --exported`);
+      const ex = await saeFrom(flags.exported);
+      if (!ex.exported) throw new UserError(`--exported ${flags.exported} is a training checkpoint, not a JumpReLU export (sae export); pass it as --checkpoint`);
+      if (ex.hook !== main.hook || ex.sae.params.F !== main.sae.params.F || !sameModel(main.model, ex.model)) {
+        throw new UserError(`--exported ${flags.exported} is not an export of this SAE (model ${ex.model}, hook ${ex.hook}, width ${ex.sae.params.F})`);
+      }
       saes.push(ex.sae);
     }
     const progress = new Progress('splice-eval', !flags.quiet);
@@ -102,13 +122,18 @@ export default class SpliceEval extends SaeCommand {
       ...r,
       gap: r.spliced.length > 1 ? { lossRecovered: r.spliced[1].lossRecovered - r.spliced[0].lossRecovered, loss: r.spliced[1].loss - r.spliced[0].loss } : undefined,
     };
-    if (flags.out) await writeFileAtomic(flags.out, JSON.stringify(out, null, 2) + '\n');
+    if (flags.out) {
+      // the file may have appeared during the evaluation
+      await checkOutFile(flags.out, '--out', ours, flags.force);
+      await writeFileAtomic(flags.out, JSON.stringify(out, null, 2) + '\n');
+    }
     for (const s of r.spliced) {
       this.info(
         `${s.label}: loss recovered ${s.lossRecovered.toFixed(2)}% (clean ${r.cleanLoss.toFixed(4)}, spliced ${s.loss.toFixed(4)}, zero ${r.zeroLoss.toFixed(4)}), ` +
           `KL ${s.kl.toFixed(4)}, KL score ${s.klScore.toFixed(4)} over ${r.tokens} tokens (special tokens ${r.specialTokens})`,
       );
     }
-    process.stdout.write(flags.json ? JSON.stringify(out) + '\n' : `${r.spliced.map((s) => `${s.label} ${s.lossRecovered.toFixed(2)}%`).join(', ')}\n`);
+    // stdout carries the result: the JSON, or one line per SAE "<label> <loss recovered>%" (README)
+    process.stdout.write(flags.json ? JSON.stringify(out) + '\n' : r.spliced.map((s) => `${s.label} ${s.lossRecovered.toFixed(2)}%\n`).join(''));
   }
 }

@@ -1,9 +1,8 @@
-import { promises as fs } from 'node:fs';
-import * as path from 'node:path';
 import { parquetWriteBuffer } from 'hyparquet-writer';
 import type { FloatArray } from '../util/arrays.js';
 import { writeFileAtomic } from '../util/atomic.js';
 import { UserError } from '../util/errors.js';
+import { checkOutFile, tableWithColumns } from './outfile.js';
 import { densityRanking, dyingFeatures } from '../sae/zipf.js';
 
 /**
@@ -106,13 +105,12 @@ export async function writeFeatures(file: string, t: FeatureTable): Promise<void
   await writeFileAtomic(file, featuresFormat(file) === 'parquet' ? featuresParquet(t) : featuresCsv(t));
 }
 
-/** Check, before any work, that --features-out can be written: a known format in an existing folder. */
-export async function checkFeaturesOut(file: string): Promise<void> {
+/**
+ * Check, before any work (and again just before writing), that --features-out can be written: a
+ * known format in an existing folder, and not someone else's file (an earlier feature table, CSV
+ * header or Parquet columns ours, may be replaced; anything else needs --force).
+ */
+export async function checkFeaturesOut(file: string, force = false): Promise<void> {
   featuresFormat(file);
-  const dir = path.dirname(path.resolve(file));
-  const st = await fs.stat(dir).catch(() => null);
-  if (!st) throw new UserError(`--features-out ${file}: folder ${dir} does not exist`);
-  if (!st.isDirectory()) throw new UserError(`--features-out ${file}: ${dir} is not a folder`);
-  const target = await fs.stat(file).catch(() => null);
-  if (target?.isDirectory()) throw new UserError(`--features-out ${file} is a folder; give a file name ending in .parquet or .csv`);
+  await checkOutFile(file, '--features-out', tableWithColumns(FEATURE_COLUMNS), force);
 }

@@ -161,10 +161,14 @@ export async function spliceEval<P>(opts: SpliceOptions<P>): Promise<SpliceResul
 
   while (counted < opts.maxTokens) {
     let B = 0;
-    while (B < Bmax) {
+    // positions this batch will count, known per context as it is taken: the last batch stops
+    // filling once --max-tokens is reached, so at most one context's worth is evaluated beyond it
+    let expected = counted;
+    while (B < Bmax && expected < opts.maxTokens) {
       const c = packer.take();
       if (c) {
         packed.set(c.ids, B * T);
+        for (let t = 0; t < Tr; t++) if (opts.includeSpecial || !special.has(c.ids[t])) expected++;
         B++;
         continue;
       }

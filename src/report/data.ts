@@ -8,6 +8,7 @@ import { FeatureStats, type FeatureStatsState } from '../sae/density.js';
 import { loadCheckpoint } from '../sae/checkpoint.js';
 import { selectionForCheckpoint } from '../sae/inference.js';
 import { openShards, checkCompatible } from '../store/reader.js';
+import type { Preprocessing } from '../store/preprocess.js';
 import { evaluateSae } from '../eval/evaluate.js';
 import type { KernelFactory } from '../kernels/types.js';
 import { fitZipf, type ZipfFit } from './fit.js';
@@ -196,7 +197,8 @@ export async function loadRun(dir: string, opts: LoadOptions = {}): Promise<RunD
     if (!ckDir) throw new UserError(`${label}: no checkpoint to evaluate (neither final/ nor checkpoint/)`);
     const ck = await loadCheckpoint(ckDir, { withState: 'if-present' });
     const set = await openShards(opts.data, { allowNoManifest: opts.allowNoManifest });
-    checkCompatible(set.meta, { d: ck.cfg.d_in });
+    // as `sae eval`: the same d is not enough, the shards must be the SAE's own hook, model and preprocessing
+    checkCompatible(set.meta, { d: ck.cfg.d_in, hook: ck.cfg.hook_name, model: ck.cfg.model_name, preprocessing: ck.cfg.normalize_activations as Preprocessing });
     const batchSize = (ck.cfg.sae_train?.config?.batchSize as number | undefined) ?? 1536;
     const res = await evaluateSae(ck.params, set, selectionForCheckpoint(ck), { batchSize, maxRows: opts.maxRows, kernels: opts.kernels });
     run.featuresPerToken = histogramToFractions(res.l0Histogram);
@@ -242,7 +244,12 @@ export async function loadRuns(dirs: string[], opts: LoadOptions = {}): Promise<
   if (!dirs.length) throw new UserError('give at least one run directory');
   const runs: RunData[] = [];
   const seen = new Map<string, number>();
+  const given = new Set<string>();
   for (const dir of dirs) {
+    // a run named twice (runs/mc runs/mc/ ./runs/mc, or a shell glob overlapping a name) is one run
+    const key = path.resolve(dir);
+    if (given.has(key)) continue;
+    given.add(key);
     const r = await loadRun(dir, opts);
     const n = (seen.get(r.name) ?? 0) + 1;
     seen.set(r.name, n);

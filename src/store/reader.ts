@@ -234,13 +234,21 @@ export interface CompatExpect {
   model?: string;
 }
 
-/** Refuse data that does not fit the run, naming the first mismatch. */
-export function checkCompatible(meta: ShardMeta, expect: CompatExpect): void {
-  if (expect.d !== undefined && meta.d !== expect.d) throw new UserError(`shards have d=${meta.d} but the run expects d=${expect.d}`);
+/**
+ * Do two model names (as recorded in shards/checkpoints, or as given on the command line) name the
+ * same model? Every model comparison goes through here so that one place decides what "same" means.
+ */
+export function sameModel(recorded: string, given: string): boolean {
   // local folders are recorded as the path given, so compare their last component (a relative and
   // an absolute spelling of one folder agree; Hub ids differ in it anyway)
   const lastPart = (m: string) => m.replace(/[\\/]+$/, '').split(/[\\/]/).pop();
-  if (expect.model !== undefined && lastPart(meta.model) !== lastPart(expect.model)) throw new UserError(`shards come from model ${meta.model} but the SAE was trained on ${expect.model}`);
+  return lastPart(recorded) === lastPart(given);
+}
+
+/** Refuse data that does not fit the run, naming the first mismatch. */
+export function checkCompatible(meta: ShardMeta, expect: CompatExpect): void {
+  if (expect.d !== undefined && meta.d !== expect.d) throw new UserError(`shards have d=${meta.d} but the run expects d=${expect.d}`);
+  if (expect.model !== undefined && !sameModel(meta.model, expect.model)) throw new UserError(`shards come from model ${meta.model} but the SAE was trained on ${expect.model}`);
   if (expect.preprocessing !== undefined && meta.preprocessing !== expect.preprocessing) {
     throw new UserError(`shards have preprocessing=${meta.preprocessing} but the run expects preprocessing=${expect.preprocessing}`);
   }

@@ -1,5 +1,4 @@
 import { promises as fs } from 'node:fs';
-import * as path from 'node:path';
 import { Args, Flags } from '@oclif/core';
 import { SaeCommand } from '../../util/command.js';
 import { UserError } from '../../util/errors.js';
@@ -9,6 +8,12 @@ import { parseHook } from '../../lm/hooks.js';
 import { activationStats } from '../../lm/stats.js';
 import { loadTokenizer } from '../../lm/tokenizer.js';
 import { sharedFlags } from '../../cli/flags.js';
+import { checkOutFile, safetensorsWithMeta } from '../../eval/outfile.js';
+
+/** safetensors metadata that marks a file as written by `sae model run --save` */
+const WRITER_KEY = 'writer';
+const WRITER = 'sae model run';
+const OURS = safetensorsWithMeta(WRITER_KEY, WRITER);
 import { lmKernelFactory, type KernelName } from '../../kernels/index.js';
 
 /** --ids 5,17,42 → one sequence. */
@@ -56,7 +61,8 @@ export default class ModelRun extends SaeCommand {
     ids: Flags.string({ description: 'comma-separated token ids of one sequence', exclusive: ['ids-file', 'text'] }),
     'ids-file': Flags.string({ description: 'JSON array of equal-length token-id arrays (a batch)', exclusive: ['ids', 'text'] }),
     hook: Flags.string({ description: 'hook to capture (repeatable), e.g. blocks.6.hook_resid_pre', multiple: true }),
-    save: Flags.string({ description: 'write the captured hooks [batch, positions, d], logits and loss_per_token to this safetensors file' }),
+    save: Flags.string({ description: 'write the captured hooks [batch, positions, d], logits and loss_per_token to this safetensors file; an existing file that is not an earlier --save needs --force' }),
+    force: Flags.boolean({ description: 'let --save replace an existing file that is not an earlier model run --save' }),
     json: Flags.boolean({ description: 'print the report as JSON' }),
     kernels: sharedFlags.kernels,
   };
@@ -67,13 +73,7 @@ export default class ModelRun extends SaeCommand {
     if (flags.ids !== undefined) rows = [parseIdList(flags.ids)];
     else if (flags['ids-file'] !== undefined) rows = await readIdsFile(flags['ids-file']);
     else if (flags.text === undefined) throw new UserError('give the input with --text, --ids or --ids-file');
-    if (flags.save) {
-      const st = await fs.stat(flags.save).catch(() => null);
-      if (st?.isDirectory()) throw new UserError(`--save ${flags.save} is a directory; give a file name`);
-      await fs.access(path.dirname(path.resolve(flags.save))).catch(() => {
-        throw new UserError(`--save ${flags.save}: its folder does not exist`);
-      });
-    }
+    if (flags.save) await checkOutFile(flags.save, '--save', OURS, flags.force);
     const { model, dir } = await loadModel(args.model, { revision: flags.revision, kernels: lmKernelFactory(flags.kernels as KernelName) });
     if (flags.text !== undefined) {
       const tok = await loadTokenizer(dir);
@@ -112,8 +112,12 @@ export default class ModelRun extends SaeCommand {
         const kind = parseHook(h, model.cfg).kind;
         tensors[h] = { dtype: 'F32', shape: kind === 'pattern' ? [B, model.cfg.nHeads, T, T] : [B, T, d], data: r.captured[h] };
       }
-      await writeSafetensors(flags.save, tensors, { model: args.model, family: model.cfg.family });
+      // the writer tag is how a rerun recognises its own file (anything else needs --force)
+      await checkOutFile(flags.save, '--save', OURS, flags.force);
+      await writeSafetensors(flags.save, tensors, { model: args.model, family: model.cfg.family, [WRITER_KEY]: WRITER });
     }
+    // stdout carries the report (data); where the tensors went is a log line on stderr
+    if (flags.save) this.info(`saved ${hooks.length} hook${hooks.length === 1 ? '' : 's'}, logits${r.lossPerToken ? ' and loss_per_token' : ''} to ${flags.save}`);
     if (flags.json) {
       process.stdout.write(JSON.stringify(report) + '\n');
       return;
@@ -122,7 +126,6 @@ export default class ModelRun extends SaeCommand {
     for (const [h, s] of Object.entries(report.hooks)) {
       lines.push(`${h}: mean ${s.mean.toFixed(5)} std ${s.std.toFixed(5)} min ${s.min.toFixed(4)} max ${s.max.toFixed(4)} mean norm ${s.meanNorm.toFixed(4)}`);
     }
-    if (flags.save) lines.push(`saved ${hooks.length} hook${hooks.length === 1 ? '' : 's'}, logits${r.lossPerToken ? ' and loss_per_token' : ''} to ${flags.save}`);
     process.stdout.write(lines.join('\n') + '\n');
   }
 }
