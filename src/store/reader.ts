@@ -1,6 +1,7 @@
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { parquetMetadataAsync, parquetRead, parquetSchema, type AsyncBuffer, type FileMetaData, type SchemaTree } from 'hyparquet';
+import { sameModel } from '../lm/identity.js';
 import { UserError } from '../util/errors.js';
 import { describeFsError } from '../util/atomic.js';
 import { Rng } from '../util/rng.js';
@@ -234,16 +235,9 @@ export interface CompatExpect {
   model?: string;
 }
 
-/**
- * Do two model names (as recorded in shards/checkpoints, or as given on the command line) name the
- * same model? Every model comparison goes through here so that one place decides what "same" means.
- */
-export function sameModel(recorded: string, given: string): boolean {
-  // local folders are recorded as the path given, so compare their last component (a relative and
-  // an absolute spelling of one folder agree; Hub ids differ in it anyway)
-  const lastPart = (m: string) => m.replace(/[\\/]+$/, '').split(/[\\/]/).pop();
-  return lastPart(recorded) === lastPart(given);
-}
+// Every model comparison goes through sameModel (src/lm/identity.ts), so one place decides what
+// "the same model" means.
+export { sameModel };
 
 /** Refuse data that does not fit the run, naming the first mismatch. */
 export function checkCompatible(meta: ShardMeta, expect: CompatExpect): void {
