@@ -2,7 +2,8 @@ import { Flags } from '@oclif/core';
 import { SaeCommand } from '../util/command.js';
 import { UserError } from '../util/errors.js';
 import { PREPROCESSINGS, type Preprocessing } from '../store/preprocess.js';
-import { ensureOutDir } from '../util/outdir.js';
+import { promises as fs } from 'node:fs';
+import { ensureOutDir, pathKind } from '../util/outdir.js';
 import { SYNTH_DEFAULTS, writeSynth, type Magnitude } from '../synth/synth.js';
 
 // Plain string flags parsed in run(): an error thrown inside an oclif flag parser comes back
@@ -51,6 +52,8 @@ export default class Synth extends SaeCommand {
     if (flags['rows-per-shard'] !== undefined && flags['rows-per-shard'] < 1) {
       throw new UserError(`--rows-per-shard must be ≥ 1, got ${flags['rows-per-shard']}`);
     }
+    // a run that fails (a bad flag value is only found inside writeSynth) removes the folder it created
+    const createdOut = (await pathKind(flags.out)) === 'absent';
     await ensureOutDir(flags.out);
     const t0 = Date.now();
     let summary;
@@ -76,6 +79,8 @@ export default class Synth extends SaeCommand {
         overwriteHint: 'add --force to replace them',
       });
     } catch (err) {
+      // rmdir removes the folder only when empty: nothing in it is lost
+      if (createdOut) await fs.rmdir(flags.out).catch(() => undefined);
       // Option errors name the option as its flag without dashes; point at the flag.
       if (err instanceof UserError) {
         const m = /^([a-z-]+) must /.exec(err.message);

@@ -185,7 +185,16 @@ export async function openShards(pathOrDir: string, opts: OpenShardsOptions = {}
         throw describeFsError(err, `reading ${pathOrDir}`);
       }
       const parquet = entries.filter((n) => n.endsWith('.parquet') && !n.startsWith('.')).sort();
-      if (!parquet.length) throw new UserError(`no activations in ${pathOrDir} (no ${MANIFEST} and no .parquet files)`);
+      if (!parquet.length) {
+        // a multi-hook harvest writes one shard folder per hook: point at them instead of "nothing here"
+        const sub: string[] = [];
+        for (const n of entries.sort()) {
+          const p = path.join(pathOrDir, n);
+          if (await fs.stat(path.join(p, MANIFEST)).then((s) => s.isFile(), () => false)) sub.push(p);
+        }
+        if (sub.length) throw new UserError(`${pathOrDir} holds one folder per hook: ${sub.join(', ')}; pass one of them`);
+        throw new UserError(`no activations in ${pathOrDir} (no ${MANIFEST} and no .parquet files)`);
+      }
       // A writer publishes the manifest last: without it the folder is a killed or running write,
       // unless the user vouches for a hand-made set.
       if (!opts.allowNoManifest) {
