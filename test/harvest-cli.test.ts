@@ -78,6 +78,12 @@ describe('sae harvest', () => {
     expect(kv['sae.tokenizer']).toMatch(/^[0-9a-f]{64}$/);
   });
 
+  it('says "1 shard", not "1 shards", in its summary', () => {
+    const r = sae(...base(path.join(root, 'one')).filter((a) => a !== '--quiet'), '--max-tokens', '100');
+    expect(r.code).toBe(0);
+    expect(r.stderr).toMatch(/harvested 100 tokens at blocks\.1\.hook_resid_pre into 1 shard in /);
+  });
+
   it('stores float16 activations when asked, widened to float32 on read', async () => {
     const out = path.join(root, 'f16');
     expect(sae(...base(out, '--max-tokens', '500', '--dtype', 'float16')).code).toBe(0);

@@ -287,6 +287,16 @@ describe('shard validation', () => {
     expect((await userErrorOf(openShards(zero))).message).toMatch(/^no activations in /);
   });
 
+  it('names the per-hook folders of a multi-hook harvest instead of saying there are no activations', async () => {
+    const mh = fresh();
+    await writeSet(path.join(mh, 'blocks.1.hook_resid_pre'), 10);
+    await writeSet(path.join(mh, 'blocks.2.hook_resid_pre'), 10);
+    await fs.writeFile(path.join(mh, 'harvest.json'), '{}');
+    expect((await userErrorOf(openShards(mh))).message).toBe(
+      `${mh} holds one folder per hook: ${path.join(mh, 'blocks.1.hook_resid_pre')}, ${path.join(mh, 'blocks.2.hook_resid_pre')}; pass one of them`,
+    );
+  });
+
   it('reports NaN in a shard with the file and the row within it', async () => {
     const dir = fresh();
     await writeSet(dir, 4000, meta(), { rowsPerShard: 1000, rowGroupRows: 256 });

@@ -315,6 +315,18 @@ describe('sae synth command', () => {
     expect(r.stderr).toBe('sae: error: --k must be in (0, features=256], got 0\n');
   });
 
+  it('leaves no empty output folder behind when a flag value is rejected', async () => {
+    const out = fresh();
+    const r = await runSynth(['--out', out, '--d', '0']);
+    expect(r.exit).toBe(2);
+    expect(existsSync(out)).toBe(false);
+    // a folder the user made stays
+    const mine = fresh();
+    await fs.mkdir(mine, { recursive: true });
+    expect((await runSynth(['--out', mine, '--d', '0'])).exit).toBe(2);
+    expect(existsSync(mine)).toBe(true);
+  });
+
   it('rejects a value that is not a number with a one-line error', async () => {
     const r = await runSynth(['--out', fresh(), '--noise', 'lots']);
     expect(r.exit).toBe(2);
