@@ -327,6 +327,14 @@ describe('sae synth command', () => {
     expect(existsSync(mine)).toBe(true);
   });
 
+  it('with --force, removes a harvest journal so that no harvest rerun resumes onto the synthetic shards', async () => {
+    const out = fresh();
+    await fs.mkdir(out, { recursive: true });
+    await fs.writeFile(path.join(out, 'harvest.json'), '{"format":"sae-harvest/1","shards":3}');
+    expect((await runSynth(['--out', out, '--rows', '50', '--force'])).exit).toBe(0);
+    expect(existsSync(path.join(out, 'harvest.json'))).toBe(false);
+  });
+
   it('rejects a value that is not a number with a one-line error', async () => {
     const r = await runSynth(['--out', fresh(), '--noise', 'lots']);
     expect(r.exit).toBe(2);

@@ -119,8 +119,10 @@ export async function harvest<P>(opts: HarvestOptions<P>): Promise<HarvestSummar
   if (!journal) {
     // Shards without a harvest journal are another command's output (sae shuffle, sae synth):
     // never ours to delete without --force.
-    if (!hadJournal && !opts.force) {
-      const found = await foreignOutput(opts.out, cfg.hooks, dirs);
+    // Behind a journal that records no shard, only files a harvest never writes count (an older
+    // failed run left a journal and an empty manifest; sae synth may since have written there).
+    if (!opts.force) {
+      const found = await foreignOutput(opts.out, cfg.hooks, dirs, hadJournal);
       if (found) throw new UserError(`${found.dir} already contains activation shards (${found.name}); add --force to replace them or choose another --out`);
     }
     await clearHarvest(opts.out, cfg.hooks, dirs);
@@ -250,9 +252,10 @@ function noTokens(cfg: HarvestConfig, tokensRead: number): string {
  * The first file of another command's output in `out` or a hook folder: shards, a manifest, or
  * what sae shuffle / sae synth keep beside them.
  */
-async function foreignOutput(out: string, hooks: string[], dirs: Record<string, string>): Promise<{ dir: string; name: string } | null> {
+async function foreignOutput(out: string, hooks: string[], dirs: Record<string, string>, onlyNonHarvest: boolean): Promise<{ dir: string; name: string } | null> {
   for (const dir of new Set([out, ...hooks.map((h) => dirs[h])])) {
-    const names = (await fs.readdir(dir).catch(() => [] as string[])).sort();
+    let names = (await fs.readdir(dir).catch(() => [] as string[])).sort();
+    if (onlyNonHarvest) names = names.filter((n) => FOREIGN.includes(n));
     // the manifest named first: it is what makes the folder another command's data
     const name = names.find((n) => n === MANIFEST) ?? names.find((n) => /^shard-\d+\.parquet$/.test(n) || FOREIGN.includes(n));
     if (name) return { dir, name };
