@@ -78,6 +78,12 @@ describe('sae harvest', () => {
     expect(kv['sae.tokenizer']).toMatch(/^[0-9a-f]{64}$/);
   });
 
+  it('says "1 shard", not "1 shards", in its summary', () => {
+    const r = sae(...base(path.join(root, 'one')).filter((a) => a !== '--quiet'), '--max-tokens', '100');
+    expect(r.code).toBe(0);
+    expect(r.stderr).toMatch(/harvested 100 tokens at blocks\.1\.hook_resid_pre into 1 shard in /);
+  });
+
   it('stores float16 activations when asked, widened to float32 on read', async () => {
     const out = path.join(root, 'f16');
     expect(sae(...base(out, '--max-tokens', '500', '--dtype', 'float16')).code).toBe(0);
@@ -176,7 +182,49 @@ describe('bad input to sae harvest', () => {
     expectUserError(sae('harvest', bad, '--model', GPT2, '--hook', 'blocks.1.hook_resid_pre', '--out', path.join(root, 'x2')), /line 2/);
   });
 
-  it('a text field that does not exist', () => expectUserError(sae(...base(path.join(root, 'x3'), '--text-field', 'body')), /body/));
+  it('a text field that does not exist, leaving no folder behind so that the corrected rerun runs', async () => {
+    const out = path.join(root, 'x3');
+    expectUserError(sae(...base(out, '--text-field', 'body')), /body/);
+    await expect(fs.stat(out)).rejects.toThrow();
+    expect(sae(...base(out, '--max-tokens', '100')).code).toBe(0);
+  });
+
+  it('a text shorter than one context: says so and suggests --pad; the --pad rerun into the same folder is accepted', async () => {
+    const short = path.join(root, 'c5.txt');
+    await fs.writeFile(short, 'Some words here.\n');
+    const out = path.join(root, 'hc5');
+    const args = ['harvest', short, '--model', GPT2, '--hook', 'blocks.1.hook_resid_pre', '--out', out, '--quiet'];
+    expectUserError(sae(...args), /the corpus yielded no tokens to harvest: its text is \d+ tokens, shorter than one --ctx 64 context .*add --pad/);
+    await expect(fs.stat(out)).rejects.toThrow();
+    // a folder the user made stays, with no journal claiming it
+    await fs.mkdir(out);
+    expectUserError(sae(...args), /shorter than one --ctx/);
+    expect(await fs.readdir(out)).toEqual([]);
+    // even a journal an older failed run left (complete, 0 shards) claims nothing
+    await fs.writeFile(path.join(out, 'harvest.json'), JSON.stringify({ format: 'sae-harvest/1', config: { mode: 'concat' }, shards: 0, rows: 0, cursor: null, complete: true }));
+    const r = sae(...args, '--pad');
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    expect((await openShards(out)).rows).toBeGreaterThan(0);
+  });
+
+  it('refuses to replace the shards of a sae synth or sae shuffle folder without --force; with it, leaves none of their files', async () => {
+    const syn = path.join(root, 'syn');
+    expect(sae('synth', '--out', syn, '--d', '8', '--features', '16', '--rows', '300', '--rows-per-shard', '100').code).toBe(0);
+    const shuf = path.join(root, 'shuf');
+    expect(sae('shuffle', '--data', syn, '--out', shuf, '--shard-rows', '100').code).toBe(0);
+    for (const dir of [syn, shuf]) {
+      const before = await bytesOf(dir);
+      const names = (await fs.readdir(dir)).sort();
+      expectUserError(sae(...base(dir, '--max-tokens', '100')), /already contains activation shards \(manifest\.json\); add --force/);
+      expect(await bytesOf(dir)).toEqual(before);
+      expect((await fs.readdir(dir)).sort()).toEqual(names);
+      expect(sae(...base(dir, '--max-tokens', '100', '--force')).code).toBe(0);
+      // the synth dictionary would otherwise be scored against the new, unrelated shards
+      expect((await fs.readdir(dir)).sort()).toEqual(['harvest.json', 'manifest.json', 'shard-00000.parquet']);
+      expect((await openShards(dir)).meta.model).not.toBe('synthetic');
+    }
+  });
   it('--ctx beyond the model’s positions', () =>
     expectUserError(sae('harvest', corpus, '--model', GPT2, '--hook', 'blocks.1.hook_resid_pre', '--out', path.join(root, 'x4'), '--ctx', '65'), /--ctx 65 is longer than the model's 64 positions/));
   it('a hook the model lacks', () => expectUserError(sae(...base(path.join(root, 'x5')), '--hook', 'blocks.9.hook_resid_pre'), /layer 9 is out of range/));

@@ -115,7 +115,18 @@ describe('harvest', () => {
 
   it('refuses an output folder that holds another harvest', async () => {
     const out = path.join(root, 'other');
-    await harvest({ out, config: config({ maxTokens: 50 }), model, tokenizer: tok, corpus: memoryCorpus(TEXTS), stopAfterBatches: 1 });
-    await expect(harvest({ out, config: config({ maxTokens: 50, hooks: ['blocks.0.hook_resid_pre'] }), model, tokenizer: tok, corpus: memoryCorpus(TEXTS) })).rejects.toThrow(/holds another harvest \(hooks/);
+    // stopped with shards written: the journal claims them
+    const s = await harvest({ out, config: config({ maxTokens: 50, shardRows: 10 }), model, tokenizer: tok, corpus: memoryCorpus(TEXTS), stopAfterBatches: 1 });
+    expect(s.shards).toBeGreaterThan(0);
+    await expect(harvest({ out, config: config({ maxTokens: 50, shardRows: 10, hooks: ['blocks.0.hook_resid_pre'] }), model, tokenizer: tok, corpus: memoryCorpus(TEXTS) })).rejects.toThrow(/holds another harvest \(hooks/);
+  });
+
+  it('lets a harvest with other settings take over a folder whose journal records no shard', async () => {
+    const out = path.join(root, 'zero');
+    const s = await harvest({ out, config: config({ maxTokens: 50 }), model, tokenizer: tok, corpus: memoryCorpus(TEXTS), stopAfterBatches: 1 });
+    expect(s.shards).toBe(0);
+    const r = await harvest({ out, config: config({ maxTokens: 50, hooks: ['blocks.0.hook_resid_pre'] }), model, tokenizer: tok, corpus: memoryCorpus(TEXTS) });
+    expect(r.complete).toBe(true);
+    expect(r.rows).toBe(50);
   });
 });

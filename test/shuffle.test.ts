@@ -287,6 +287,39 @@ describe('sae shuffle (library)', () => {
   });
 });
 
+describe('unreadable input', () => {
+  it('removes its scratch and the folder it created when an input row is NaN (a rerun cannot get past it)', async () => {
+    const bad = fresh();
+    const m = meta({ preprocessing: 'none' });
+    const w = await ShardWriter.create(bad, m, { rowsPerShard: 400, rowGroupRows: 64 });
+    const x = Float32Array.from({ length: 1000 * m.d }, (_, i) => i % 97);
+    x[700 * m.d + 2] = 12345.5; // a value found only once in the bytes
+    await w.append(x, 1000);
+    await w.close();
+    const f = path.join(bad, 'shard-00001.parquet');
+    const bytes = await fs.readFile(f);
+    const at = bytes.indexOf(Buffer.from(new Float32Array([12345.5]).buffer));
+    expect(at).toBeGreaterThan(0);
+    Buffer.from(new Float32Array([NaN]).buffer).copy(bytes, at);
+    await fs.writeFile(f, bytes);
+    const out = fresh();
+    expect((await userErrorOf(shuffleShards(base(out, { data: bad })))).message).toMatch(/shard-00001\.parquet row 300: activation contains NaN/);
+    await expect(fs.stat(out)).rejects.toThrow();
+    // into a folder of the user's: the scratch goes, the folder and its files stay
+    const mine = fresh();
+    await fs.mkdir(mine);
+    await fs.writeFile(path.join(mine, 'notes.txt'), 'mine');
+    await userErrorOf(shuffleShards(base(mine, { data: bad })));
+    expect(await fs.readdir(mine)).toEqual(['notes.txt']);
+  });
+
+  it('rejects a negative --seed as sae train does', async () => {
+    const out = fresh();
+    expect((await userErrorOf(shuffleShards(base(out, { seed: -1 })))).message).toBe('--seed must be ≥ 0, got -1');
+    await expect(fs.stat(out)).rejects.toThrow();
+  });
+});
+
 describe('sae shuffle (CLI)', () => {
   const sae = (...args: string[]) => spawnSync(process.execPath, [bin, ...args], { encoding: 'utf8', env: { ...process.env, FORCE_COLOR: '0' } });
 
@@ -297,6 +330,14 @@ describe('sae shuffle (CLI)', () => {
     expect(r.stdout).toBe(out + '\n');
     expect(r.stderr).toMatch(/5 buckets of ≤200 rows .*disk: scratch 43KB, output ≈.*, peak ≈.*free/);
     return filesOf(out).then((f) => expectSameFiles(refFiles, f));
+  });
+
+  it('prints nothing on stderr with --quiet, only the output folder on stdout', () => {
+    const out = fresh();
+    const r = sae('shuffle', '--data', input, '--out', out, '--memory', String(MEMORY), '--seed', '5', '--shard-rows', '128', '--quiet');
+    expect(r.status).toBe(0);
+    expect(r.stderr).toBe('');
+    expect(r.stdout).toBe(out + '\n');
   });
 
   it('one-line errors for a bad --memory and an --out that is a file', async () => {

@@ -287,6 +287,16 @@ describe('shard validation', () => {
     expect((await userErrorOf(openShards(zero))).message).toMatch(/^no activations in /);
   });
 
+  it('names the per-hook folders of a multi-hook harvest instead of saying there are no activations', async () => {
+    const mh = fresh();
+    await writeSet(path.join(mh, 'blocks.1.hook_resid_pre'), 10);
+    await writeSet(path.join(mh, 'blocks.2.hook_resid_pre'), 10);
+    await fs.writeFile(path.join(mh, 'harvest.json'), '{}');
+    expect((await userErrorOf(openShards(mh))).message).toBe(
+      `${mh} holds one folder per hook: ${path.join(mh, 'blocks.1.hook_resid_pre')}, ${path.join(mh, 'blocks.2.hook_resid_pre')}; pass one of them`,
+    );
+  });
+
   it('reports NaN in a shard with the file and the row within it', async () => {
     const dir = fresh();
     await writeSet(dir, 4000, meta(), { rowsPerShard: 1000, rowGroupRows: 256 });
@@ -297,6 +307,49 @@ describe('shard validation', () => {
     const set = await openShards(dir, { allowNoManifest: true });
     const s = new BatchStream(set, { batchSize: 100, seed: 1, loop: false });
     expect((await userErrorOf(drain(s, 1000))).message).toMatch(/shard-00003\.parquet row 1234: activation contains NaN$/);
+  });
+
+  it('refuses a corrupt center_unit_norm row whose values are finite but whose norm is not 1, naming file and row', async () => {
+    const dir = fresh();
+    const m = meta({ preprocessing: 'center_unit_norm' });
+    const w = await ShardWriter.create(dir, m, { rowsPerShard: 100, rowGroupRows: 32, preprocess: true });
+    // distinct rows after centring and scaling, so that row 37's bytes are found only once
+    await w.append(Float32Array.from({ length: 800 }, (_, i) => Math.sin(i * i + 1)), 200);
+    await w.close();
+    // corrupt bytes as a reviewer's dd left them: huge but finite floats inside row 37 of shard 1
+    const f = path.join(dir, 'shard-00001.parquet');
+    const set0 = await openShards(dir);
+    const good = await readRows(set0, 1, 0, 100);
+    const bytes = await fs.readFile(f);
+    const needle = Buffer.from(good.acts.buffer, good.acts.byteOffset + 37 * 16, 16);
+    const at = bytes.indexOf(needle);
+    expect(at).toBeGreaterThan(0);
+    Buffer.from(new Float32Array([1.6e38, -3e37, 2, 1]).buffer).copy(bytes, at);
+    await fs.writeFile(f, bytes);
+    const set = await openShards(dir);
+    expect((await userErrorOf(readRows(set, 1, 0, 100))).message).toMatch(/shard-00001\.parquet row 37: activation has norm 1\.63e\+38 but center_unit_norm rows have norm 1/);
+    const s = new BatchStream(set, { batchSize: 50, seed: 1, loop: false });
+    expect((await userErrorOf(drain(s, 1000))).message).toMatch(/shard-00001\.parquet row 37: .*norm/);
+    // the constant row a preprocessing stores as zeros (norm 0) stays readable
+    const zdir = fresh();
+    const wz = await ShardWriter.create(zdir, m, { preprocess: true });
+    await wz.append(new Float32Array([5, 5, 5, 5, 1, 2, 3, 4]), 2);
+    await wz.close();
+    expect(Array.from((await readRows(await openShards(zdir), 0, 0, 2)).acts.subarray(0, 4))).toEqual([0, 0, 0, 0]);
+  });
+
+  it('refuses absurd finite magnitudes in shards without a row norm (none, dataset_scale)', async () => {
+    for (const pre of ['none', 'dataset_scale'] as const) {
+      const dir = fresh();
+      await fs.mkdir(dir);
+      const m = meta({ preprocessing: pre, ...(pre === 'dataset_scale' ? { scale: 0.5 } : {}) });
+      const acts = Array.from({ length: 10 }, () => [1, 2, 3, 4]);
+      acts[6] = [1, 2e36, 3, 4];
+      await writeRawShard(path.join(dir, 'shard-00000.parquet'), m, acts);
+      const set = await openShards(dir, { allowNoManifest: true });
+      expect((await userErrorOf(readRows(set, 0, 0, 10))).message).toMatch(/shard-00000\.parquet row 6: activation contains the value 2\.00e\+36 \(beyond ±1e\+15\); the shard is corrupt$/);
+      expect((await readRows(set, 0, 0, 6)).acts[1]).toBe(2);
+    }
   });
 
   it('reports a row of the wrong length with the file and row', async () => {

@@ -315,6 +315,26 @@ describe('sae synth command', () => {
     expect(r.stderr).toBe('sae: error: --k must be in (0, features=256], got 0\n');
   });
 
+  it('leaves no empty output folder behind when a flag value is rejected', async () => {
+    const out = fresh();
+    const r = await runSynth(['--out', out, '--d', '0']);
+    expect(r.exit).toBe(2);
+    expect(existsSync(out)).toBe(false);
+    // a folder the user made stays
+    const mine = fresh();
+    await fs.mkdir(mine, { recursive: true });
+    expect((await runSynth(['--out', mine, '--d', '0'])).exit).toBe(2);
+    expect(existsSync(mine)).toBe(true);
+  });
+
+  it('with --force, removes a harvest journal so that no harvest rerun resumes onto the synthetic shards', async () => {
+    const out = fresh();
+    await fs.mkdir(out, { recursive: true });
+    await fs.writeFile(path.join(out, 'harvest.json'), '{"format":"sae-harvest/1","shards":3}');
+    expect((await runSynth(['--out', out, '--rows', '50', '--force'])).exit).toBe(0);
+    expect(existsSync(path.join(out, 'harvest.json'))).toBe(false);
+  });
+
   it('rejects a value that is not a number with a one-line error', async () => {
     const r = await runSynth(['--out', fresh(), '--noise', 'lots']);
     expect(r.exit).toBe(2);

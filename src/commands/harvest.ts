@@ -12,6 +12,9 @@ import { openShards } from '../store/reader.js';
 import { openCorpus, type CorpusSpec } from '../harvest/corpus.js';
 import { harvest, type HarvestConfig } from '../harvest/harvest.js';
 
+/** "1 shard", "3 shards": counts in messages read as English. */
+const plural = (n: number, noun: string) => `${n} ${noun}${n === 1 ? '' : 's'}`;
+
 /** The corpus the arguments and flags describe: files/globs/-, or --hub with --name/--split/--corpus-revision. */
 function corpusSpec(inputs: string[], f: { hub?: string; name?: string; split?: string; 'corpus-revision'?: string; 'text-field'?: string; blocks?: boolean }): CorpusSpec {
   if (f.hub && inputs.length) throw new UserError('give either corpus files or --hub, not both');
@@ -118,23 +121,23 @@ export default class Harvest extends SaeCommand {
         },
         onProgress: (p) => {
           // a line every few seconds (logs stay short); the bar on a terminal
-          if (config.maxTokens) progress.tick(p.rows, config.maxTokens, `${p.shards} shards`);
+          if (config.maxTokens) progress.tick(p.rows, config.maxTokens, plural(p.shards, 'shard'));
           if (Date.now() - lastLine < 5000) return;
           lastLine = Date.now();
           const secs = (Date.now() - t0) / 1000;
           const rate = p.rows / Math.max(secs, 1e-3);
           const eta = config.maxTokens ? ` ETA ${Math.max(0, (config.maxTokens - p.rows) / Math.max(rate, 1e-9)).toFixed(0)}s` : '';
-          progress.line(`${fmtTokens(p.rows)} tokens, ${p.contexts} contexts, ${p.shards} shards, ${rate.toFixed(0)} tok/s${eta}`);
+          progress.line(`${fmtTokens(p.rows)} tokens, ${p.contexts} contexts, ${plural(p.shards, 'shard')}, ${rate.toFixed(0)} tok/s${eta}`);
         },
       });
       progress.done();
       const st = corpus.stats();
       if (st.skippedEmpty || st.skippedInvalidUtf8) progress.line(`skipped ${st.skippedEmpty} empty and ${st.skippedInvalidUtf8} invalid UTF-8 documents`);
       if (!s.complete) {
-        progress.line(`interrupted after ${s.rows} rows in ${s.shards} complete shards; rerun the same command to continue`);
+        progress.line(`interrupted after ${plural(s.rows, 'row')} in ${plural(s.shards, 'complete shard')}; rerun the same command to continue`);
         this.exit(130);
       }
-      progress.line(`harvested ${s.rows} tokens at ${config.hooks.join(', ')} into ${s.shards} shards in ${((Date.now() - t0) / 1000).toFixed(1)}s`);
+      progress.line(`harvested ${plural(s.rows, 'token')} at ${config.hooks.join(', ')} into ${plural(s.shards, 'shard')} in ${((Date.now() - t0) / 1000).toFixed(1)}s`);
       if (flags.ndjson) process.stdout.write(announceEnd(s.shards, s.rows));
       else process.stdout.write(Object.values(s.dirs).join('\n') + '\n');
     } finally {

@@ -27,6 +27,7 @@ export default class Shuffle extends SaeCommand {
     'shard-rows': Flags.integer({ description: 'rows per output shard (default 65536)' }),
     force: Flags.boolean({ description: 'replace what a shuffle left in --out (shards, manifest, scratch of a shuffle with other settings); other files stay' }),
     'allow-no-manifest': sharedFlags['allow-no-manifest'],
+    quiet: Flags.boolean({ description: 'no progress or summary on stderr (errors still print)' }),
   };
 
   async run(): Promise<void> {
@@ -35,7 +36,7 @@ export default class Shuffle extends SaeCommand {
     if (memory === null) throw new UserError(`--memory must be a size such as 512MB or 2GB, got "${flags.memory}"`);
     if (flags['shard-rows'] !== undefined && flags['shard-rows'] < 1) throw new UserError(`--shard-rows must be ≥ 1, got ${flags['shard-rows']}`);
     const t0 = Date.now();
-    const progress = new Progress('shuffle');
+    const progress = new Progress('shuffle', !flags.quiet);
     // from a pipe: a full shuffle needs every row, so it gathers the announced shards first
     const piped = flags.data === '-' ? await collectAnnounced(readAnnouncements(process.stdin, { follow: flags.follow })) : null;
     let digest = '';
@@ -61,10 +62,13 @@ export default class Shuffle extends SaeCommand {
       progress.done();
     }
     const secs = (Date.now() - t0) / 1000;
-    this.info(
-      `shuffle: ${s.rows} rows in ${s.shards} shard${s.shards === 1 ? '' : 's'} through ${s.buckets} bucket${s.buckets === 1 ? '' : 's'} ` +
-        `(buffer ${formatBytes(s.arenaBytes)}), ${secs.toFixed(1)}s${s.resumed ? ', resumed' : ''}`,
-    );
+    // like harvest --quiet, which also drops its closing summary line
+    if (!flags.quiet) {
+      this.info(
+        `shuffle: ${s.rows} rows in ${s.shards} shard${s.shards === 1 ? '' : 's'} through ${s.buckets} bucket${s.buckets === 1 ? '' : 's'} ` +
+          `(buffer ${formatBytes(s.arenaBytes)}), ${secs.toFixed(1)}s${s.resumed ? ', resumed' : ''}`,
+      );
+    }
     process.stdout.write(flags.ndjson ? announceEnd(s.shards, s.rows) : s.out + '\n');
   }
 }

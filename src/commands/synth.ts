@@ -2,8 +2,11 @@ import { Flags } from '@oclif/core';
 import { SaeCommand } from '../util/command.js';
 import { UserError } from '../util/errors.js';
 import { PREPROCESSINGS, type Preprocessing } from '../store/preprocess.js';
-import { ensureOutDir } from '../util/outdir.js';
-import { SYNTH_DEFAULTS, writeSynth, type Magnitude } from '../synth/synth.js';
+import { promises as fs } from 'node:fs';
+import * as path from 'node:path';
+import { ensureOutDir, pathKind } from '../util/outdir.js';
+import { SYNTH_DEFAULTS, resolveSynthParams, writeSynth, type Magnitude, type SynthOptions } from '../synth/synth.js';
+import { JOURNAL as HARVEST_JOURNAL } from '../harvest/harvest.js';
 
 // Plain string flags parsed in run(): an error thrown inside an oclif flag parser comes back
 // wrapped in a multi-line message, and `sae` errors are one line.
@@ -51,11 +54,12 @@ export default class Synth extends SaeCommand {
     if (flags['rows-per-shard'] !== undefined && flags['rows-per-shard'] < 1) {
       throw new UserError(`--rows-per-shard must be ≥ 1, got ${flags['rows-per-shard']}`);
     }
-    await ensureOutDir(flags.out);
+    // a run that fails (a bad flag value is only found inside writeSynth) removes the folder it created
+    const createdOut = (await pathKind(flags.out)) === 'absent';
     const t0 = Date.now();
     let summary;
     try {
-      summary = await writeSynth({
+      const opts: SynthOptions = {
         out: flags.out,
         d: flags.d,
         fTrue: flags.features,
@@ -74,8 +78,17 @@ export default class Synth extends SaeCommand {
         rowsPerShard: flags['rows-per-shard'],
         overwrite: flags.force,
         overwriteHint: 'add --force to replace them',
-      });
+      };
+      // every flag checked before anything on disk changes
+      resolveSynthParams(opts);
+      await ensureOutDir(flags.out);
+      // A harvest journal beside replaced shards would let a later harvest rerun "resume" onto
+      // synthetic shards; with --force the folder becomes ours, journal included.
+      if (flags.force) await fs.rm(path.join(flags.out, HARVEST_JOURNAL), { force: true });
+      summary = await writeSynth(opts);
     } catch (err) {
+      // rmdir removes the folder only when empty: nothing in it is lost
+      if (createdOut) await fs.rmdir(flags.out).catch(() => undefined);
       // Option errors name the option as its flag without dashes; point at the flag.
       if (err instanceof UserError) {
         const m = /^([a-z-]+) must /.exec(err.message);

@@ -2,8 +2,10 @@ import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { UserError } from '../util/errors.js';
 import { writeFileAtomic } from '../util/atomic.js';
-import { ensureOutDir } from '../util/outdir.js';
-import { ShardWriter, shardFileName, type ShardFileEntry, type ShardMeta } from '../store/shards.js';
+import { ensureOutDir, pathKind } from '../util/outdir.js';
+import { MANIFEST, ShardWriter, shardFileName, type ShardFileEntry, type ShardMeta } from '../store/shards.js';
+import { WORK_DIR as SHUFFLE_WORK_DIR } from '../shuffle/shuffle.js';
+import { DICTIONARY_FILE, SYNTH_FILE } from '../synth/synth.js';
 import type { Preprocessing } from '../store/preprocess.js';
 import { openShards } from '../store/reader.js';
 import type { HookedTransformer } from '../lm/model.js';
@@ -95,9 +97,15 @@ export async function harvest<P>(opts: HarvestOptions<P>): Promise<HarvestSummar
   if (cfg.ctx > model.cfg.nPositions) throw new UserError(`--ctx ${cfg.ctx} is longer than the model's ${model.cfg.nPositions} positions`);
   if (cfg.ctx < 2) throw new UserError(`--ctx must be at least 2, got ${cfg.ctx}`);
   if (new Set(cfg.hooks).size !== cfg.hooks.length) throw new UserError('--hook: each hook once');
+  // a run that fails before its first shard removes what it created (see the catch below)
+  const createdOut = (await pathKind(opts.out)) === 'absent';
   await ensureOutDir(opts.out);
   const journalFile = path.join(opts.out, JOURNAL);
   let journal = await readJournal<P>(journalFile);
+  const hadJournal = journal !== null;
+  // A journal that records no shard claims nothing (a run that failed or was stopped before its
+  // first shard): any harvest may take the folder over, so that the corrected rerun is not refused.
+  if (journal && journal.shards === 0) journal = null;
   if (journal && JSON.stringify(journal.config) !== JSON.stringify(cfg)) {
     if (!opts.force) throw new UserError(`${opts.out} holds another harvest (${configDiff(journal.config, cfg)}); choose another --out, or --force to replace it`);
     journal = null;
@@ -108,10 +116,38 @@ export async function harvest<P>(opts: HarvestOptions<P>): Promise<HarvestSummar
   }
   const dirs: Record<string, string> = {};
   for (const h of cfg.hooks) dirs[h] = hookDir(opts.out, cfg.hooks, h);
-  if (!journal) await clearHarvest(opts.out, cfg.hooks, dirs);
+  if (!journal) {
+    // Shards without a harvest journal are another command's output (sae shuffle, sae synth):
+    // never ours to delete without --force.
+    // Behind a journal that records no shard, only files a harvest never writes count (an older
+    // failed run left a journal and an empty manifest; sae synth may since have written there).
+    if (!opts.force) {
+      const found = await foreignOutput(opts.out, cfg.hooks, dirs, hadJournal);
+      if (found) throw new UserError(`${found.dir} already contains activation shards (${found.name}); add --force to replace them or choose another --out`);
+    }
+    await clearHarvest(opts.out, cfg.hooks, dirs);
+  }
   // a kill during an atomic journal write leaves its temp file: ours, and stale now
   for (const f of await fs.readdir(opts.out)) if (f.startsWith(`.${JOURNAL}.tmp-`)) await fs.rm(path.join(opts.out, f), { force: true });
+  const createdDirs = await Promise.all(Object.values(dirs).map(async (dir) => dir !== opts.out && (await pathKind(dir)) === 'absent'));
+  try {
+    return await harvestInto(opts, dirs, journal, journalFile);
+  } catch (err) {
+    // Nothing complete was written (a bad corpus, no tokens, a full disk before the first shard):
+    // leave no journal claiming the folder, and no folder this run created. Shards of a resumed
+    // harvest are recorded in its journal and stay.
+    if (!(await readJournal<P>(journalFile).catch(() => null))?.shards) {
+      await clearHarvest(opts.out, cfg.hooks, dirs).catch(() => undefined);
+      for (const [i, dir] of Object.values(dirs).entries()) if (createdDirs[i]) await fs.rmdir(dir).catch(() => undefined);
+      // rmdir only removes an empty folder: anything else in it stays the user's
+      if (createdOut) await fs.rmdir(opts.out).catch(() => undefined);
+    }
+    throw err;
+  }
+}
 
+async function harvestInto<P>(opts: HarvestOptions<P>, dirs: Record<string, string>, journal: Journal<P> | null, journalFile: string): Promise<HarvestSummary> {
+  const { config: cfg, model, tokenizer } = opts;
   const d = model.cfg.dModel;
   const done: ShardFileEntry[] = [];
   // the shards every hook completed according to the journal; anything later is redone
@@ -198,11 +234,38 @@ export async function harvest<P>(opts: HarvestOptions<P>): Promise<HarvestSummar
     return { out: opts.out, dirs, rows: done.reduce((a, e) => a + e.rows, 0), contexts: stream.contexts, shards: done.length, complete: false };
   }
   for (const w of writers.values()) await w.close();
+  if (rows === 0) throw new UserError(noTokens(cfg, stream.tokensRead));
   cursor = null;
   await saveJournal(true);
-  if (rows === 0) throw new UserError('the corpus yielded no tokens to harvest');
   return { out: opts.out, dirs, rows, contexts: stream.contexts, shards: done.length, complete: true };
 }
+
+/** Why a harvest produced no rows, with the fix when the text is merely shorter than a context. */
+function noTokens(cfg: HarvestConfig, tokensRead: number): string {
+  if (tokensRead > 0 && cfg.mode === 'concat') {
+    return `the corpus yielded no tokens to harvest: its text is ${tokensRead} token${tokensRead === 1 ? '' : 's'}, shorter than one --ctx ${cfg.ctx} context (BOS + ${cfg.ctx - 1} tokens); add --pad to harvest short documents padded, or lower --ctx`;
+  }
+  return 'the corpus yielded no tokens to harvest';
+}
+
+/**
+ * The first file of another command's output in `out` or a hook folder: shards, a manifest, or
+ * what sae shuffle / sae synth keep beside them.
+ */
+async function foreignOutput(out: string, hooks: string[], dirs: Record<string, string>, onlyNonHarvest: boolean): Promise<{ dir: string; name: string } | null> {
+  for (const dir of new Set([out, ...hooks.map((h) => dirs[h])])) {
+    let names = (await fs.readdir(dir).catch(() => [] as string[])).sort();
+    if (onlyNonHarvest) names = names.filter((n) => FOREIGN.includes(n));
+    // the manifest named first: it is what makes the folder another command's data
+    const name = names.find((n) => n === MANIFEST) ?? names.find((n) => /^shard-\d+\.parquet$/.test(n) || FOREIGN.includes(n));
+    if (name) return { dir, name };
+  }
+  return null;
+}
+
+/** What sae shuffle and sae synth write beside their shards: removed with them, so that a
+ * harvest never leaves a dictionary or shuffle scratch that belongs to other data. */
+const FOREIGN = [SHUFFLE_WORK_DIR, DICTIONARY_FILE, SYNTH_FILE];
 
 async function readJournal<P>(file: string): Promise<Journal<P> | null> {
   const text = await fs.readFile(file, 'utf8').catch(() => null);
@@ -237,11 +300,15 @@ async function adoptShards(dir: string, n: number): Promise<ShardFileEntry[]> {
 /** Start afresh: remove only what a harvest writes (journal, shards, manifests, temp files). */
 async function clearHarvest(out: string, hooks: string[], dirs: Record<string, string>): Promise<void> {
   await fs.rm(path.join(out, JOURNAL), { force: true });
-  for (const h of hooks) {
-    const dir = dirs[h];
+  // `out` itself too when there are hook subfolders: a manifest left there would still read as data
+  for (const dir of new Set([out, ...hooks.map((h) => dirs[h])])) {
     const names = await fs.readdir(dir).catch(() => [] as string[]);
+    // the manifest first, so that the folder never looks complete while half-deleted
+    names.sort((a, b) => (a === MANIFEST ? -1 : b === MANIFEST ? 1 : 0));
     for (const n of names) {
-      if (n === 'manifest.json' || /^shard-\d+\.parquet$/.test(n) || /^\.shard-\d+\.parquet\.tmp-/.test(n)) await fs.rm(path.join(dir, n), { force: true });
+      if (n === MANIFEST || /^shard-\d+\.parquet$/.test(n) || /^\.shard-\d+\.parquet\.tmp-/.test(n) || FOREIGN.includes(n)) {
+        await fs.rm(path.join(dir, n), { force: true, recursive: true });
+      }
     }
   }
 }

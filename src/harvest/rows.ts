@@ -65,6 +65,8 @@ export class ActivationRows<P> {
   private readonly resumeOffset: number;
   /** absolute index of the next row */
   rows: number;
+  /** tokens of the documents read so far (EOS not counted): tells "no text" from "text shorter than a context" */
+  tokensRead = 0;
   private readonly ids: Int32Array;
   private readonly out: Record<string, Float32Array>;
   private readonly tok: Int32Array;
@@ -108,7 +110,9 @@ export class ActivationRows<P> {
         this.corpusEnded = true;
         continue;
       }
-      this.packer.push(this.tokenizer.encode(r.value.text), this.lastPos, this.firstDoc ? this.resumeOffset : 0);
+      const ids = this.tokenizer.encode(r.value.text);
+      this.tokensRead += ids.length;
+      this.packer.push(ids, this.lastPos, this.firstDoc ? this.resumeOffset : 0);
       this.firstDoc = false;
       this.lastPos = r.value.position;
     }

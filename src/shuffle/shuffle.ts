@@ -2,7 +2,7 @@ import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { UserError } from '../util/errors.js';
 import { describeFsError, writeFileAtomic } from '../util/atomic.js';
-import { ensureOutDir } from '../util/outdir.js';
+import { ensureOutDir, pathKind } from '../util/outdir.js';
 import { Rng, type RngState } from '../util/rng.js';
 import { openShards, readRows, type ShardSet } from '../store/reader.js';
 import { hasRawStats, MANIFEST, metaToKv, shardFileName, ShardWriter, type ShardFileEntry, type ShardManifest, type ShardMeta } from '../store/shards.js';
@@ -83,6 +83,12 @@ export interface ShuffleSummary {
 }
 
 /** Thrown by the stopAfter hook: the run stopped as if killed, leaving its scratch behind. */
+/**
+ * The input's rows are unreadable (NaN, a corrupt shard): unlike a kill or a full disk, a rerun
+ * cannot get past this, so the scratch dealt so far is removed instead of kept for a resume.
+ */
+export class BadInputData extends UserError {}
+
 export class ShuffleStopped extends Error {
   constructor(where: string) {
     super(`shuffle stopped (testing hook) ${where}`);
@@ -117,6 +123,8 @@ export async function shuffleShards(opts: ShuffleOptions): Promise<ShuffleSummar
   const progress = opts.progress ?? quiet;
   const seed = opts.seed ?? 0;
   if (!Number.isSafeInteger(seed)) throw new UserError(`--seed must be an integer, got ${seed}`);
+  // as sae train's seed: one convention across commands, so a pipeline's seed is valid everywhere
+  if (seed < 0) throw new UserError(`--seed must be ≥ 0, got ${seed}`);
   const shardRows = opts.shardRows ?? DEFAULT_SHARD_ROWS;
   if (!Number.isSafeInteger(shardRows) || shardRows < 1) throw new UserError(`--shard-rows must be a positive integer, got ${shardRows}`);
   if (!Number.isSafeInteger(opts.memory) || opts.memory < 1) throw new UserError(`--memory must be a positive number of bytes, got ${opts.memory}`);
@@ -146,7 +154,34 @@ export async function shuffleShards(opts: ShuffleOptions): Promise<ShuffleSummar
     },
   };
 
+  const createdOut = (await pathKind(out)) === 'absent';
   await ensureOutDir(out, '--out');
+  try {
+    return await shuffleInto(opts, { set, meta, layout, plan, inputs, job, outMeta, out, seed, shardRows, progress });
+  } catch (err) {
+    // rmdir removes only an empty folder: one this run created and that holds nothing (not even
+    // scratch to resume from), as after a refusal for disk space or unreadable input rows
+    if (createdOut) await fs.rmdir(out).catch(() => undefined);
+    throw err;
+  }
+}
+
+interface ShuffleJob {
+  set: ShardSet;
+  meta: ShardMeta;
+  layout: RecordLayout;
+  plan: ShufflePlan;
+  inputs: JobKey['inputs'];
+  job: JobKey;
+  outMeta: ShardMeta;
+  out: string;
+  seed: number;
+  shardRows: number;
+  progress: ShuffleProgress;
+}
+
+async function shuffleInto(opts: ShuffleOptions, x: ShuffleJob): Promise<ShuffleSummary> {
+  const { set, meta, layout, plan, inputs, job, outMeta, out, seed, shardRows, progress } = x;
   const work = path.join(out, WORK_DIR);
   let journal = await readJournal(work);
   if (journal && !sameJob(journal.job, job)) {
@@ -188,7 +223,13 @@ export async function shuffleShards(opts: ShuffleOptions): Promise<ShuffleSummar
     await fs.mkdir(work, { recursive: true }).catch((e) => {
       throw describeFsError(e, `creating ${work}`);
     });
-    journal = await scatter(set, plan, layout, work, job, journal, arena, seed, progress, opts.stopAfter?.dealtRows);
+    try {
+      journal = await scatter(set, plan, layout, work, job, journal, arena, seed, progress, opts.stopAfter?.dealtRows);
+    } catch (err) {
+      // no output shard exists before the scatter ends, so the scratch is all there is to drop
+      if (err instanceof BadInputData) await fs.rm(work, { recursive: true, force: true }).catch(() => undefined);
+      throw err;
+    }
   }
   const manifest = await gather(plan, layout, work, out, outMeta, shardRows, arena, seed, progress, opts.stopAfter?.outputShards, opts.onShard);
   await fs.rm(work, { recursive: true, force: true });
@@ -390,7 +431,9 @@ async function scatter(
     let start = 0;
     for (const g of f.rowGroups) {
       if (g === 0) continue;
-      const c = await readRows(set, fi, start, start + g);
+      const c = await readRows(set, fi, start, start + g).catch((err) => {
+        throw err instanceof UserError ? new BadInputData(err.message, err.exitCode) : err;
+      });
       start += g;
       for (let r = 0; r < c.n; r++) {
         const b = sampler.draw(rng);

@@ -186,7 +186,16 @@ export async function openShards(pathOrDir: string, opts: OpenShardsOptions = {}
         throw describeFsError(err, `reading ${pathOrDir}`);
       }
       const parquet = entries.filter((n) => n.endsWith('.parquet') && !n.startsWith('.')).sort();
-      if (!parquet.length) throw new UserError(`no activations in ${pathOrDir} (no ${MANIFEST} and no .parquet files)`);
+      if (!parquet.length) {
+        // a multi-hook harvest writes one shard folder per hook: point at them instead of "nothing here"
+        const sub: string[] = [];
+        for (const n of entries.sort()) {
+          const p = path.join(pathOrDir, n);
+          if (await fs.stat(path.join(p, MANIFEST)).then((s) => s.isFile(), () => false)) sub.push(p);
+        }
+        if (sub.length) throw new UserError(`${pathOrDir} holds one folder per hook: ${sub.join(', ')}; pass one of them`);
+        throw new UserError(`no activations in ${pathOrDir} (no ${MANIFEST} and no .parquet files)`);
+      }
       // A writer publishes the manifest last: without it the folder is a killed or running write,
       // unless the user vouches for a hand-made set.
       if (!opts.allowNoManifest) {
@@ -286,6 +295,7 @@ async function decodeRows(
   f: ShardFile,
   d: number,
   dtype: ShardDtype,
+  preprocessing: Preprocessing,
   rowStart: number,
   rowEnd: number,
   acts: Float32Array,
@@ -305,6 +315,52 @@ async function decodeRows(
   }
   const left = await decodeFast({ file: f.path, size, md, d, dtype, rowStart, rowEnd, acts, scalars });
   if (left.length) await decodeWithHyparquet(f, md, size, d, dtype, rowStart, rowEnd, acts, scalars, left);
+  checkDecodedRows(f.path, acts, rowStart, rowEnd - rowStart, d, preprocessing);
+}
+
+/**
+ * Largest |value| accepted in shards without a known row norm (`none`, `dataset_scale`). The
+ * largest activations reported in real LMs ("massive activations") are around 1e4; 1e15 is eleven
+ * orders beyond that, so only corrupt bytes reach it, and the squares of values below it summed
+ * over d ≤ 1e6 still fit in float32 (1e30·1e6 < 3.4e38), so training and FVU stay finite.
+ */
+export const MAX_ABS_ACTIVATION = 1e15;
+/** Relative error of a center_unit_norm row's norm beyond which the row is corrupt, not rounded:
+ * bfloat16 storage moves a norm by at most 2⁻⁹ ≈ 0.002 (each value by ≤ 2⁻⁹ of itself). */
+export const UNIT_NORM_TOLERANCE = 1e-2;
+
+/**
+ * Corrupt bytes in the activation column can decode to finite floats (up to 1.6e38 have been
+ * seen), which the codec's NaN/Inf check passes and which then turn a loss or FVU into Infinity
+ * silently. One pass over the decoded values refuses them: center_unit_norm rows must have norm 1
+ * (or 0: a constant row is stored as zeros, see preprocessRows); other preprocessings get a
+ * magnitude bound. `acts` holds rows [rowStart, rowStart + n) of `file` from index 0.
+ */
+export function checkDecodedRows(file: string, acts: Float32Array, rowStart: number, n: number, d: number, preprocessing: Preprocessing): void {
+  if (preprocessing === 'center_unit_norm') {
+    for (let r = 0; r < n; r++) {
+      const o = r * d;
+      // float64: a float32 sum of squares of a corrupt 1e38 overflows; here it stays finite
+      let ss = 0;
+      for (let j = 0; j < d; j++) ss += acts[o + j] * acts[o + j];
+      // written as a negated comparison so that a NaN sum also fails
+      if (ss !== 0 && !(Math.abs(Math.sqrt(ss) - 1) <= UNIT_NORM_TOLERANCE)) {
+        throw new UserError(`${file} row ${rowStart + r}: activation has norm ${fmtNorm(Math.sqrt(ss))} but center_unit_norm rows have norm 1; the shard is corrupt`);
+      }
+    }
+    return;
+  }
+  for (let i = 0; i < n * d; i++) {
+    const v = acts[i];
+    if (!(v <= MAX_ABS_ACTIVATION && v >= -MAX_ABS_ACTIVATION)) {
+      const what = Number.isNaN(v) ? 'NaN' : Number.isFinite(v) ? `the value ${v.toExponential(2)} (beyond ±${MAX_ABS_ACTIVATION.toExponential(0)})` : 'Inf';
+      throw new UserError(`${file} row ${rowStart + Math.floor(i / d)}: activation contains ${what}; the shard is corrupt`);
+    }
+  }
+}
+
+function fmtNorm(x: number): string {
+  return Number.isFinite(x) && x < 1e6 ? x.toPrecision(4) : x.toExponential(2);
 }
 
 /** The general path: hyparquet decodes `columns` (names) of rows [rowStart, rowEnd). */
@@ -402,7 +458,7 @@ export async function readRows(set: ShardSet, fileIndex: number, rowStart: numbe
     chunk.rawMean = new Float32Array(n);
     chunk.rawNorm = new Float32Array(n);
   }
-  if (n > 0) await decodeRows(f, d, set.meta.dtype, rowStart, rowEnd, chunk.acts, chunk);
+  if (n > 0) await decodeRows(f, d, set.meta.dtype, set.meta.preprocessing, rowStart, rowEnd, chunk.acts, chunk);
   return chunk;
 }
 
@@ -680,7 +736,7 @@ export class BatchStream {
     const key = `${file}/${g}`;
     if (this.groupKey === key) return;
     this.groupKey = '';
-    await decodeRows(this.set.files[file], this.d, this.set.meta.dtype, start, start + rows, this.groupBuf);
+    await decodeRows(this.set.files[file], this.d, this.set.meta.dtype, this.set.meta.preprocessing, start, start + rows, this.groupBuf);
     this.groupKey = key;
     this.decoded += rows;
   }
