@@ -110,7 +110,7 @@ export default class Eval extends SaeCommand {
       featuresOut: flags['features-out'] ?? null,
     };
     let line =
-      `${ck.cfg.architecture} F=${ck.cfg.d_sae}: ${res.rows} rows in ${res.batches} batches` +
+      `${ck.cfg.architecture} F=${ck.cfg.d_sae}: ${res.rows} rows in ${res.batches} batch${res.batches === 1 ? "" : "es"}` +
       `${res.lastBatchRows < batchSize ? ` (last one ${res.lastBatchRows} rows)` : ''}, L0 ${res.l0.toFixed(2)}, FVU ${res.fvu.toFixed(4)}, ` +
       `never fired on these ${res.rows} tokens ${(100 * res.neverFiredFraction).toFixed(2)}%, dying ${(100 * table.dyingCount / F).toFixed(2)}%`;
     if (dict) {

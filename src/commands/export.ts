@@ -81,7 +81,7 @@ export default class Export extends SaeCommand {
       calibration: { from: ck.dir, data: flags.data, batches: cal.batches, batchSize, global, globalThreshold: cal.globalThreshold, batchL0: cal.batchL0 },
     };
     await saveCheckpoint(flags.out, cfg, ck.params, { threshold });
-    this.info(`exported JumpReLU SAE (${global ? 'global' : 'per-feature'} thresholds from ${cal.batches} batches; batch L0 ${cal.batchL0.toFixed(2)})`);
+    this.info(`exported JumpReLU SAE (${global ? 'global' : 'per-feature'} thresholds from ${cal.batches} batch${cal.batches === 1 ? "" : "es"}; batch L0 ${cal.batchL0.toFixed(2)})`);
     process.stdout.write(flags.out + '\n');
   }
 }
