@@ -2,7 +2,7 @@ import { describe, it, expect, beforeAll, afterAll, vi } from 'vitest';
 import { promises as fs, existsSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { execFile } from 'node:child_process';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { promisify } from 'node:util';
 import {
   writeSynth,
@@ -290,6 +290,17 @@ async function runSynth(argv: string[]): Promise<{ stdout: string; stderr: strin
   return { stdout, stderr, exit };
 }
 
+/** Another process holding `dir`'s output lock until killed (the compiled lock module, as the CLI uses it). */
+async function holdLock(dir: string, command: string): Promise<ChildProcess> {
+  const js = path.join(repo, 'dist', 'util', 'lock.js');
+  const c = spawn(process.execPath, ['--input-type=module', '-e', `import { lockOutDir } from ${JSON.stringify(js)}; await lockOutDir(${JSON.stringify(dir)}, ${JSON.stringify(command)}); console.log('held'); setInterval(() => {}, 1000);`]);
+  await new Promise<void>((resolve, reject) => {
+    c.stdout!.once('data', () => resolve());
+    c.once('exit', (code) => reject(new Error(`lock holder exited with ${code}`)));
+  });
+  return c;
+}
+
 describe('sae synth command', () => {
   it('writes shards and prints the summary with the manifest as JSON', async () => {
     const out = fresh();
@@ -333,6 +344,20 @@ describe('sae synth command', () => {
     await fs.writeFile(path.join(out, 'harvest.json'), '{"format":"sae-harvest/1","shards":3}');
     expect((await runSynth(['--out', out, '--rows', '50', '--force'])).exit).toBe(0);
     expect(existsSync(path.join(out, 'harvest.json'))).toBe(false);
+  });
+
+  it('refuses an --out another live process is writing, naming it (exit 75), and leaves it untouched', async () => {
+    const out = fresh();
+    await fs.mkdir(out, { recursive: true });
+    const holder = await holdLock(out, 'sae harvest');
+    try {
+      const r = await runSynth(['--out', out, '--rows', '50']);
+      expect(r.exit).toBe(75);
+      expect(r.stderr).toMatch(new RegExp(`^sae: error: --out .* is in use by sae harvest \\(pid ${holder.pid} on .*\n$`));
+      expect((await fs.readdir(out)).filter((f) => !f.startsWith('.sae-lock'))).toEqual([]);
+    } finally {
+      holder.kill();
+    }
   });
 
   it('rejects a value that is not a number with a one-line error', async () => {

@@ -7,6 +7,7 @@ import * as path from 'node:path';
 import { ensureOutDir, pathKind } from '../util/outdir.js';
 import { SYNTH_DEFAULTS, resolveSynthParams, writeSynth, type Magnitude, type SynthOptions } from '../synth/synth.js';
 import { JOURNAL as HARVEST_JOURNAL } from '../harvest/harvest.js';
+import { lockOutDir, type OutDirLock } from '../util/lock.js';
 
 // Plain string flags parsed in run(): an error thrown inside an oclif flag parser comes back
 // wrapped in a multi-line message, and `sae` errors are one line.
@@ -58,6 +59,7 @@ export default class Synth extends SaeCommand {
     const createdOut = (await pathKind(flags.out)) === 'absent';
     const t0 = Date.now();
     let summary;
+    let lock: OutDirLock | null = null;
     try {
       const opts: SynthOptions = {
         out: flags.out,
@@ -82,11 +84,14 @@ export default class Synth extends SaeCommand {
       // every flag checked before anything on disk changes
       resolveSynthParams(opts);
       await ensureOutDir(flags.out);
+      lock = await lockOutDir(flags.out, 'sae synth');
       // A harvest journal beside replaced shards would let a later harvest rerun "resume" onto
       // synthetic shards; with --force the folder becomes ours, journal included.
       if (flags.force) await fs.rm(path.join(flags.out, HARVEST_JOURNAL), { force: true });
       summary = await writeSynth(opts);
+      await lock.release();
     } catch (err) {
+      await lock?.release();
       // rmdir removes the folder only when empty: nothing in it is lost
       if (createdOut) await fs.rmdir(flags.out).catch(() => undefined);
       // Option errors name the option as its flag without dashes; point at the flag.
