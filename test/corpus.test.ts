@@ -301,6 +301,20 @@ describe('bad input', () => {
     expect(err.message).toMatch(/has no documents \(skipped 2 empty/);
   });
 
+  it('names an empty corpus by its file, without the recorded file:…#text key', async () => {
+    const file = await write('empty-named/a.jsonl', '{"text":""}\n');
+    const err = await userErrorOf(texts(await open({ inputs: [file] })));
+    expect(err.message).toBe(`corpus ${file} has no documents (skipped 1 empty or whitespace-only and 0 not valid UTF-8)`);
+  });
+
+  it('names an empty corpus of several files by count and names', async () => {
+    await write('empty-two/a.jsonl', '{"text":""}\n');
+    await write('empty-two/b.jsonl', '{"text":" "}\n');
+    const err = await userErrorOf(texts(await open({ inputs: ['empty-two'] })));
+    expect(err.message).toMatch(/^corpus 2 files: \S*a\.jsonl, \S*b\.jsonl has no documents/);
+    expect(err.message).not.toMatch(/file:|#text/);
+  });
+
   it('a folder with no corpus files', async () => {
     await write('nofiles/readme.md', 'x');
     const err = await userErrorOf(open({ inputs: ['nofiles'] }));
@@ -329,6 +343,18 @@ describe('bad input', () => {
     await write('nofield/a.jsonl', '{"text":"x"}\n{"body":"y"}\n');
     const err = await userErrorOf(texts(await open({ inputs: ['nofield/a.jsonl'] })));
     expect(err.message).toMatch(/line 2 has no field "text" \(fields: body\)/);
+  });
+
+  it('a missing JSONL text field: the message names --text-field, the flag that fixes it', async () => {
+    await write('nofield/c.jsonl', '{"body":"y"}\n');
+    const err = await userErrorOf(texts(await open({ inputs: ['nofield/c.jsonl'] })));
+    expect(err.message).toMatch(/name the field that holds the text with --text-field$/);
+  });
+
+  it('a missing Parquet text column: the message names --text-field, the flag that fixes it', async () => {
+    await write('nofield/d.parquet', parquet({ body: ['x'] }));
+    const err = await userErrorOf(texts(await open({ inputs: ['nofield/d.parquet'] })));
+    expect(err.message).toMatch(/name the column that holds the text with --text-field$/);
   });
 
   it('a Parquet text column that does not exist', async () => {

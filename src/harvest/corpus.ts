@@ -66,7 +66,7 @@ export async function openCorpus(spec: CorpusSpec = {}, opts: OpenCorpusOptions 
     const ds = await resolveHubDataset(spec.hub, opts);
     const units = await hubUnits(ds, field, opts);
     const pinned: CorpusSpec = { hub: { id: ds.id, name: ds.config, split: ds.split, revision: ds.commit }, textField: field };
-    return new UnitCorpus(units, `hf:${ds.id}@${ds.commit}/${ds.config}/${ds.split}#${field}`, pinned);
+    return new UnitCorpus(units, `hf:${ds.id}@${ds.commit}/${ds.config}/${ds.split}#${field}`, pinned, `the Hub dataset ${ds.id} (${ds.config}/${ds.split})`);
   }
 
   if (spec.inputs?.length) {
@@ -78,12 +78,22 @@ export async function openCorpus(spec: CorpusSpec = {}, opts: OpenCorpusOptions 
     let desc = `file:${files.map((f) => (f === '-' ? 'stdin' : f)).join(',')}`;
     if (formats.has('jsonl') || formats.has('parquet') || formats.has('stdin')) desc += `#${field}`;
     if (txtMode === 'blocks' && formats.has('txt')) desc += '?blocks';
-    return new UnitCorpus(units, desc, { inputs: files, textField: field, txtMode });
+    return new UnitCorpus(units, desc, { inputs: files, textField: field, txtMode }, filesLabel(files));
   }
 
   const split = spec.brown ?? 'train';
   const files = await brownFiles(split, opts.defaultPackage ?? BROWN_PACKAGE);
-  return new UnitCorpus(files.map((f) => new BrownUnit(f)), split === 'train' ? 'brown' : `brown:${split}`, { brown: split });
+  return new UnitCorpus(files.map((f) => new BrownUnit(f)), split === 'train' ? 'brown' : `brown:${split}`, { brown: split }, `the embedded Brown corpus (${split} split)`);
+}
+
+/**
+ * The corpus as a message names it: describe() is a recorded key (`file:…#text`), which reads as
+ * jargon to the person who typed the file names.
+ */
+function filesLabel(files: string[]): string {
+  const names = files.map((f) => (f === '-' ? 'stdin' : f));
+  if (names.length === 1) return names[0];
+  return `${names.length} files: ${names.slice(0, 3).join(', ')}${names.length > 3 ? ', …' : ''}`;
 }
 
 /** The embedded Brown corpus; `heldout` is disjoint from the `train` split harvest reads by default. */
@@ -98,8 +108,10 @@ class UnitCorpus implements Corpus {
     private readonly units: readonly Unit[],
     private readonly description: string,
     private readonly pin: CorpusSpec,
+    /** for messages */
+    private readonly label: string,
   ) {
-    if (!units.length) throw new UserError(`corpus ${description} is empty`);
+    if (!units.length) throw new UserError(`corpus ${label} is empty`);
   }
 
   describe(): string {
@@ -116,6 +128,6 @@ class UnitCorpus implements Corpus {
 
   documents(from?: CorpusPosition): AsyncGenerator<CorpusDocument> {
     this.current = emptyStats();
-    return readUnits(this.units, this.current, this.description, from);
+    return readUnits(this.units, this.current, this.label, from);
   }
 }

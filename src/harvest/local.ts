@@ -150,7 +150,7 @@ export async function* jsonlRecords(lines: AsyncIterable<Line>, firstRow: number
       throw new UserError(`${name}: line ${n + 1} is not a JSON object`);
     }
     if (!(field in value)) {
-      throw new UserError(`${name}: line ${n + 1} has no field "${field}" (fields: ${Object.keys(value).join(', ')}); name the field that holds the text`);
+      throw new UserError(`${name}: line ${n + 1} has no field "${field}" (fields: ${Object.keys(value).join(', ')}); name the field that holds the text with --text-field`);
     }
     const text = (value as Record<string, unknown>)[field];
     if (text !== null && typeof text !== 'string') {

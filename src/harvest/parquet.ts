@@ -36,7 +36,7 @@ export class ParquetUnit implements Unit {
     const metadata = await this.metadata;
     const top = parquetSchema(metadata).children.map((c) => c.element.name);
     if (!top.includes(this.column)) {
-      throw new UserError(`${this.name}: no column "${this.column}" (columns: ${top.join(', ')}); name the column that holds the text`);
+      throw new UserError(`${this.name}: no column "${this.column}" (columns: ${top.join(', ')}); name the column that holds the text with --text-field`);
     }
     return { file, metadata };
   }
@@ -75,7 +75,7 @@ function record(row: number, value: unknown, name: string, column: string): RawR
     return text === null ? { row, text: null, invalidUtf8: true } : { row, text };
   }
   if (typeof value === 'string') return { row, text: value };
-  throw new UserError(`${name}: column "${column}" holds ${typeof value} values, not text; name the column that holds the text`);
+  throw new UserError(`${name}: column "${column}" holds ${typeof value} values, not text; name the column that holds the text with --text-field`);
 }
 
 export function oneLine(err: unknown): string {

@@ -69,7 +69,8 @@ export function checkPosition(from: unknown): CorpusPosition {
 export async function* readUnits(
   units: readonly Unit[],
   stats: CorpusStats,
-  describe: string,
+  /** the corpus as messages name it */
+  label: string,
   from?: CorpusPosition,
 ): AsyncGenerator<CorpusDocument> {
   if (from) checkPosition(from);
@@ -92,7 +93,7 @@ export async function* readUnits(
   if (!from && stats.documents === 0) {
     const skipped = stats.skippedEmpty + stats.skippedInvalidUtf8;
     throw new UserError(
-      `corpus ${describe} has no documents` +
+      `corpus ${label} has no documents` +
         (skipped ? ` (skipped ${stats.skippedEmpty} empty or whitespace-only and ${stats.skippedInvalidUtf8} not valid UTF-8)` : ''),
     );
   }
