@@ -15,6 +15,10 @@ import type { AddressInfo } from 'node:net';
 import { createHash, randomBytes } from 'node:crypto';
 import { parquetMetadata } from 'hyparquet';
 import { parquetWriteBuffer } from 'hyparquet-writer';
+import { promises as fs } from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { stringify as stringifyYaml } from 'yaml';
 import { openCorpus, type Corpus, type CorpusPosition } from '../src/harvest/corpus.js';
 import { UserError } from '../src/util/errors.js';
 
@@ -389,5 +393,63 @@ describe('a Hub dataset corpus, bad input', () => {
     await new Promise<void>((r) => closed.close(() => r()));
     const err = await userErrorOf(openCorpus({ hub: sample }, { endpoint: `http://127.0.0.1:${port}` }));
     expect(err.message).toMatch(/cannot reach the Hugging Face Hub/);
+  });
+});
+
+describe('a Hub dataset corpus offline (HF_HUB_OFFLINE)', () => {
+  const sha = shaOf('acme/web', 'main');
+  let cache: string;
+
+  /** What `huggingface-cli download --repo-type dataset acme/web` leaves: blobs, a snapshot of links to them, refs/main. */
+  beforeAll(async () => {
+    cache = await fs.mkdtemp(path.join(os.tmpdir(), 'sae-hfcache-'));
+    const repo = path.join(cache, 'datasets--acme--web');
+    const files: Record<string, Uint8Array> = {
+      'README.md': Buffer.from(`---\n${stringifyYaml(card)}---\n# acme/web\n`),
+      'sample/tiny/000_00000.parquet': sample0,
+      'sample/tiny/000_00001.parquet': sample1,
+    };
+    for (const [name, data] of Object.entries(files)) {
+      const blob = path.join(repo, 'blobs', createHash('sha256').update(data).digest('hex'));
+      await fs.mkdir(path.dirname(blob), { recursive: true });
+      await fs.writeFile(blob, data);
+      const link = path.join(repo, 'snapshots', sha, name);
+      await fs.mkdir(path.dirname(link), { recursive: true });
+      await fs.symlink(path.relative(path.dirname(link), blob), link);
+    }
+    await fs.mkdir(path.join(repo, 'refs'), { recursive: true });
+    await fs.writeFile(path.join(repo, 'refs', 'main'), sha);
+  });
+  afterAll(async () => {
+    delete process.env.HF_HUB_OFFLINE;
+    await fs.rm(cache, { recursive: true, force: true });
+  });
+
+  it('reads a cached dataset without any request, as the same documents and commit as online', async () => {
+    const corpus = await openCorpus({ hub: sample }, { endpoint: hub.url, offline: true, cacheDir: cache });
+    const docs = await all(corpus);
+    expect(docs.map((d) => d.text)).toEqual(expectedTexts);
+    expect(corpus.describe()).toBe(`hf:acme/web@${sha}/sample-tiny/train#text`);
+    expect(hub.apiCalls).toEqual([]);
+    expect(hub.served).toEqual([]);
+  });
+
+  it('says that the dataset is not in the cache, naming it, and makes no request', async () => {
+    const err = await userErrorOf(openCorpus({ hub: { id: 'acme/other' } }, { endpoint: hub.url, offline: true, cacheDir: cache }));
+    expect(err.message).toMatch(/^offline mode \(HF_HUB_OFFLINE is set\): dataset acme\/other at revision main is not in the Hugging Face cache at /);
+    expect(err.message).toContain(path.join(cache, 'datasets--acme--other'));
+    expect(hub.apiCalls).toEqual([]);
+    expect(hub.served).toEqual([]);
+  });
+
+  it('takes offline mode from HF_HUB_OFFLINE=1', async () => {
+    process.env.HF_HUB_OFFLINE = '1';
+    try {
+      const err = await userErrorOf(openCorpus({ hub: { id: 'acme/other' } }, { endpoint: hub.url, cacheDir: cache }));
+      expect(err.message).toMatch(/^offline mode/);
+    } finally {
+      delete process.env.HF_HUB_OFFLINE;
+    }
+    expect(hub.apiCalls).toEqual([]);
   });
 });

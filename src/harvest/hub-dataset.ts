@@ -27,12 +27,14 @@
 import { promises as fs } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { asyncBufferFromUrl } from 'hyparquet';
+import { asyncBufferFromFile, asyncBufferFromUrl } from 'hyparquet';
 import { datasetInfo, HubApiError, listFiles } from '@huggingface/hub';
 import { UserError } from '../util/errors.js';
 import { compareCodeUnits, globToRegExp } from './glob.js';
 import { oneLine, ParquetUnit } from './parquet.js';
 import type { Unit } from './source.js';
+import { resolveCachedDataset } from './hub-dataset-cache.js';
+import { hubOffline } from '../lm/hub.js';
 
 export interface HubDatasetSpec {
   /** `owner/name` */
@@ -50,6 +52,10 @@ export interface HubOptions {
   /** default from HF_TOKEN, then HF_TOKEN_PATH / $HF_HOME/token */
   token?: string;
   fetch?: typeof fetch;
+  /** no request at all, only the Hugging Face cache; default from HF_HUB_OFFLINE */
+  offline?: boolean;
+  /** the hub cache folder; default from HF_HUB_CACHE / HF_HOME as Python resolves it */
+  cacheDir?: string;
 }
 
 export interface HubFile {
@@ -65,6 +71,8 @@ export interface ResolvedHubDataset {
   commit: string;
   rule: 'card' | 'layout' | 'parquet-branch';
   files: HubFile[];
+  /** offline: the cached snapshot the files are read from */
+  localDir?: string;
 }
 
 const DEFAULT_ENDPOINT = 'https://huggingface.co';
@@ -83,6 +91,8 @@ interface Client {
 
 export async function resolveHubDataset(spec: HubDatasetSpec, opts: HubOptions = {}): Promise<ResolvedHubDataset> {
   if (!DATASET_ID.test(spec.id) || spec.id.includes('..')) throw new UserError(`"${spec.id}" is not a Hub dataset id like HuggingFaceFW/fineweb`);
+  // offline, as huggingface_hub: no request at all, only what the cache holds
+  if (opts.offline ?? hubOffline()) return resolveCachedDataset(spec, opts.cacheDir);
   const client = await makeClient(opts);
   const split = spec.split ?? 'train';
   const revision = spec.revision ?? 'main';
@@ -90,30 +100,40 @@ export async function resolveHubDataset(spec: HubDatasetSpec, opts: HubOptions =
     datasetInfo<'sha' | 'cardData'>({ name: spec.id, revision, additionalFields: ['sha', 'cardData'], hubUrl: client.endpoint, accessToken: client.token, fetch: client.fetch }),
   );
   const commit = info.sha;
-  const configs = cardConfigs(info.cardData);
   const listing = await list(client, spec.id, commit);
+  const chosen = chooseFiles(spec, info.cardData, listing);
+  if (chosen) return { id: spec.id, split, commit, ...chosen };
+  if (spec.revision === undefined) {
+    const converted = await fromParquetBranch(client, spec.id, spec.name ?? 'default', split);
+    if (converted) return converted;
+  }
+  throw noParquet(spec, revision);
+}
 
+/** Which Parquet files of a listing make up the config and split: the card's configs, else the layout. */
+export function chooseFiles(spec: HubDatasetSpec, cardData: unknown, listing: HubFile[]): Pick<ResolvedHubDataset, 'config' | 'rule' | 'files'> | null {
+  const split = spec.split ?? 'train';
+  const configs = cardConfigs(cardData);
   if (configs.length) {
     const config = chooseConfig(configs, spec.name, spec.id);
     const patterns = splitPatterns(config, split, spec.id);
     const regexps = patterns.map((p) => globToRegExp(p.replace(/^\.?\//, '')));
     const files = listing.filter((f) => f.path.endsWith('.parquet') && regexps.some((r) => r.test(f.path)));
-    if (files.length) return { id: spec.id, config: config.config_name, split, commit, rule: 'card', files };
-  } else {
-    const files = listing.filter((f) => f.path.endsWith('.parquet') && inConfig(f.path, spec.name) && inSplit(f.path, split));
-    if (files.length) return { id: spec.id, config: spec.name ?? 'default', split, commit, rule: 'layout', files };
+    return files.length ? { config: config.config_name, rule: 'card', files } : null;
   }
+  const files = listing.filter((f) => f.path.endsWith('.parquet') && inConfig(f.path, spec.name) && inSplit(f.path, split));
+  return files.length ? { config: spec.name ?? 'default', rule: 'layout', files } : null;
+}
 
-  const where = `${spec.id}${spec.name ? ` config ${spec.name}` : ''} split ${split}`;
-  if (spec.revision === undefined) {
-    const converted = await fromParquetBranch(client, spec.id, spec.name ?? 'default', split);
-    if (converted) return converted;
-  }
-  throw new UserError(`found no Parquet files for ${where} at ${revision}; only Parquet datasets can be streamed (check the config name and the split)`);
+export function noParquet(spec: HubDatasetSpec, revision: string): UserError {
+  const where = `${spec.id}${spec.name ? ` config ${spec.name}` : ''} split ${spec.split ?? 'train'}`;
+  return new UserError(`found no Parquet files for ${where} at ${revision}; only Parquet datasets can be streamed (check the config name and the split)`);
 }
 
 /** The units of a resolved dataset: one per Parquet file, read over range requests. */
 export async function hubUnits(ds: ResolvedHubDataset, column: string, opts: HubOptions = {}): Promise<Unit[]> {
+  const local = ds.localDir;
+  if (local !== undefined) return ds.files.map((f) => new ParquetUnit(`hf:${ds.id}/${f.path}`, () => asyncBufferFromFile(path.join(local, f.path)), column));
   const client = await makeClient(opts);
   const headers: Record<string, string> = client.token ? { Authorization: `Bearer ${client.token}` } : {};
   return ds.files.map((f) => {

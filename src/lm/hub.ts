@@ -307,6 +307,11 @@ function describeNetworkError(err: unknown): string {
 // ---------------------------------------------------------------------------------------------
 // environment
 
+/** HF_HUB_OFFLINE, for models and datasets alike */
+export function hubOffline(): boolean {
+  return envFlag(process.env.HF_HUB_OFFLINE);
+}
+
 /** As huggingface_hub reads boolean variables. */
 function envFlag(value: string | undefined): boolean {
   return ['1', 'ON', 'YES', 'TRUE'].includes((value ?? '').trim().toUpperCase());
