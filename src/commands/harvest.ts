@@ -30,7 +30,7 @@ export default class Harvest extends SaeCommand {
     'Run text through the host LM and write the activations at one or more hooks to Parquet shards (SPEC §1, §10): contexts of --ctx tokens with BOS first, preprocessing applied once, resumable by rerunning the same command';
 
   static override examples = [
-    '<%= config.bin %> harvest --model fixtures/hf-tiny/gpt2 --out acts/ --max-tokens 100000',
+    '<%= config.bin %> harvest --model fixtures/hf-tiny/gpt2 --hook blocks.1.hook_resid_pre --out acts/ --max-tokens 100000',
     '<%= config.bin %> harvest docs/*.jsonl --text-field body --model gpt2 --hook blocks.6.hook_resid_pre --out acts/',
     '<%= config.bin %> harvest --hub HuggingFaceFW/fineweb --name sample-10BT --split train --model gpt2 --out acts/ --max-tokens 10000000',
     '<%= config.bin %> harvest --model gpt2 --out acts/ --ndjson | <%= config.bin %> train --data - --out runs/mc --activation mutual',

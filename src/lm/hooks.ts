@@ -37,6 +37,11 @@ export function hookNames(cfg: LmConfig): string[] {
   return names;
 }
 
+/** A hook this model has, for hints: the middle layer's residual stream, where SAEs are usually trained. */
+export function exampleHook(cfg: LmConfig): string {
+  return `blocks.${Math.floor(cfg.nLayers / 2)}.hook_resid_pre`;
+}
+
 /** Parse and check a hook name against the model; one-line errors say what is wrong. */
 export function parseHook(name: string, cfg: LmConfig): HookSite {
   if (name === 'hook_embed') return site(name, 'embed', -1);
@@ -46,9 +51,9 @@ export function parseHook(name: string, cfg: LmConfig): HookSite {
   }
   if (name === 'ln_final.hook_normalized') return site(name, 'normalized', cfg.nLayers);
   const m = /^blocks\.(\d+)\.(hook_resid_pre|hook_resid_mid|hook_resid_post|hook_attn_out|hook_mlp_out|attn\.hook_pattern)$/.exec(name);
-  if (!m) throw new UserError(`unknown hook "${name}" (e.g. blocks.6.hook_resid_pre; \`sae model info\` lists them)`);
+  if (!m) throw new UserError(`unknown hook "${name}" (e.g. ${exampleHook(cfg)}; \`sae model info\` lists them)`);
   const layer = Number(m[1]);
-  if (layer >= cfg.nLayers) throw new UserError(`hook ${name}: layer ${layer} is out of range (the model has ${cfg.nLayers} blocks, 0..${cfg.nLayers - 1})`);
+  if (layer >= cfg.nLayers) throw new UserError(`hook ${name}: layer ${layer} is out of range (the model has ${cfg.nLayers} blocks, 0..${cfg.nLayers - 1}; e.g. ${exampleHook(cfg)})`);
   const kind = m[2] === 'attn.hook_pattern' ? 'pattern' : (m[2].slice(5) as HookKind);
   if (kind === 'resid_mid' && cfg.parallelResidual) throw new UserError(`hook ${name}: a parallel-residual model has no resid_mid (attention and MLP read the same input)`);
   return site(name, kind, layer);

@@ -1,0 +1,67 @@
+import { spawnSync } from 'node:child_process';
+import { promises as fs } from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { openShards } from '../src/store/reader.js';
+
+// What sae harvest tells a user: its --help examples, and the hints of its errors (compiled CLI).
+const bin = path.resolve(__dirname, '..', 'bin', 'run.js');
+const FIXTURES = path.resolve(__dirname, '..', 'fixtures');
+const GPT2 = path.join(FIXTURES, 'hf-tiny', 'gpt2');
+let root: string;
+
+function sae(args: string[], cwd?: string) {
+  const r = spawnSync(process.execPath, [bin, ...args], { encoding: 'utf8', cwd, env: { ...process.env, FORCE_COLOR: '0' } });
+  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+function errorLine(r: ReturnType<typeof sae>): string {
+  expect(r.code).not.toBe(0);
+  const lines = r.stderr.trim().split('\n').filter((l) => l.startsWith('sae: error:'));
+  expect(lines).toHaveLength(1);
+  expect(r.stderr).not.toMatch(/\n\s+at /);
+  return lines[0];
+}
+
+beforeAll(async () => {
+  root = await fs.mkdtemp(path.join(os.tmpdir(), 'sae-harvest-msg-'));
+  // the examples name fixtures/… relative to the project, as the README's commands do
+  await fs.symlink(FIXTURES, path.join(root, 'fixtures'));
+});
+
+afterAll(async () => {
+  await fs.rm(root, { recursive: true, force: true });
+});
+
+describe('sae harvest --help', () => {
+  it('its examples on the fixture model run as written', async () => {
+    const help = sae(['harvest', '--help']).stdout;
+    const examples = help
+      .split('\n')
+      .map((l) => l.trim())
+      .filter((l) => l.startsWith('$ sae harvest') && l.includes('fixtures/hf-tiny/'));
+    expect(examples.length).toBeGreaterThan(0);
+    for (const [i, ex] of examples.entries()) {
+      const cwd = path.join(root, `example-${i}`);
+      await fs.mkdir(cwd);
+      await fs.symlink(FIXTURES, path.join(cwd, 'fixtures'));
+      const r = sae(ex.slice('$ sae '.length).split(/\s+/), cwd);
+      expect(r.code, `${ex}\n${r.stderr}`).toBe(0);
+      expect((await openShards(path.join(cwd, r.stdout.trim()))).rows).toBeGreaterThan(0);
+    }
+  });
+});
+
+describe('hook hints', () => {
+  const harvest = (hook: string) => sae(['harvest', '--model', GPT2, '--hook', hook, '--out', path.join(root, 'never'), '--max-tokens', '10', '--quiet']);
+
+  it('an unknown hook name is answered with a hook the model has', () => {
+    expect(errorLine(harvest('blocks.1.resid'))).toMatch(/unknown hook "blocks\.1\.resid" \(e\.g\. blocks\.1\.hook_resid_pre;/);
+  });
+
+  it('a layer beyond the model (the default blocks.6 on a 3-block model) is answered with a hook the model has', () => {
+    const r = sae(['harvest', '--model', GPT2, '--out', path.join(root, 'never'), '--max-tokens', '10', '--quiet']);
+    expect(errorLine(r)).toMatch(/layer 6 is out of range \(the model has 3 blocks, 0\.\.2; e\.g\. blocks\.1\.hook_resid_pre\)/);
+  });
+});
