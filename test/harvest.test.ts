@@ -6,6 +6,7 @@ import { harvest, type HarvestConfig, type HarvestCorpus } from '../src/harvest/
 import { HookedTransformer } from '../src/lm/model.js';
 import { loadTokenizer, type LmTokenizer } from '../src/lm/tokenizer.js';
 import { openShards, readRows } from '../src/store/reader.js';
+import { UserError } from '../src/util/errors.js';
 
 const GPT2 = path.resolve(__dirname, '..', 'fixtures', 'hf-tiny', 'gpt2');
 let root: string;
@@ -111,6 +112,21 @@ describe('harvest', () => {
       expect(second.complete).toBe(true);
       for (const h of hooks) expect(await shardBytes(path.join(cut, h)), `stop after ${stopAt}, ${h}`).toEqual(await shardBytes(path.join(whole, h)));
     }
+  });
+
+  it('NaN from the model: the error names the model, the hook and its weights as the likely cause', async () => {
+    const out = path.join(root, 'nan');
+    const embed = model.weights.embed.slice();
+    // one token's embedding broken, as a corrupt checkpoint would have it
+    const bad = tok.encode(TEXTS[0])[0];
+    embed.fill(NaN, bad * 64, (bad + 1) * 64);
+    const broken = new HookedTransformer(model.cfg, { ...model.weights, embed }, model.kernels, GPT2);
+    const err = await harvest({ out, config: config(), model: broken, tokenizer: tok, corpus: memoryCorpus(TEXTS) }).catch((e: Error) => e);
+    expect(err).toBeInstanceOf(UserError);
+    expect((err as Error).message).toMatch(
+      new RegExp(`^model fixtures/hf-tiny/gpt2 produced NaN at blocks\\.1\\.hook_resid_pre \\(context \\d+, position \\d+, token ${bad}\\): its weights \\(or a numerical overflow in its forward pass\\) are the likely cause`),
+    );
+    await expect(fs.stat(out)).rejects.toThrow();
   });
 
   it('refuses an output folder that holds another harvest', async () => {

@@ -1,3 +1,4 @@
+import { UserError } from '../util/errors.js';
 import type { HookedTransformer } from '../lm/model.js';
 import type { LmTokenizer } from '../lm/tokenizer.js';
 import { ContextPacker, type Context, type PackMode, type StreamPosition } from './contexts.js';
@@ -32,6 +33,8 @@ export interface RowOptions {
   skipBos: boolean;
   /** contexts per forward pass */
   batch: number;
+  /** the host LM as messages name it (default: its folder) */
+  model?: string;
 }
 
 /** Where in the stream the rows of one context lie (absolute row indices). */
@@ -155,10 +158,33 @@ export class ActivationRows<P> {
       }
       // contexts past the limit are not consumed: the cursor of the caller points into them
       if (n === 0) continue;
+      for (const h of opts.hooks) this.checkFinite(h, n);
       this.rows += n;
       const acts = Object.fromEntries(opts.hooks.map((h) => [h, this.out[h].subarray(0, n * d)]));
       return { n, acts, tokenIds: this.tok.subarray(0, n), contextIds: this.ctxIds.subarray(0, n), positions: this.pos.subarray(0, n), spans };
     }
+  }
+
+  /**
+   * Text cannot make a sound model produce NaN or Inf, so one found here is the model's doing:
+   * say so, naming where, before the shard writer reports it as a bad row of the output.
+   */
+  private checkFinite(hook: string, n: number): void {
+    const a = this.out[hook];
+    const d = this.model.cfg.dModel;
+    // a float64 sum of float32 values is finite exactly when every value is
+    let sum = 0;
+    for (let i = 0; i < n * d; i++) sum += a[i];
+    if (Number.isFinite(sum)) return;
+    let i = 0;
+    while (Number.isFinite(a[i])) i++;
+    const r = Math.floor(i / d);
+    const what = Number.isNaN(a[i]) ? 'NaN' : 'Inf';
+    const name = this.opts.model ?? (this.model.dir || 'the host LM');
+    throw new UserError(
+      `model ${name} produced ${what} at ${hook} (context ${this.ctxIds[r]}, position ${this.pos[r]}, token ${this.tok[r]}): ` +
+        `its weights (or a numerical overflow in its forward pass) are the likely cause, not the text; check them with sae model run`,
+    );
   }
 
   get contexts(): number {
