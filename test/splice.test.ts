@@ -242,13 +242,19 @@ describe('sae splice-eval from the command line', () => {
     expect(r.stdout).toMatch(/^batch -?\d+\.\d\d%\njumprelu -?\d+\.\d\d%\n$/);
   });
 
-  it('refuses an SAE whose d_in does not match the model, in one line', async () => {
+  it('refuses an SAE trained on synthetic activations: it has no host model, whatever the flags', async () => {
     expect(run('synth', '--out', path.join(root, 'syn'), '--d', '16', '--features', '32', '--rows', '2048').status).toBe(0);
     expect(run('train', '--data', path.join(root, 'syn'), '--out', path.join(root, 'small'), '--width', '32', '--k', '2', '--batch-size', '128', '--steps', '3', '--quiet').status).toBe(0);
-    // a synth SAE is from no model: --allow-other-model gets past the model check, d_in still refuses it
-    const r = run('splice-eval', '--checkpoint', path.join(root, 'small'), '--model', GPT2, '--max-tokens', '100', '--allow-other-model');
-    expect(r.status).not.toBe(0);
-    expect(r.stderr.trim().split('\n')).toHaveLength(1);
-    expect(r.stderr).toMatch(/^sae: error: .*d_in 16 .*d_model 64/);
+    for (const extra of [[], ['--allow-other-model']]) {
+      const r = run('splice-eval', '--checkpoint', path.join(root, 'small'), '--model', GPT2, '--max-tokens', '100', ...extra);
+      expect(r.status).toBe(2);
+      expect(r.stderr).toMatch(/^sae: error: \S+ was trained on synthetic activations \(sae synth\), which have no host model to splice it into; [^\n]*\n$/);
+    }
+  });
+
+  it('names a --model folder that does not exist as missing, not as another model', () => {
+    const r = run('splice-eval', '--checkpoint', path.join(root, 'mc'), '--model', path.join(root, 'nonexistent'), '--max-tokens', '50');
+    expect(r.status).toBe(2);
+    expect(r.stderr).toBe(`sae: error: model folder ${path.join(root, 'nonexistent')} does not exist\n`);
   });
 });

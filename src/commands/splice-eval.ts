@@ -8,6 +8,8 @@ import { Progress } from '../util/progress.js';
 import { sharedFlags } from '../cli/flags.js';
 import { kernelFactory, lmKernelFactory, type KernelName } from '../kernels/index.js';
 import { loadModel } from '../lm/load.js';
+import { checkModelSpec } from '../lm/hub.js';
+import { SYNTHETIC_MODEL } from '../synth/synth.js';
 import { loadTokenizer } from '../lm/tokenizer.js';
 import { openCorpus, type CorpusSpec } from '../harvest/corpus.js';
 import { loadCheckpoint } from '../sae/checkpoint.js';
@@ -81,6 +83,11 @@ export default class SpliceEval extends SaeCommand {
     const spec: CorpusSpec = inputs.length ? { inputs, textField: flags['text-field'] } : { brown: 'heldout' };
     const corpus = await openCorpus(spec);
     const main = await saeFrom(flags.checkpoint);
+    if (main.model === SYNTHETIC_MODEL) {
+      throw new UserError(`${main.dir} was trained on synthetic activations (sae synth), which have no host model to splice it into; splice-eval needs an SAE trained on a model's activations`);
+    }
+    // a missing folder is named as such, not as another model
+    await checkModelSpec(flags.model);
     // an SAE only means something in the model it was trained on; a transfer experiment says so
     if (!flags['allow-other-model'] && !sameModel(main.model, flags.model)) {
       throw new UserError(`the SAE was trained on ${main.model} but --model is ${flags.model}; add --allow-other-model to splice it into another model`);

@@ -64,9 +64,7 @@ const REPO_ID = /^[A-Za-z0-9][\w.-]*(\/[A-Za-z0-9][\w.-]*)?$/;
 
 export async function resolveModel(spec: string, opts: ResolveModelOptions = {}): Promise<ResolvedModel> {
   if (isLocalSpec(spec) || (await isDir(spec))) return resolveLocal(spec);
-  if (!REPO_ID.test(spec) || spec.includes('--') || spec.includes('..')) {
-    throw new UserError(`model "${spec}" is neither an existing folder nor a Hub model id like gpt2 or EleutherAI/pythia-70m-deduped`);
-  }
+  checkRepoId(spec);
   const repo = spec;
   const revision = opts.revision ?? 'main';
   checkRevision(revision);
@@ -90,6 +88,21 @@ export async function resolveModel(spec: string, opts: ResolveModelOptions = {})
   }
   const hub = new HubClient(endpoint, repo, revision, opts.fetch ?? globalThis.fetch, token);
   return hub.download(storage, cacheDir, opts.onProgress);
+}
+
+/**
+ * What resolveModel would refuse without any request: a missing or incomplete model folder, a name
+ * that is no Hub id. Commands check it before comparing models, so the error names the real cause.
+ */
+export async function checkModelSpec(spec: string): Promise<void> {
+  if (isLocalSpec(spec) || (await isDir(spec))) await resolveLocal(spec);
+  else checkRepoId(spec);
+}
+
+function checkRepoId(spec: string): void {
+  if (!REPO_ID.test(spec) || spec.includes('--') || spec.includes('..')) {
+    throw new UserError(`model "${spec}" is neither an existing folder nor a Hub model id like gpt2 or EleutherAI/pythia-70m-deduped`);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------

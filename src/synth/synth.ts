@@ -93,6 +93,8 @@ export const SYNTH_DEFAULTS = {
 
 export const DICTIONARY_FILE = 'dictionary.safetensors';
 export const SYNTH_FILE = 'synth.json';
+/** the model name synthetic shards and the SAEs trained on them carry: there is no host model */
+export const SYNTHETIC_MODEL = 'synthetic';
 
 export function resolveSynthParams(o: Omit<SynthOptions, 'out'>): SynthParams {
   const p: SynthParams = {
@@ -321,7 +323,7 @@ function synthMeta(P: SynthParams, scale?: number): ShardMeta {
   const extras: Record<string, string> = {};
   for (const [k, v] of Object.entries(P)) if (k !== 'd' && k !== 'preprocessing') extras[k] = String(v);
   return {
-    model: 'synthetic',
+    model: SYNTHETIC_MODEL,
     revision: '',
     hook: 'synthetic',
     d: P.d,
