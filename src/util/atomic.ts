@@ -7,7 +7,10 @@ export function describeFsError(err: unknown, what: string): UserError | unknown
   const e = err as NodeJS.ErrnoException;
   switch (e?.code) {
     case 'ENOSPC':
-      return new UserError(`${what}: no space left on device`);
+      // every writer leaves complete files only, so the remedy is always the same
+      return new UserError(`${what}: no space left on device; free some space and rerun the same command (what was completed is kept)`);
+    case 'EDQUOT':
+      return new UserError(`${what}: disk quota exceeded; free some space and rerun the same command (what was completed is kept)`);
     case 'EACCES':
     case 'EPERM':
       return new UserError(`${what}: permission denied`);
