@@ -53,6 +53,38 @@ describe('sae harvest --help', () => {
   });
 });
 
+describe('progress where stderr is not a terminal', () => {
+  const progressLine = /^\d+(\.\d+)?k? tokens, \d+ contexts, \d+ shards?, \d+ tok\/s/m;
+  let corpus: string;
+  beforeAll(async () => {
+    corpus = path.join(root, 'docs.jsonl');
+    const docs = Array.from({ length: 60 }, (_, i) => JSON.stringify({ text: `Note ${i}: the river ${i % 5 ? 'rises' : 'falls'} by ${i * 3} inches after the storm of day ${i}.` }));
+    await fs.writeFile(corpus, docs.join('\n') + '\n');
+  });
+
+  it('a plain progress line appears from the first batch on, with --max-tokens', () => {
+    const r = sae(['harvest', corpus, '--model', GPT2, '--hook', 'blocks.1.hook_resid_pre', '--out', path.join(root, 'prog-max'), '--ctx', '16', '--max-tokens', '300']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).toMatch(progressLine);
+    expect(r.stderr).toMatch(/ETA \d+s$/m);
+    // no bar drawing codes in a log
+    expect(r.stderr).not.toMatch(/\r|\x1b\[/);
+  });
+
+  it('a plain progress line appears from the first batch on, without --max-tokens', () => {
+    const r = sae(['harvest', corpus, '--model', GPT2, '--hook', 'blocks.1.hook_resid_pre', '--out', path.join(root, 'prog-all'), '--ctx', '16']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).toMatch(progressLine);
+    expect(r.stderr).not.toMatch(/\r|\x1b\[/);
+  });
+
+  it('--quiet prints no progress', () => {
+    const r = sae(['harvest', corpus, '--model', GPT2, '--hook', 'blocks.1.hook_resid_pre', '--out', path.join(root, 'prog-quiet'), '--ctx', '16', '--quiet']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).toBe('');
+  });
+});
+
 describe('hook hints', () => {
   const harvest = (hook: string) => sae(['harvest', '--model', GPT2, '--hook', hook, '--out', path.join(root, 'never'), '--max-tokens', '10', '--quiet']);
 

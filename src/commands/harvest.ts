@@ -104,7 +104,6 @@ export default class Harvest extends SaeCommand {
     process.on('SIGINT', onSigint);
     const t0 = Date.now();
     const digests = new Map<string, string>();
-    let lastLine = t0;
     try {
       const s = await harvest({
         out: flags.out,
@@ -120,14 +119,16 @@ export default class Harvest extends SaeCommand {
           process.stdout.write(announceShard({ shard: e.shard, rows: e.rows, metadata: digests.get(e.hook)! }));
         },
         onProgress: (p) => {
-          // a line every few seconds (logs stay short); the bar on a terminal
+          const counts = `${fmtTokens(p.rows)} tokens, ${p.contexts} contexts, ${plural(p.shards, 'shard')}`;
+          // the live line on a terminal: a bar when the length is known
           if (config.maxTokens) progress.tick(p.rows, config.maxTokens, plural(p.shards, 'shard'));
-          if (Date.now() - lastLine < 5000) return;
-          lastLine = Date.now();
-          const secs = (Date.now() - t0) / 1000;
-          const rate = p.rows / Math.max(secs, 1e-3);
-          const eta = config.maxTokens ? ` ETA ${Math.max(0, (config.maxTokens - p.rows) / Math.max(rate, 1e-9)).toFixed(0)}s` : '';
-          progress.line(`${fmtTokens(p.rows)} tokens, ${p.contexts} contexts, ${plural(p.shards, 'shard')}, ${rate.toFixed(0)} tok/s${eta}`);
+          else progress.status(counts);
+          // and a line every few seconds, the only sign of life where stderr is a log or a pipe
+          progress.report(() => {
+            const rate = p.rows / Math.max((Date.now() - t0) / 1000, 1e-3);
+            const eta = config.maxTokens ? ` ETA ${Math.max(0, (config.maxTokens - p.rows) / Math.max(rate, 1e-9)).toFixed(0)}s` : '';
+            return `${counts}, ${rate.toFixed(0)} tok/s${eta}`;
+          });
         },
       });
       progress.done();
