@@ -4,7 +4,6 @@ import type { KernelFactory } from '../kernels/types.js';
 import type { TrainingBackendFactory } from '../kernels/backend.js';
 import { UserError } from '../util/errors.js';
 import { describeFsError, writeFileAtomic } from '../util/atomic.js';
-import { ensureOutDir, pathKind } from '../util/outdir.js';
 import { checkCompatible, openShards, type DataPosition, type ShardSet } from '../store/reader.js';
 import { shardSetDigest } from '../store/digest.js';
 import { openBatchSource } from '../store/prefetch.js';
@@ -20,6 +19,7 @@ import type { Preprocessing } from '../store/preprocess.js';
 import { resolveConfig, resolveWidth, shuffleWindowRows, totalSteps, allPhases, type TrainConfig, type PhaseConfig } from './config.js';
 import { Trainer, type StepReport } from './trainer.js';
 import { architectureName, checkpointConfig, loadCheckpoint, saveCheckpoint, type SaeCfgJson } from './checkpoint.js';
+import { clearOrRefuse, hasCheckpoint, openRunDir, recoverRunDir, type RunDir } from './run-dir.js';
 
 export interface TrainOptions {
   /** shard directory or file */
@@ -207,9 +207,31 @@ function cfgJson(cfg: TrainConfig, d: number, F: number, step: number, deadWindo
 /** Stream shards into the trainer (SPEC §8), with logs, periodic checkpoints and exact resume. */
 export async function train(opts: TrainOptions): Promise<TrainSummary> {
   const note = opts.onNote ?? (() => undefined);
+  if (opts.data === '-' && opts.resume) throw new UserError('a run fed from a pipe cannot resume exactly (a pipe cannot be replayed); train on the upstream’s output folder instead, e.g. with --init-from');
+  if (opts.resume && opts.initFrom) throw new UserError('give --resume or --init-from, not both');
+  // the folder is claimed before anything is read, so that a second writer stops at once
+  const run = await openRunDir(opts.out, 'sae train');
+  try {
+    await recoverRunDir(opts.out, note);
+    return await trainIn(run, opts, note);
+  } catch (err) {
+    await run.abandon();
+    throw err;
+  } finally {
+    await run.release();
+  }
+}
+
+async function trainIn(run: RunDir, opts: TrainOptions, note: (msg: string) => void): Promise<TrainSummary> {
   // `--data -`: shards announced on stdin by an upstream stage, trained on as they arrive
   const piped = opts.data === '-';
-  if (piped && opts.resume) throw new UserError('a run fed from a pipe cannot resume exactly (a pipe cannot be replayed); train on the upstream’s output folder instead, e.g. with --init-from');
+  let resume = opts.resume;
+  if (resume && path.resolve(resume) === path.resolve(opts.out) && !(await hasCheckpoint(opts.out))) {
+    if (run.created) throw new UserError(`checkpoint ${resume}: no such directory`);
+    // killed before its first checkpoint: nothing to continue, everything to redo
+    note(`${opts.out} has no checkpoint yet: starting from step 0`);
+    resume = undefined;
+  }
   const announced = piped ? readAnnouncements(opts.input ?? process.stdin, { follow: opts.follow }) : null;
   const first = announced ? await firstShard(announced) : null;
   const live = opts.live;
@@ -225,9 +247,8 @@ export async function train(opts: TrainOptions): Promise<TrainSummary> {
 
   let cfg: TrainConfig;
   let ck: Awaited<ReturnType<typeof loadCheckpoint>> | undefined;
-  if (opts.resume && opts.initFrom) throw new UserError('give --resume or --init-from, not both');
-  if (opts.resume) {
-    ck = await loadCheckpoint(await findCheckpoint(opts.resume), { withState: true });
+  if (resume) {
+    ck = await loadCheckpoint(await findCheckpoint(resume), { withState: true });
     cfg = resumeConfig(checkpointConfig(ck), opts.config, ck.state?.snapshot.step ?? ck.cfg.sae_train?.step ?? 0, opts.appendPhases);
   } else {
     cfg = resolveConfig(opts.config);
@@ -238,17 +259,20 @@ export async function train(opts: TrainOptions): Promise<TrainSummary> {
   // a checkpoint continues on activations of the kind it was trained on
   if (ck) checkCompatible(set.meta, { hook: ck.cfg.hook_name, preprocessing: ck.cfg.normalize_activations as Preprocessing });
   const F = resolveWidth(cfg, d);
-  if (ck && ck.cfg.d_sae !== F && (opts.resume || cfg.width !== 'auto'))
+  if (ck && ck.cfg.d_sae !== F && (resume || cfg.width !== 'auto'))
     throw new UserError(`checkpoint ${ck.dir} has width ${ck.cfg.d_sae} but the run asks for ${F}`);
   const width = ck ? ck.cfg.d_sae : F;
   if (cfg.k >= width) throw new UserError(`k must be < width (k=${cfg.k}, width=${width})`);
   if (!piped && set.rows < cfg.batchSize) throw new UserError(`${opts.data} holds ${set.rows} rows, fewer than one batch of ${cfg.batchSize}`);
 
   // a resumed run keeps the dead window it started with, even when --steps extends it
-  const saved = opts.resume ? ck?.cfg.sae_train?.deadWindow : undefined;
+  const saved = resume ? ck?.cfg.sae_train?.deadWindow : undefined;
   const deadWindow = typeof saved === 'number' && Number.isInteger(saved) && saved > 0 ? saved : autoDeadWindow(cfg);
-  await ensureOutDir(opts.out);
-  if (!opts.resume) await clearOrRefuse(opts.out, !!opts.force);
+  if (!resume) {
+    const before = await clearOrRefuse(opts.out, !!opts.force);
+    // (with --resume the note came above)
+    if (before === 'restarted' && !opts.resume) note(`${opts.out} has no checkpoint yet: starting from step 0`);
+  }
   const trainer = new Trainer({ cfg, d, F: width, deadWindow, ...(opts.backend ? { backend: opts.backend } : { kernels: opts.kernels }), params: ck?.params });
   // the backend may hold device memory: released however the run ends
   try {
@@ -256,13 +280,13 @@ export async function train(opts: TrainOptions): Promise<TrainSummary> {
     if (deadWindow < 10_000_000 && cfg.deadWindow === 'auto') note(`dead window ${deadWindow} tokens (run has ${total * cfg.batchSize} tokens; 10M is the standard)`);
 
     let position: DataPosition | undefined;
-    if (live && opts.resume && ck?.cfg.sae_train?.shards !== live.description)
+    if (live && resume && ck?.cfg.sae_train?.shards !== live.description)
       throw new UserError(`the checkpoint was trained on ${ck?.cfg.sae_train?.shards}; this command harvests ${live.description}`);
     // the saved stream position is only meaningful on the very activations it was saved on
     const was = ck?.cfg.sae_train?.shardsDigest;
-    if (opts.resume && was && digest && was !== digest)
+    if (resume && was && digest && was !== digest)
       throw new UserError(`${opts.data} holds other activations than the checkpoint was trained on (${ck?.cfg.sae_train?.shards}; contents ${digest} here, ${was} there): resuming would not continue the same stream; use --init-from to train on new data`);
-    if (opts.resume && ck?.state) {
+    if (resume && ck?.state) {
       trainer.restore(ck.state.snapshot);
       position = ck.state.dataPosition as DataPosition;
     } else if (opts.initFrom && ck?.state) {
@@ -272,6 +296,7 @@ export async function train(opts: TrainOptions): Promise<TrainSummary> {
     if (trainer.step >= total) note(`checkpoint is already at step ${trainer.step} of ${total}`);
 
     const logFile = path.join(opts.out, 'metrics.jsonl');
+    run.logStarted = true;
     await truncateLog(logFile, trainer.step);
 
     const windowRows = shuffleWindowRows(cfg);
@@ -336,7 +361,7 @@ export async function train(opts: TrainOptions): Promise<TrainSummary> {
     async function trainLoop(): Promise<void> {
       while (trainer.step < total) {
         if (!(await stream.next(x))) throw new UserError(`${dataLabel}: ran out of data`);
-        if (trainer.step === 0 && !opts.resume && !opts.initFrom) trainer.init(x);
+        if (trainer.step === 0 && !resume && !opts.initFrom) trainer.init(x);
         last = trainer.trainStep(x);
         done++;
         opts.onStep?.(trainer.step, total);
@@ -397,45 +422,6 @@ export async function train(opts: TrainOptions): Promise<TrainSummary> {
   } finally {
     trainer.backend.dispose();
   }
-}
-
-/** What a run writes into its directory, and how to tell that an existing entry is one of ours. */
-const RUN_FILES: Array<[name: string, kind: 'dir' | 'json' | 'jsonl']> = [
-  ['checkpoint', 'dir'],
-  ['final', 'dir'],
-  ['metrics.jsonl', 'jsonl'],
-  ['summary.json', 'json'],
-];
-
-async function isOurs(p: string, kind: 'dir' | 'json' | 'jsonl'): Promise<boolean> {
-  if ((await pathKind(p)) !== (kind === 'dir' ? 'dir' : 'file')) return false;
-  if (kind === 'dir') return exists(path.join(p, 'cfg.json'));
-  const text = await fs.readFile(p, 'utf8').catch(() => null);
-  if (text === null) return false;
-  try {
-    if (kind === 'json') JSON.parse(text);
-    else for (const line of text.split('\n')) if (line.trim()) JSON.parse(line);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-/**
- * A new run must not mix with an old one in the same directory: refuse, or clear it with force.
- * Force only removes what a run writes; anything else under those names is the user's and stops us.
- */
-async function clearOrRefuse(out: string, force: boolean): Promise<void> {
-  const present: string[] = [];
-  for (const [f, kind] of RUN_FILES) {
-    const p = path.join(out, f);
-    if ((await pathKind(p)) === 'absent') continue;
-    if (!(await isOurs(p, kind))) throw new UserError(`${p} exists and was not written by sae train; choose another --out`);
-    present.push(f);
-  }
-  if (!present.length) return;
-  if (!force) throw new UserError(`${out} already holds a run (${present.join(', ')}); continue it with --resume ${out}, or start over with --force`);
-  for (const f of present) await fs.rm(path.join(out, f), { recursive: true, force: true });
 }
 
 /** On resume, drop log lines past the checkpoint's step so the log reads like one uninterrupted run. */
