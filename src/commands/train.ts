@@ -4,6 +4,7 @@ import { SaeCommand } from '../util/command.js';
 import { UserError } from '../util/errors.js';
 import { Progress, fmtTokens } from '../util/progress.js';
 import { train, type LiveData } from '../sae/train.js';
+import { formatStepLog } from '../sae/log-line.js';
 import { openCorpus } from '../harvest/corpus.js';
 import { loadModel } from '../lm/load.js';
 import { loadTokenizer } from '../lm/tokenizer.js';
@@ -142,12 +143,7 @@ export default class Train extends SaeCommand {
         signal: controller.signal,
         onNote: (m) => progress.line(`note: ${m}`),
         onStep: (s, total) => progress.tick(s, total),
-        onLog: (r) =>
-          progress.line(
-            `step ${r.step} ${r.activation} loss ${r.total.toFixed(5)} recon ${r.recon.toFixed(5)} fvu ${r.fvu.toFixed(4)} L0 ${r.l0.toFixed(1)} ` +
-              `auxK ${r.auxK.toFixed(4)} auxZipf ${r.auxZipf.toFixed(4)} dead ${(100 * r.deadFraction).toFixed(1)}% (window ${fmtTokens(r.deadWindow)} tokens) dying ${(100 * r.dyingFraction).toFixed(1)}% ` +
-              `lr ${r.lr.toExponential(2)} ${r.tokensPerSec.toFixed(0)} tok/s`,
-          ),
+        onLog: (r) => progress.line(formatStepLog(r)),
       });
       progress.done();
       if (flags.json) process.stdout.write(JSON.stringify(summary) + '\n');
