@@ -9,7 +9,7 @@ import { KERNEL_NAMES } from '../kernels/index.js';
  */
 type Kind = 'int' | 'num' | 'str';
 const TABLE: Array<[keyof TrainConfig, Kind, string]> = [
-  ['activation', 'str', 'relu | topk | batchtopk | mutual | feature (jumprelu is inference-only)'],
+  ['activation', 'str', 'relu | topk | batchtopk | mutual | feature (default topk; jumprelu is inference-only)'],
   ['width', 'int', 'number of SAE features F (default auto: expansion × d)'],
   ['expansion', 'num', 'F = expansion × d when --width is not given (default 8)'],
   ['k', 'int', 'mean active features per token; batch budget M = k·B (default 32)'],
