@@ -221,4 +221,13 @@ describe('a run that fails early', () => {
     const s = await train({ data: '-', input: Readable.from([...lines, announceEnd(lines.length, set.rows)]), out, config: { ...short, shuffleWindow: 128 } });
     expect(s.steps).toBe(40);
   });
+
+  it('fed by a pipe that mixes shard sets, leaves no folder', async () => {
+    const set = await openShards(data);
+    const other = await openShards(await nanShards());
+    const lines = [set.files[0], other.files[0]].map((f, i) => announceShard({ shard: f.path, rows: f.rows, metadata: metaDigest((i ? other : set).meta) }));
+    const out = fresh();
+    await expect(train({ data: '-', input: Readable.from([...lines, announceEnd(2, set.files[0].rows + other.files[0].rows)]), out, config: { ...short, shuffleWindow: 128 } })).rejects.toThrow(/metadata differs from the first shard's/);
+    await expect(fs.stat(out)).rejects.toThrow();
+  });
 });

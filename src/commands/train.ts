@@ -49,7 +49,7 @@ export default class Train extends SaeCommand {
     follow: Flags.boolean({ description: 'with --data -: if the upstream stage dies, wait for its folder to be completed instead of failing' }),
     out: Flags.string({ description: 'run directory (checkpoint/, final/, metrics.jsonl, summary.json)', required: true }),
     config: Flags.string({ description: 'JSON config file (keys as in TrainConfig; flags override it)' }),
-    resume: Flags.string({ description: 'continue from a training checkpoint or run directory, bit-exactly, with the phases it recorded (repeating its flags is fine; --steps/--finetune-steps may lengthen an unfinished phase)' }),
+    resume: Flags.string({ description: 'continue from a training checkpoint or run directory, bit-exactly, with the phases it recorded (repeating its flags is fine; --steps/--finetune-steps may lengthen an unfinished phase); the --out of a run killed before its first checkpoint starts over from step 0' }),
     'init-from': Flags.string({ description: 'start a new run from a checkpoint’s weights and density statistics' }),
     'finetune-steps': Flags.integer({ description: 'the paper’s phase 2 after phase 1: Feature Choice without auxiliary losses for this many steps' }),
     'append-phase': Flags.string({
