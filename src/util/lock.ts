@@ -150,7 +150,10 @@ export async function lockOutDir(dir: string, command: string, label = '--out'):
       }
       const cur = await readHolder(file);
       if (cur === null) continue; // released just now: try again
-      if (!holderIsGone(cur) || attempt > 5) {
+      if (holderIsGone(cur) && attempt > 5) {
+        throw new UserError(`${label} ${dir}: other runs keep taking its lock file ${file}; run one writer at a time`, LOCKED_EXIT);
+      }
+      if (!holderIsGone(cur)) {
         const other = cur.host === os.hostname() ? '' : `; if that host no longer runs it, delete ${file}`;
         throw new UserError(`${label} ${dir} is in use by ${describeHolder(cur)}: wait for it to finish or choose another ${label}${other}`, LOCKED_EXIT);
       }
