@@ -12,6 +12,7 @@ import { loadRuns, parseMetrics } from '../src/report/data.js';
 import { buildFigures } from '../src/report/figures.js';
 import { writeReport } from '../src/report/render.js';
 import { UserError } from '../src/util/errors.js';
+import { LOCK_FILE, LOCKED_EXIT, processStart } from '../src/util/lock.js';
 
 const run = promisify(execFile);
 const CHROMIUM = '/usr/bin/chromium';
@@ -208,4 +209,61 @@ describe('sae report', () => {
     expect(bad2.code).not.toBe(0);
     expect(await fs.readFile(path.join(mine, 'notes.txt'), 'utf8')).toBe('keep');
   }, 60_000);
+});
+
+describe('sae report --out keeps files it did not write', () => {
+  const sae = (...args: string[]) => run(process.execPath, [BIN, 'report', ...args]).then((r) => ({ code: 0, ...r })).catch((e) => e as { code: number; stdout: string; stderr: string });
+
+  it('refuses a report.html of the user’s with one line, leaving it unchanged', async () => {
+    const d = path.join(root, 'users-report');
+    await fs.mkdir(d);
+    await fs.writeFile(path.join(d, 'report.html'), 'mine\n');
+    const r = await sae(runs[0], '--out', d);
+    expect(r.code).toBe(2);
+    expect(r.stderr.trim().split('\n')).toEqual([`sae: error: --out ${d}: report.html exists there and was not written by sae report; choose another --out, or add --force to replace it`]);
+    expect(await fs.readFile(path.join(d, 'report.html'), 'utf8')).toBe('mine\n');
+    expect(await fs.readdir(d)).toEqual(['report.html']);
+  }, 30_000);
+
+  it('refuses an SVG of the user’s named as a figure, before writing anything', async () => {
+    const d = path.join(root, 'users-svg');
+    await fs.mkdir(d);
+    const mine = '<svg xmlns="http://www.w3.org/2000/svg"><circle r="1"/></svg>';
+    await fs.writeFile(path.join(d, 'l0-fvu.svg'), mine);
+    await expect(writeReport(await loadRuns([runs[0]]), d)).rejects.toThrow(/l0-fvu\.svg exists there and was not written by sae report/);
+    expect(await fs.readFile(path.join(d, 'l0-fvu.svg'), 'utf8')).toBe(mine);
+    expect(await fs.readdir(d)).toEqual(['l0-fvu.svg']);
+  });
+
+  it('replaces the user’s report.html with --force', async () => {
+    const d = path.join(root, 'users-report-forced');
+    await fs.mkdir(d);
+    await fs.writeFile(path.join(d, 'report.html'), 'mine\n');
+    const r = await sae(runs[0], '--out', d, '--force');
+    expect(r.code).toBe(0);
+    expect(await fs.readFile(path.join(d, 'report.html'), 'utf8')).toContain('<meta name="generator" content="sae report">');
+  }, 30_000);
+
+  it('a rerun into its own report folder replaces its earlier files without --force', async () => {
+    const d = path.join(root, 'rerun-report');
+    expect((await sae(runs[0], '--out', d)).code).toBe(0);
+    const r = await sae(runs[0], runs[1], '--out', d, '--json');
+    expect(r.code).toBe(0);
+    const files = JSON.parse(r.stdout).files as string[];
+    for (const f of files) expect((await fs.readFile(f, 'utf8')).slice(0, 400)).toMatch(/data-generator="sae report"|<meta name="generator" content="sae report">/);
+    expect(await fs.readFile(path.join(d, 'report.html'), 'utf8')).toContain(path.basename(runs[1]));
+    // no lock is left behind once it is done
+    expect((await fs.readdir(d)).filter((n) => n.startsWith('.sae-lock'))).toEqual([]);
+  }, 30_000);
+
+  it('refuses an --out another live process holds (exit 75), writing nothing there', async () => {
+    const d = path.join(root, 'locked-report');
+    await fs.mkdir(d);
+    const holder = { pid: process.pid, host: os.hostname(), since: '2026-01-01T00:00:00.000Z', procStart: processStart(process.pid), command: 'sae report', token: 't' };
+    await fs.writeFile(path.join(d, LOCK_FILE), JSON.stringify(holder));
+    const r = await sae(runs[0], '--out', d);
+    expect(r.code).toBe(LOCKED_EXIT);
+    expect(r.stderr.trim().split('\n')).toEqual([expect.stringMatching(new RegExp(`^sae: error: --out ${d} is in use by sae report \\(pid ${process.pid} on `))]);
+    expect(await fs.readdir(d)).toEqual([LOCK_FILE]);
+  }, 30_000);
 });

@@ -4,7 +4,13 @@ import { UserError } from '../util/errors.js';
 import { sharedFlags } from '../cli/flags.js';
 import { kernelFactory, type KernelName } from '../kernels/index.js';
 import { promises as fs } from 'node:fs';
+import * as path from 'node:path';
 import { describeFsError } from '../util/atomic.js';
+import { isLockEntry, lockOutDir } from '../util/lock.js';
+import { loadRuns } from '../report/data.js';
+import { writeReport } from '../report/render.js';
+import { FIGURE_IDS } from '../report/figures.js';
+import { checkReportOutputs } from '../report/owned.js';
 
 /** Refuse an --out that cannot be a folder, without creating it; returns whether it already exists. */
 async function checkOutDir(dir: string): Promise<boolean> {
@@ -16,8 +22,24 @@ async function checkOutDir(dir: string): Promise<boolean> {
   if (st && !st.isDirectory()) throw new UserError(`--out ${dir} is an existing file, not a directory; choose another --out`);
   return st !== null;
 }
-import { loadRuns } from '../report/data.js';
-import { writeReport } from '../report/render.js';
+
+/** Create --out; true when this call made it (and so may remove it again after a failure). */
+async function makeOutDir(dir: string): Promise<boolean> {
+  const first = await fs.mkdir(dir, { recursive: true }).catch((e: NodeJS.ErrnoException) => {
+    if (e.code === 'ENOTDIR' || e.code === 'EEXIST') throw new UserError(`--out ${dir}: it or a parent of it is a file, not a directory`);
+    throw describeFsError(e, `creating ${dir}`);
+  });
+  return first !== undefined;
+}
+
+/** Remove what a failed run put in the folder it created, but not the lock: that goes with release(). */
+async function clearCreated(dir: string): Promise<void> {
+  const names = await fs.readdir(dir).catch(() => [] as string[]);
+  for (const n of names) if (!isLockEntry(n)) await fs.rm(path.join(dir, n), { recursive: true, force: true }).catch(() => undefined);
+}
+
+/** every file a report may write: checked before any evaluation, so that a refusal comes first */
+const REPORT_FILES = [...FIGURE_IDS.map((id) => `${id}.svg`), 'report.html'];
 
 export default class Report extends SaeCommand {
   static override description =
@@ -39,6 +61,7 @@ export default class Report extends SaeCommand {
     data: Flags.string({ description: 'activation shards to evaluate each run on: features per token, and L0/FVU measured there instead of on the last training batch' }),
     'max-rows': Flags.integer({ description: 'with --data: evaluate at most this many rows per run', default: 16384 }),
     json: Flags.boolean({ description: 'print the list of files written as JSON on stdout (without it: the path of report.html)' }),
+    force: Flags.boolean({ description: 'replace report.html and <figure>.svg files in --out that an earlier `sae report` did not write (its own are replaced without it)' }),
     'allow-no-manifest': sharedFlags['allow-no-manifest'],
     kernels: sharedFlags.kernels,
   };
@@ -48,26 +71,40 @@ export default class Report extends SaeCommand {
     const dirs = argv as string[];
     if (!dirs.length) throw new UserError('give at least one run directory (e.g. sae report runs/mc --out report/)');
     if (flags['max-rows'] < 1) throw new UserError('--max-rows must be ≥ 1');
-    // a file in the way fails before any evaluation, but the folder is only created once the runs
-    // have loaded: a failed report leaves no empty output folder behind
-    const existed = await checkOutDir(flags.out);
+    // a file in the way, or a report.html/SVG of the user's, fails before any evaluation; but the
+    // folder is only created once the runs have loaded: a failed report leaves no empty folder
+    if (await checkOutDir(flags.out)) await checkReportOutputs(flags.out, REPORT_FILES, flags.force);
+    const runs = await loadRuns(dirs, {
+      data: flags.data,
+      maxRows: flags['max-rows'],
+      allowNoManifest: flags['allow-no-manifest'],
+      kernels: kernelFactory(flags.kernels as KernelName),
+    });
+    const created = await makeOutDir(flags.out);
+    let lock;
     try {
-      const runs = await loadRuns(dirs, {
-        data: flags.data,
-        maxRows: flags['max-rows'],
-        allowNoManifest: flags['allow-no-manifest'],
-        kernels: kernelFactory(flags.kernels as KernelName),
-      });
-      const res = await writeReport(runs, flags.out);
+      lock = await lockOutDir(flags.out, 'sae report');
+    } catch (err) {
+      // someone else holds it and may be writing into it: remove it only if it is still empty
+      if (created) await fs.rmdir(flags.out).catch(() => undefined);
+      throw err;
+    }
+    try {
+      const res = await writeReport(runs, flags.out, { force: flags.force });
       for (const n of res.notes) this.info(`note: ${n}`);
       const html = res.files[res.files.length - 1];
       this.info(`report: ${res.figures.length} figures for ${runs.length} run${runs.length === 1 ? '' : 's'} in ${html}`);
       // stdout carries data or paths (as harvest/train/export print theirs): the report's path, or the JSON list
       process.stdout.write(flags.json ? JSON.stringify({ files: res.files, figures: res.figures, notes: res.notes }) + '\n' : html + '\n');
     } catch (err) {
-      // everything in a folder this run created is ours (and incomplete)
-      if (!existed) await fs.rm(flags.out, { recursive: true, force: true }).catch(() => undefined);
+      // everything in a folder this run created is ours (and incomplete); the lock stays until the
+      // folder is emptied, so no other writer starts in it meanwhile
+      if (created) await clearCreated(flags.out);
+      await lock.release();
+      if (created) await fs.rmdir(flags.out).catch(() => undefined);
       throw err;
+    } finally {
+      await lock.release();
     }
   }
 }

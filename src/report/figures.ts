@@ -95,7 +95,7 @@ export function featuresPerTokenFigure(runs: RunData[]): Figure | null {
   return {
     id: 'features-per-token',
     title: 'Features per token (figure 7)',
-    caption: `Fraction of tokens with n active features (the last bin counts n or more). Measured on ${sources}.`,
+    caption: `Fraction of tokens with n active features (a token with 128 or more is counted at 128). Measured on ${sources}.`,
     points: pts.length,
     spec: {
       $schema: SCHEMA,
@@ -191,6 +191,9 @@ export function deadWidthFigure(runs: RunData[]): Figure | null {
   const windows = [...new Set(v.map((p) => p.deadWindow))].join(', ');
   return scatter('dead-width', 'Dead features against width (figure 5)', `Dead: no firing within the last ${windows} training tokens (the run’s dead window), at the end of training.`, v, 'deadPercent', 'dead features (%)', 'width', 'SAE width (features)', { type: 'log', base: 2 });
 }
+
+/** Every figure a report can hold, by id (its file is <id>.svg). */
+export const FIGURE_IDS = ['density-rank', 'features-per-token', 'training-curves', 'l0-fvu', 'l0-loss-recovered', 'dead-width'] as const;
 
 /** Every figure the runs have data for, and a note for each one left out. */
 export function buildFigures(runs: RunData[]): { figures: Figure[]; notes: string[] } {

@@ -10,6 +10,7 @@ import { writeFileAtomic } from '../util/atomic.js';
 import { ensureOutDir } from '../util/outdir.js';
 import type { RunData } from './data.js';
 import { buildFigures, type Figure, type VlSpec } from './figures.js';
+import { checkReportOutputs, HTML_TAG, tagSvg } from './owned.js';
 
 export async function renderSvg(spec: VlSpec): Promise<string> {
   const compiled = vl.compile(spec as unknown as vl.TopLevelSpec).spec;
@@ -72,6 +73,7 @@ export function reportHtml(runs: RunData[], figures: { figure: Figure; svg: stri
 <html lang="en">
 <head>
 <meta charset="utf-8">
+${HTML_TAG}
 <title>SAE report: ${esc(runs.map((r) => r.name).join(', '))}</title>
 <style>
 body { font-family: system-ui, sans-serif; margin: 2em; max-width: 1100px; color: #222; }
@@ -101,16 +103,20 @@ export interface ReportResult {
   notes: string[];
 }
 
-/** Render every figure the runs have data for into `out`: <id>.svg each, then report.html. */
-export async function writeReport(runs: RunData[], out: string): Promise<ReportResult> {
+/**
+ * Render every figure the runs have data for into `out`: <id>.svg each, then report.html. Files of
+ * those names that another program wrote are refused before anything is written, unless `force`.
+ */
+export async function writeReport(runs: RunData[], out: string, opts: { force?: boolean } = {}): Promise<ReportResult> {
   await ensureOutDir(out);
   const { figures, notes } = buildFigures(runs);
+  await checkReportOutputs(out, [...figures.map((f) => `${f.id}.svg`), 'report.html'], opts.force ?? false);
   const rendered: { figure: Figure; svg: string }[] = [];
   const files: string[] = [];
   for (const figure of figures) {
     const svg = await renderSvg(figure.spec);
     const file = path.join(out, `${figure.id}.svg`);
-    await writeFileAtomic(file, svg);
+    await writeFileAtomic(file, tagSvg(svg));
     files.push(file);
     rendered.push({ figure, svg });
   }
