@@ -8,6 +8,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { dyingFeatures } from '../src/sae/zipf.js';
 import { fitZipf } from '../src/eval/zipf-fit.js';
 import { FEATURE_COLUMNS } from '../src/eval/features.js';
+import { saveRunEval } from '../src/eval/summary.js';
+import { openShards } from '../src/store/reader.js';
+import { kernelFactory } from '../src/kernels/index.js';
 
 // `sae eval` as a user meets it: the compiled CLI (npm test builds dist/) on a small SAE trained on `sae synth` data.
 const bin = path.resolve(__dirname, '..', 'bin', 'run.js');
@@ -79,6 +82,15 @@ describe('sae eval --json (schema sae-eval/1)', () => {
     expect(j.zipfFit.ranks100to20000.rankRange).toEqual([100, F]);
     expect(j.zipfFit.betaGrid).toEqual({ from: 0, to: 100, points: 191 });
     expect(Object.keys(j.recovery).sort()).toEqual(['fractionRecovered', 'meanMaxCos', 'reverseFractionExplained', 'reverseMeanMaxCos', 'threshold']);
+  });
+
+  it('a run’s eval.json (what sae report reads) is the object `sae eval` prints for it', async () => {
+    const run = path.dirname(ckpt);
+    // the same kernels as the CLI's default, so that the sums agree to the last bit
+    const saved = await saveRunEval(run, await openShards(data), { data, kernels: kernelFactory('auto') });
+    expect(JSON.parse(await fs.readFile(path.join(run, 'eval.json'), 'utf8'))).toEqual(saved);
+    const printed = evalJson();
+    expect({ ...saved, checkpoint: null }).toEqual({ ...printed, checkpoint: null });
   });
 
   it('prints the same object with and without --json', () => {

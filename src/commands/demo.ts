@@ -14,16 +14,10 @@ import { selectionForCheckpoint } from '../sae/inference.js';
 import { openShards } from '../store/reader.js';
 import { evaluateSae } from '../eval/evaluate.js';
 import { featureRecovery } from '../eval/recovery.js';
-import { kernelFactory, lmKernelFactory, type KernelName } from '../kernels/index.js';
+import { kernelFactory, type KernelName } from '../kernels/index.js';
+import { lmDemo, DEMO_MODEL_NAME } from '../demo/lm.js';
+import { isLockEntry, lockOutDir, type OutDirLock } from '../util/lock.js';
 import { Progress } from '../util/progress.js';
-import { fileURLToPath } from 'node:url';
-import { HookedTransformer } from '../lm/model.js';
-import { loadTokenizer } from '../lm/tokenizer.js';
-import { openCorpus } from '../harvest/corpus.js';
-import { harvest } from '../harvest/harvest.js';
-import { spliceEval } from '../eval/splice.js';
-import { loadRuns } from '../report/data.js';
-import { writeReport } from '../report/render.js';
 
 /** The embedded default: offline, about a minute, exercises synth → train → eval for each selection. */
 const RUNS: Array<{ name: string; config: Record<string, unknown> }> = [
@@ -37,70 +31,26 @@ const RUNS: Array<{ name: string; config: Record<string, unknown> }> = [
 const MARKER = '.sae-demo';
 
 /** The demo rewrites its working directory on every run: only ever one that is empty or already the demo's. */
-async function claimDemoDir(out: string): Promise<void> {
+async function claimDemoDir(out: string): Promise<OutDirLock> {
   await ensureOutDir(out);
-  const entries = await fs.readdir(out).catch((e) => {
-    throw describeFsError(e, `reading ${out}`);
-  });
-  if (entries.length > 0 && !entries.includes(MARKER)) throw new UserError(`--out ${out} is not empty and not a demo directory; choose another --out`);
-  await writeFileAtomic(path.join(out, MARKER), 'working directory of `sae demo`; rerunning the demo replaces its contents\n');
+  // held before looking inside, so that a second demo cannot claim the same folder meanwhile
+  const lock = await lockOutDir(out, 'sae demo');
+  try {
+    const entries = (await fs.readdir(out).catch((e) => {
+      throw describeFsError(e, `reading ${out}`);
+    })).filter((n) => !isLockEntry(n));
+    if (entries.length > 0 && !entries.includes(MARKER)) throw new UserError(`--out ${out} is not empty and not a demo directory; choose another --out`);
+    await writeFileAtomic(path.join(out, MARKER), 'working directory of `sae demo`; rerunning the demo replaces its contents\n');
+    return lock;
+  } catch (e) {
+    await lock.release();
+    throw e;
+  }
 }
 
-/** The tiny GPT-2 of the fixtures, shipped with the package (dist/commands/demo.js → fixtures/). */
-const FIXTURE_MODEL = fileURLToPath(new URL('../../fixtures/hf-tiny/gpt2', import.meta.url));
-const DEMO_HOOK = 'blocks.1.hook_resid_pre';
-
 export default class Demo extends SaeCommand {
-  /**
-   * The whole pipeline on real text, offline: harvest the fixture model over the embedded Brown
-   * corpus, train TopK, Mutual Choice and Feature Choice SAEs on it, splice each back into the
-   * model on the held-out Brown texts, and write a report.
-   */
-  private async lmPipeline(out: string, steps: number, seed: number, kernelName: KernelName) {
-    const t0 = Date.now();
-    const model = await HookedTransformer.load(FIXTURE_MODEL, lmKernelFactory(kernelName));
-    const tokenizer = await loadTokenizer(FIXTURE_MODEL);
-    const corpus = await openCorpus({});
-    const acts = path.join(out, 'harvest');
-    const h = await harvest({
-      out: acts, model, tokenizer, corpus, force: true,
-      config: { model: 'fixtures/hf-tiny/gpt2', revision: 'local', hooks: [DEMO_HOOK], ctx: 64, mode: 'concat', skipBos: false, maxTokens: 65536, shardRows: 16384, dtype: 'float32', preprocessing: 'center_unit_norm', corpus: corpus.describe(), tokenizer: tokenizer.digest, batch: 16 },
-    });
-    this.info(`harvest: ${h.rows} tokens of the Brown corpus through the fixture GPT-2 at ${DEMO_HOOK} → ${acts} (${((Date.now() - t0) / 1000).toFixed(1)}s)`);
-    const heldout = await openCorpus({ brown: 'heldout' });
-    const kernels = kernelFactory(kernelName);
-    const dirs: string[] = [];
-    const results = [];
-    for (const activation of ['topk', 'mutual', 'feature']) {
-      const dir = path.join(out, `lm-${activation}`);
-      const progress = new Progress(`lm ${activation}`.padEnd(15));
-      const s = await train({
-        data: acts, out: dir, kernels, force: true, onStep: (a, b) => progress.tick(a, b),
-        config: { activation, width: 512, k: 8, batchSize: 512, lr: 2e-3, steps: Math.max(10, Math.round(steps / 4)), seed, logEvery: 25, checkpointEvery: 100_000 },
-      });
-      progress.done();
-      const ck = await loadCheckpoint(s.final!, { withState: true });
-      const r = await spliceEval({
-        model, tokenizer, corpus: heldout, hook: DEMO_HOOK, ctx: 64, batch: 8, maxTokens: 4000, kernels,
-        saes: [{ label: activation, params: ck.params, selectionFor: selectionForCheckpoint(ck), batchSize: 512, preprocessing: 'center_unit_norm' }],
-      });
-      await writeFileAtomic(path.join(dir, 'splice.json'), JSON.stringify({ schema: 'sae-splice/1', ...r }, null, 2) + '\n');
-      const sp = r.spliced[0];
-      const row = { activation, fvu: s.last?.fvu ?? NaN, l0: s.last?.l0 ?? NaN, deadFraction: s.deadFraction, deadWindow: s.deadWindow, lossRecovered: sp.lossRecovered, klScore: sp.klScore, tokens: r.tokens };
-      results.push(row);
-      dirs.push(dir);
-      this.info(
-        `lm ${activation.padEnd(12)} FVU ${row.fvu.toFixed(4)}  L0 ${row.l0.toFixed(2)}  dead ${(100 * row.deadFraction).toFixed(1).padStart(5)}% (last ${row.deadWindow} tokens)  ` +
-          `loss recovered ${sp.lossRecovered.toFixed(1)}% (clean ${r.cleanLoss.toFixed(3)}, spliced ${sp.loss.toFixed(3)}, zero ${r.zeroLoss.toFixed(3)}; ${r.tokens} held-out tokens)`,
-      );
-    }
-    const reportDir = path.join(out, 'report');
-    await writeReport(await loadRuns(dirs), reportDir);
-    return { results, report: path.join(reportDir, 'report.html') };
-  }
-
   static override description =
-    'Offline demo of the whole pipeline: harvest the fixture GPT-2 over the embedded corpus, train TopK, Mutual Choice and Feature Choice SAEs, splice them back (loss recovered) and write a report; then synthetic activations with known features, and how well each SAE recovers them.';
+    `Offline demo of the whole pipeline: harvest a small trained GPT-2 (${DEMO_MODEL_NAME}) over the embedded Brown corpus, train TopK, Mutual Choice and Feature Choice SAEs, splice them back on held-out text (loss recovered), measure features per token and write a report; then synthetic activations with known features, and how well each SAE recovers them.`;
 
   static override flags = {
     out: Flags.string({ description: 'working directory for data and runs', default: 'sae-demo' }),
@@ -114,10 +64,18 @@ export default class Demo extends SaeCommand {
     const { flags } = await this.parse(Demo);
     if (flags.steps < 10) throw new UserError('--steps must be ≥ 10');
     const kernels = kernelFactory(flags.kernels as KernelName);
-    await claimDemoDir(flags.out);
+    const lock = await claimDemoDir(flags.out);
+    try {
+      await this.demo(flags, kernels);
+    } finally {
+      await lock.release();
+    }
+  }
+
+  private async demo(flags: { out: string; steps: number; seed: number; json: boolean; kernels: string }, kernels: ReturnType<typeof kernelFactory>): Promise<void> {
     const data = path.join(flags.out, 'synth');
     const t0 = Date.now();
-    const lm = await this.lmPipeline(flags.out, flags.steps, flags.seed, flags.kernels as KernelName);
+    const lm = await lmDemo({ out: flags.out, steps: Math.max(10, Math.round(flags.steps / 4)), seed: flags.seed, kernels: flags.kernels as KernelName, info: (l) => this.info(l) });
     const synth = await writeSynth({ out: data, d: 48, fTrue: 96, kTrue: 3, rows: 65536, seed: flags.seed, overwrite: true });
     this.info(`synth: ${synth.rows} rows, d=48, 96 true features (Zipf firing, mean ${synth.meanActive.toFixed(2)} active, difficulty σ=0.5) → ${data}`);
     const dict = await loadDictionary(data);

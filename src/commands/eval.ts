@@ -22,10 +22,8 @@ async function dictionaryDir(p: string): Promise<string> {
 }
 import type { Preprocessing } from '../store/preprocess.js';
 import { kernelFactory, type KernelName } from '../kernels/index.js';
-import { checkpointConfig } from '../sae/checkpoint.js';
-import { DEFAULTS } from '../sae/config.js';
-import { densityCurve, fitZipf, ZIPF_BETA_GRID } from '../eval/zipf-fit.js';
-import { checkFeaturesOut, featureTable, writeFeatures } from '../eval/features.js';
+import { checkFeaturesOut, writeFeatures } from '../eval/features.js';
+import { evalSummary, trainingBatchSize } from '../eval/summary.js';
 
 export default class Eval extends SaeCommand {
   static override description = 'Evaluate an SAE on activation shards: L0 and its histogram, MSE, FVU, never-fired and dying %, the sorted density curve and its Zipf fit, and feature recovery against a synthetic dictionary (SPEC §9, §11). Prints one JSON object (schema sae-eval/1) on stdout.';
@@ -59,7 +57,7 @@ export default class Eval extends SaeCommand {
     checkCompatible(set.meta, { d: ck.cfg.d_in, hook: ck.cfg.hook_name, model: ck.cfg.model_name, preprocessing: ck.cfg.normalize_activations as Preprocessing });
     const threshold = Number(flags.threshold);
     if (!(threshold > -1 && threshold <= 1)) throw new UserError(`--threshold must be a cosine in (-1, 1], got "${flags.threshold}"`);
-    const batchSize = flags['batch-size'] ?? (ck.cfg.sae_train?.config?.batchSize as number | undefined) ?? 1536;
+    const batchSize = flags['batch-size'] ?? trainingBatchSize(ck);
     if (batchSize < 1) throw new UserError('--batch-size must be ≥ 1');
     if (flags['max-rows'] !== undefined && flags['max-rows'] < 1) throw new UserError('--max-rows must be ≥ 1');
     if (flags['features-out']) await checkFeaturesOut(flags['features-out'], flags.force);
@@ -71,44 +69,8 @@ export default class Eval extends SaeCommand {
       maxRows: flags['max-rows'],
       kernels: kernelFactory(flags.kernels as KernelName),
     });
-    // Definition 3.1 with the Zipf prior the checkpoint was trained with (defaults for one without a training config)
-    const zipf = ck.cfg.sae_train
-      ? (() => {
-          const c = checkpointConfig(ck);
-          return { alpha: c.zipfAlpha, beta: c.zipfBeta, source: 'checkpoint' };
-        })()
-      : { alpha: DEFAULTS.zipfAlpha, beta: DEFAULTS.zipfBeta, source: 'default' };
-    const table = featureTable(res.density, res.meanActive, res.maxActive, ck.params.Wdec, ck.cfg.d_in, zipf);
+    const { json: out, table } = evalSummary(ck, res, { data: flags.data, batchSize, featuresOut: flags['features-out'] });
     const F = ck.cfg.d_sae;
-    const out: Record<string, unknown> = {
-      schema: 'sae-eval/1',
-      checkpoint: ck.dir,
-      data: flags.data,
-      architecture: ck.cfg.architecture,
-      d: ck.cfg.d_in,
-      width: ck.cfg.d_sae,
-      rows: res.rows,
-      l0: res.l0,
-      l0Histogram: res.l0Histogram,
-      mse: res.mse,
-      fvu: res.fvu,
-      explainedVariance: 1 - res.fvu,
-      batchSize,
-      batches: res.batches,
-      lastBatchRows: res.lastBatchRows,
-      // not training's "dead" (no firing in its last deadWindow tokens): never fired on these rows
-      neverFiredFraction: res.neverFiredFraction,
-      neverFiredWindowTokens: res.rows,
-      dyingFraction: table.dyingCount / F,
-      dyingZipf: zipf,
-      densityCurve: densityCurve(res.density),
-      zipfFit: {
-        betaGrid: { from: ZIPF_BETA_GRID[0], to: ZIPF_BETA_GRID[ZIPF_BETA_GRID.length - 1], points: ZIPF_BETA_GRID.length },
-        all: fitZipf(res.density),
-        ranks100to20000: fitZipf(res.density, 100, 20000),
-      },
-      featuresOut: flags['features-out'] ?? null,
-    };
     let line =
       `${ck.cfg.architecture} F=${ck.cfg.d_sae}: ${res.rows} rows in ${res.batches} batch${res.batches === 1 ? "" : "es"}` +
       `${res.lastBatchRows < batchSize ? ` (last one ${res.lastBatchRows} rows)` : ''}, L0 ${res.l0.toFixed(2)}, FVU ${res.fvu.toFixed(4)}, ` +
