@@ -265,7 +265,7 @@ describe('sae shuffle (library)', () => {
     const tight = fresh();
     const msg = (await userErrorOf(shuffleShards(base(tight, { statfs: async () => ({ bavail: 10, bsize: 4096 }) })))).message;
     expect(msg).toMatch(/^not enough disk space for the shuffle in .*: it needs .* more \(scratch 43KB \+ output .*\) but 40KB is free$/);
-    expect((await userErrorOf(shuffleShards(base(reference)))).message).toMatch(/is not empty \(it has manifest\.json\); add --force/);
+    expect((await userErrorOf(shuffleShards(base(reference)))).message).toMatch(/already holds this shuffle, complete \(1000 rows in 8 shards\); --force to redo it$/);
     expect((await userErrorOf(shuffleShards(base(fresh(), { memory: 100 })))).message).toMatch(/--memory 100B is too small/);
   });
 

@@ -4,7 +4,7 @@ import { UserError } from '../util/errors.js';
 import { sharedFlags } from '../cli/flags.js';
 import { Progress } from '../util/progress.js';
 import { formatBytes, parseBytes } from '../shuffle/plan.js';
-import { shuffleShards } from '../shuffle/shuffle.js';
+import { shuffleShards, ShuffleInterrupted } from '../shuffle/shuffle.js';
 import { announceEnd, announceShard, collectAnnounced, metaDigest, readAnnouncements } from '../store/pipe.js';
 import { openShards } from '../store/reader.js';
 
@@ -37,11 +37,27 @@ export default class Shuffle extends SaeCommand {
     if (flags['shard-rows'] !== undefined && flags['shard-rows'] < 1) throw new UserError(`--shard-rows must be ≥ 1, got ${flags['shard-rows']}`);
     const t0 = Date.now();
     const progress = new Progress('shuffle', !flags.quiet);
-    // from a pipe: a full shuffle needs every row, so it gathers the announced shards first
-    const piped = flags.data === '-' ? await collectAnnounced(readAnnouncements(process.stdin, { follow: flags.follow })) : null;
+    // Ctrl-C: the shuffle stops at its next safe point and says how to continue; a second one,
+    // or one while the pipe is still being read (nothing written yet), exits at once.
+    const controller = new AbortController();
+    let started = false;
+    const onSigint = () => {
+      if (!started || controller.signal.aborted) {
+        progress.done();
+        process.stderr.write('shuffle: interrupted; rerun the same command to continue\n');
+        process.exit(130);
+      }
+      controller.abort();
+    };
+    process.on('SIGINT', onSigint);
+    // testing: pause after this many input files until Ctrl-C comes, so a test can signal without racing
+    const pause = process.env.SAE_TEST_SHUFFLE_PAUSE_AFTER_FILES;
     let digest = '';
     let s;
     try {
+      // from a pipe: a full shuffle needs every row, so it gathers the announced shards first
+      const piped = flags.data === '-' ? await collectAnnounced(readAnnouncements(process.stdin, { follow: flags.follow })) : null;
+      started = true;
       s = await shuffleShards({
         data: piped ? piped.dir : flags.data,
         set: piped?.set,
@@ -57,9 +73,18 @@ export default class Shuffle extends SaeCommand {
         force: flags.force,
         allowNoManifest: flags['allow-no-manifest'],
         progress,
+        signal: controller.signal,
+        pauseAfterFiles: pause ? Number(pause) : undefined,
       });
+    } catch (err) {
+      if (!(err instanceof ShuffleInterrupted)) throw err;
+      progress.done();
+      // not an error: the state left is one the same command continues from (like harvest's Ctrl-C)
+      process.stderr.write(`shuffle: ${err.message}; rerun the same command to continue\n`);
+      this.exit(130);
     } finally {
       progress.done();
+      process.off('SIGINT', onSigint);
     }
     const secs = (Date.now() - t0) / 1000;
     // like harvest --quiet, which also drops its closing summary line
