@@ -2,9 +2,9 @@
 // The paper's comparison, reproduced small (issue 10, point 5): TopK, BatchTopK, Mutual Choice with
 // and without aux_zipf, and Feature Choice with uniform and Zipf capacities (each as the paper's
 // phased MC → FC run), all at the same mean L0, on (a) `sae synth` data whose number of active
-// features varies strongly between samples and (b) activations of the fixture GPT-2 over the
-// embedded Brown corpus, with splice-eval on the held-out Brown texts. Prints a Markdown table and
-// writes a report. Needs `npm run build`. Usage: node bench/paper.mjs [--out paper-run] [--steps 1500] [--seed 0]
+// features varies strongly between samples and (b) activations of a small GPT-2 trained on Brown's
+// train split (fixtures/hf-tiny/gpt2-brown) at its middle layer, evaluated on the held-out Brown
+// texts (activations and splice-eval). Prints a Markdown table and writes a report. Needs `npm run build`. Usage: node bench/paper.mjs [--out paper-run] [--steps 1500] [--seed 0]
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -18,6 +18,7 @@ const { loadCheckpoint } = await load('sae/checkpoint.js');
 const { selectionForCheckpoint } = await load('sae/inference.js');
 const { openShards } = await load('store/reader.js');
 const { evaluateSae } = await load('eval/evaluate.js');
+const { saveRunEval } = await load('eval/summary.js');
 const { featureRecovery } = await load('eval/recovery.js');
 const { dyingFeatures } = await load('sae/zipf.js');
 const { kernelFactory, lmKernelFactory } = await load('kernels/index.js');
@@ -35,6 +36,7 @@ const steps = Number(args.steps ?? 1500);
 const seed = Number(args.seed ?? 0);
 const kernels = kernelFactory('auto');
 await fs.mkdir(out, { recursive: true });
+const t0 = Date.now();
 
 // every variant spends the same budget: mean L0 = k
 const phase2 = Math.round(steps / 4);
@@ -75,38 +77,46 @@ for (const v of VARIANTS) {
     config: { width: 384, k: 4, batchSize: 256, lr: 3e-3, steps, seed, logEvery: 50, checkpointEvery: 100_000, ...v.config } });
   const { ck, ev, dying } = await evaluate(s, synthSet, 256);
   const rec = featureRecovery(dict.G, dict.fTrue, ck.params.Wdec, ck.cfg.d_sae, ck.cfg.d_in, 0.9);
-  rows.push({ data: 'synth', variant: v.name, l0: ev.l0, fvu: ev.fvu, dead: s.deadFraction, deadWindow: s.deadWindow, dying, spread: spread(ev.l0Histogram), recovered: rec.fractionRecovered, meanMaxCos: rec.meanMaxCos, lossRecovered: null });
+  rows.push({ data: 'synth', variant: v.name, l0: ev.l0, fvu: ev.fvu, dead: s.deadFraction, deadWindow: s.deadWindow, dying, spread: spread(ev.l0Histogram), recovered: rec.fractionRecovered, meanMaxCos: rec.meanMaxCos, lossRecovered: null, zipfR2: null });
   process.stderr.write(`synth ${v.name}: FVU ${ev.fvu.toFixed(4)} L0 ${ev.l0.toFixed(2)}\n`);
 }
 
-// (b) the fixture GPT-2 over Brown, spliced back on the held-out texts
-const fixture = path.join(root, 'fixtures', 'hf-tiny', 'gpt2');
+// (b) a GPT-2 trained on Brown's train split, at its middle layer; evaluated and spliced on the
+// held-out texts, which neither it nor the SAEs ever saw
+const fixture = path.join(root, 'fixtures', 'hf-tiny', 'gpt2-brown');
 const model = await HookedTransformer.load(fixture, lmKernelFactory('auto'));
 const tokenizer = await loadTokenizer(fixture);
+const hook = 'blocks.2.hook_resid_pre';
+const harvestCfg = (c, maxTokens) => ({ model: 'fixtures/hf-tiny/gpt2-brown', revision: 'local', hooks: [hook], ctx: 64, mode: 'concat', skipBos: false, maxTokens, shardRows: 32768, dtype: 'float32', preprocessing: 'center_unit_norm', corpus: c.describe(), tokenizer: tokenizer.digest, batch: 16 });
 const corpus = await openCorpus({});
 const acts = path.join(out, 'harvest');
-const hook = 'blocks.1.hook_resid_pre';
-await harvest({ out: acts, model, tokenizer, corpus, force: true, config: { model: 'fixtures/hf-tiny/gpt2', revision: 'local', hooks: [hook], ctx: 64, mode: 'concat', skipBos: false, maxTokens: 131072, shardRows: 32768, dtype: 'float32', preprocessing: 'center_unit_norm', corpus: corpus.describe(), tokenizer: tokenizer.digest, batch: 16 } });
-const lmSet = await openShards(acts);
+await harvest({ out: acts, model, tokenizer, corpus, force: true, config: harvestCfg(corpus, 131072) });
 const heldout = await openCorpus({ brown: 'heldout' });
+const heldoutActs = path.join(out, 'heldout');
+await harvest({ out: heldoutActs, model, tokenizer, corpus: heldout, force: true, config: harvestCfg(heldout, 32768) });
+const heldoutSet = await openShards(heldoutActs);
 for (const v of VARIANTS) {
   const dir = path.join(out, `lm-${v.name.replace(/[^a-z0-9]+/gi, '-')}`);
   const s = await train({ data: acts, out: dir, force: true, kernels, config: { width: 512, k: 8, batchSize: 512, lr: 2e-3, steps: Math.round(steps / 2), seed, logEvery: 50, checkpointEvery: 100_000, ...v.config, ...(v.config.phases ? { steps: Math.round(steps / 2) - Math.round(phase2 / 2), phases: [finetunePhase(Math.round(phase2 / 2))] } : {}) } });
-  const { ck, ev, dying } = await evaluate(s, lmSet, 512);
+  // eval.json in the run: the report's features-per-token figure and L0/FVU come from it
+  const ev = await saveRunEval(dir, heldoutSet, { data: heldoutActs, kernels });
+  const ck = await loadCheckpoint(s.final, { withState: true });
   const r = await spliceEval({ model, tokenizer, corpus: heldout, hook, ctx: 64, batch: 8, maxTokens: 8000, kernels, saes: [{ label: v.name, params: ck.params, selectionFor: selectionForCheckpoint(ck), batchSize: 512, preprocessing: 'center_unit_norm' }] });
   await fs.writeFile(path.join(dir, 'splice.json'), JSON.stringify({ schema: 'sae-splice/1', ...r }, null, 2));
   dirsLm.push(dir);
-  rows.push({ data: 'fixture GPT-2', variant: v.name, l0: ev.l0, fvu: ev.fvu, dead: s.deadFraction, deadWindow: s.deadWindow, dying, spread: spread(ev.l0Histogram), recovered: null, meanMaxCos: null, lossRecovered: r.spliced[0].lossRecovered });
-  process.stderr.write(`lm ${v.name}: FVU ${ev.fvu.toFixed(4)} L0 ${ev.l0.toFixed(2)} loss recovered ${r.spliced[0].lossRecovered.toFixed(1)}%\n`);
+  rows.push({ data: 'GPT-2 (Brown)', variant: v.name, l0: ev.l0, fvu: ev.fvu, dead: s.deadFraction, deadWindow: s.deadWindow, dying: ev.dyingFraction, spread: spread(ev.l0Histogram), recovered: null, meanMaxCos: null, lossRecovered: r.spliced[0].lossRecovered, zipfR2: ev.zipfFit.all?.r2 ?? null, clean: r.cleanLoss, zero: r.zeroLoss, spliced: r.spliced[0].loss });
+  process.stderr.write(`lm ${v.name}: FVU ${ev.fvu.toFixed(4)} L0 ${ev.l0.toFixed(2)} loss recovered ${r.spliced[0].lossRecovered.toFixed(1)}% (clean ${r.cleanLoss.toFixed(3)}, spliced ${r.spliced[0].loss.toFixed(3)}, zero ${r.zeroLoss.toFixed(3)})\n`);
 }
 await writeReport(await loadRuns(dirsLm), path.join(out, 'report'));
 
 const pct = (x) => (x === null ? '—' : `${(100 * x).toFixed(1)} %`);
 const lines = [
-  '| data | variant | L0 | FVU | dead (window) | dying | features/token spread (std) | true features recovered (mean max cos) | loss recovered |',
-  '|---|---|---|---|---|---|---|---|---|',
-  ...rows.map((r) => `| ${r.data} | ${r.variant} | ${r.l0.toFixed(2)} | ${r.fvu.toFixed(4)} | ${pct(r.dead)} (${r.deadWindow}) | ${pct(r.dying)} | ${r.spread.toFixed(2)} | ${r.recovered === null ? '—' : `${pct(r.recovered)} (${r.meanMaxCos.toFixed(3)})`} | ${r.lossRecovered === null ? '—' : `${r.lossRecovered.toFixed(1)} %`} |`),
+  '| data | variant | L0 | FVU | dead (window) | dying | features/token spread (std) | true features recovered (mean max cos) | loss recovered | density Zipf R² |',
+  '|---|---|---|---|---|---|---|---|---|---|',
+  ...rows.map((r) => `| ${r.data} | ${r.variant} | ${r.l0.toFixed(2)} | ${r.fvu.toFixed(4)} | ${pct(r.dead)} (${r.deadWindow}) | ${pct(r.dying)} | ${r.spread.toFixed(2)} | ${r.recovered === null ? '—' : `${pct(r.recovered)} (${r.meanMaxCos.toFixed(3)})`} | ${r.lossRecovered === null ? '—' : `${r.lossRecovered.toFixed(1)} %`} | ${r.zipfR2 === null ? '—' : r.zipfR2.toFixed(3)} |`),
 ];
+const lmRow = rows.find((r) => r.clean !== undefined);
+if (lmRow) lines.push('', `GPT-2 (Brown) on held-out text: clean CE ${lmRow.clean.toFixed(3)} nats, zero-ablated ${lmRow.zero.toFixed(3)}; spliced ${rows.filter((r) => r.spliced !== undefined).map((r) => `${r.variant} ${r.spliced.toFixed(3)}`).join(', ')}.`);
 await fs.writeFile(path.join(out, 'table.md'), lines.join('\n') + '\n');
 console.log(lines.join('\n'));
-console.error(`report: ${path.join(out, 'report', 'report.html')}`);
+console.error(`report: ${path.join(out, 'report', 'report.html')}; ${((Date.now() - t0) / 1000).toFixed(0)} s in all`);
