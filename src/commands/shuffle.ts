@@ -25,7 +25,7 @@ export default class Shuffle extends SaeCommand {
     memory: Flags.string({ description: 'memory budget for the row buffers, e.g. 512MB, 2GB (K/M/G are powers of 1024; Node itself needs ~100MB more)', default: '2GB' }),
     seed: Flags.integer({ description: 'random seed of the permutation (default 0)' }),
     'shard-rows': Flags.integer({ description: 'rows per output shard (default 65536)' }),
-    force: Flags.boolean({ description: 'replace what a shuffle left in --out (shards, manifest, scratch of a shuffle with other settings); other files stay' }),
+    force: Flags.boolean({ description: "replace what a shuffle left in --out (a finished shuffle, shards, manifest, scratch of a shuffle with other settings); other files stay, and another command's folder (a harvest's, a synth's) is refused" }),
     'allow-no-manifest': sharedFlags['allow-no-manifest'],
     quiet: Flags.boolean({ description: 'no progress or summary on stderr (errors still print)' }),
   };
