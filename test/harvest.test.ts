@@ -114,6 +114,23 @@ describe('harvest', () => {
     }
   });
 
+  it('a resumed multi-hook harvest reports every shard of every hook, in the order an uninterrupted run does', async () => {
+    const hooks = ['blocks.1.hook_resid_pre', 'blocks.2.hook_attn_out'];
+    const cfg = config({ hooks, shardRows: 97 });
+    const calls = (log: string[]) => (e: { hook: string; shard: string; rows: number }) => {
+      log.push(`${e.hook} ${path.basename(e.shard)} ${e.rows}`);
+    };
+    const whole: string[] = [];
+    await harvest({ out: path.join(root, 'order-whole'), config: cfg, model, tokenizer: tok, corpus: memoryCorpus(TEXTS), onShard: calls(whole) });
+    const out = path.join(root, 'order-cut');
+    const first = await harvest({ out, config: cfg, model, tokenizer: tok, corpus: memoryCorpus(TEXTS), stopAfterBatches: 5 });
+    expect(first.shards).toBeGreaterThan(1);
+    const resumed: string[] = [];
+    const s = await harvest({ out, config: cfg, model, tokenizer: tok, corpus: memoryCorpus(TEXTS), onShard: calls(resumed) });
+    expect(resumed).toEqual(whole);
+    expect(resumed).toHaveLength(s.shards * hooks.length);
+  });
+
   it('NaN from the model: the error names the model, the hook and its weights as the likely cause', async () => {
     const out = path.join(root, 'nan');
     const embed = model.weights.embed.slice();

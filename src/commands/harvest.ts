@@ -104,6 +104,9 @@ export default class Harvest extends SaeCommand {
     process.on('SIGINT', onSigint);
     const t0 = Date.now();
     const digests = new Map<string, string>();
+    // Tests simulate `kill -9` at a named moment with this: once the journal records this many
+    // shards, the process dies as a kill would leave it (no cleanup, no end line).
+    const killAfterShards = Number(process.env.SAE_TEST_KILL_AFTER_SHARDS ?? NaN);
     try {
       const s = await harvest({
         out: flags.out,
@@ -119,6 +122,7 @@ export default class Harvest extends SaeCommand {
           process.stdout.write(announceShard({ shard: e.shard, rows: e.rows, metadata: digests.get(e.hook)! }));
         },
         onProgress: (p) => {
+          if (p.shards >= killAfterShards) process.kill(process.pid, 'SIGKILL');
           const counts = `${fmtTokens(p.rows)} tokens, ${p.contexts} contexts, ${plural(p.shards, 'shard')}`;
           // the live line on a terminal: a bar when the length is known
           if (config.maxTokens) progress.tick(p.rows, config.maxTokens, plural(p.shards, 'shard'));
@@ -139,7 +143,8 @@ export default class Harvest extends SaeCommand {
         this.exit(130);
       }
       progress.line(`harvested ${plural(s.rows, 'token')} at ${config.hooks.join(', ')} into ${plural(s.shards, 'shard')} in ${((Date.now() - t0) / 1000).toFixed(1)}s`);
-      if (flags.ndjson) process.stdout.write(announceEnd(s.shards, s.rows));
+      // the end line counts every shard line printed: one set per hook
+      if (flags.ndjson) process.stdout.write(announceEnd(s.shards * config.hooks.length, s.rows * config.hooks.length));
       else process.stdout.write(Object.values(s.dirs).join('\n') + '\n');
     } finally {
       process.off('SIGINT', onSigint);

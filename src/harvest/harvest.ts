@@ -54,7 +54,10 @@ export interface HarvestOptions<P> {
   corpus: HarvestCorpus<P>;
   /** replace a finished or different harvest in `out` (only the files a harvest writes) */
   force?: boolean;
-  /** one call per shard completed in a hook folder (the pipe protocol prints these) */
+  /**
+   * One call per shard of the set in a hook folder (the pipe protocol prints these): on a resume,
+   * first the shards earlier runs completed, then each new one as it is completed.
+   */
   onShard?: (e: { hook: string; dir: string; shard: string; rows: number }) => void | Promise<void>;
   onProgress?: (p: { rows: number; contexts: number; shards: number }) => void;
   signal?: AbortSignal;
@@ -186,8 +189,10 @@ async function harvestInto<P>(opts: HarvestOptions<P>, dirs: Record<string, stri
     tokenizer: cfg.tokenizer,
     dataset: `${cfg.corpus}; contexts ${cfg.mode}${cfg.skipBos ? ', BOS rows dropped' : ''}${cfg.maxTokens !== null ? `; first ${cfg.maxTokens} tokens` : ''}`,
   });
+  const resumed: Record<string, ShardFileEntry[]> = {};
   for (const h of cfg.hooks) {
     const resume = journal ? await adoptShards(dirs[h], doneCount) : [];
+    resumed[h] = resume;
     if (h === cfg.hooks[0]) done.push(...resume);
     completed.set(h, resume.length);
     writers.set(
@@ -203,6 +208,11 @@ async function harvestInto<P>(opts: HarvestOptions<P>, dirs: Record<string, stri
   rows = done.reduce((a, e) => a + e.rows, 0);
   // claim the folder for this harvest before the first shard, so another harvest cannot mix in
   if (!journal) await saveJournal(false);
+  // A resumed harvest reports the whole set, the shards of the killed run first and in the order
+  // an uninterrupted run reports them: a pipe downstream must receive every shard the end line counts.
+  for (let i = 0; i < doneCount; i++) {
+    for (const h of cfg.hooks) await opts.onShard?.({ hook: h, dir: dirs[h], shard: path.join(dirs[h], resumed[h][i].file), rows: resumed[h][i].rows });
+  }
 
   // --- the row stream, from the journal's cursor ------------------------------------------------
   const stream = new ActivationRows<P>(model, tokenizer, opts.corpus, cfg, cursor, rows);

@@ -37,16 +37,30 @@ export function announceEnd(shards: number, rows: number): string {
   return JSON.stringify({ end: true, shards, rows }) + '\n';
 }
 
+export interface ReadAnnouncementsOptions {
+  /** without an end line, wait for the upstream's folder to be completed instead of failing */
+  follow?: boolean;
+  pollMs?: number;
+  /** where the one note about waiting goes (a line, no newline); default stderr */
+  log?: (line: string) => void;
+}
+
+const plural = (n: number, noun: string) => `${n} ${noun}${n === 1 ? '' : 's'}`;
+
 /**
- * The shards an upstream announces, in order. Without an end line the upstream died: that is an
+ * The shards an upstream announces, in order. The end line's totals must match what arrived (a
+ * resumed upstream that announced only part of its set would otherwise leave the downstream a
+ * partial dataset that claims to be whole). Without an end line the upstream died: that is an
  * error, or with `follow` the folder of the last shard is watched until its manifest appears
  * (the user restarted the upstream by hand), taking each new shard as it is completed.
  */
-export async function* readAnnouncements(input: Readable, opts: { follow?: boolean; pollMs?: number } = {}): AsyncGenerator<ShardAnnouncement> {
+export async function* readAnnouncements(input: Readable, opts: ReadAnnouncementsOptions = {}): AsyncGenerator<ShardAnnouncement> {
   const lines = createInterface({ input, crlfDelay: Infinity });
   let n = 0;
   let last: ShardAnnouncement | null = null;
   let ended = false;
+  const seen = new Set<string>();
+  let rows = 0;
   for await (const line of lines) {
     if (!line.trim()) continue;
     n++;
@@ -57,10 +71,22 @@ export async function* readAnnouncements(input: Readable, opts: { follow?: boole
       throw new UserError(`stdin line ${n}: not an NDJSON shard announcement (pipe the output of sae harvest or sae shuffle into --data -)`);
     }
     if (v.end === true) {
+      if (!Number.isSafeInteger(v.shards) || !Number.isSafeInteger(v.rows)) throw new UserError(`stdin line ${n}: malformed end line ${line.slice(0, 120)}`);
+      if (v.shards !== seen.size || v.rows !== rows) {
+        const where = last ? `; every shard is in ${path.dirname(last.shard)}: read that folder with --data instead of the pipe` : '';
+        throw new UserError(
+          `the upstream announced ${plural(v.shards as number, 'shard')} / ${plural(v.rows as number, 'row')} in its end line but ${plural(seen.size, 'shard')} / ${plural(rows, 'row')} arrived${where}`,
+        );
+      }
       ended = true;
       break;
     }
     if (typeof v.shard !== 'string' || !Number.isSafeInteger(v.rows) || typeof v.metadata !== 'string') throw new UserError(`stdin line ${n}: malformed shard announcement ${line.slice(0, 120)}`);
+    const file = path.resolve(v.shard);
+    // the same rows twice would weigh them double in a shuffle or an epoch
+    if (seen.has(file)) throw new UserError(`stdin line ${n}: ${file} was announced twice; one upstream per pipe`);
+    seen.add(file);
+    rows += v.rows as number;
     last = { shard: v.shard, rows: v.rows as number, metadata: v.metadata };
     yield last;
   }
@@ -69,17 +95,20 @@ export async function* readAnnouncements(input: Readable, opts: { follow?: boole
   if (!last) throw new UserError('the upstream stage ended before announcing any shard');
   // follow the folder: shard-NNNNN.parquet files appear complete (renamed), the manifest comes last
   const dir = path.dirname(last.shard);
-  const seen = new Set([path.basename(last.shard)]);
+  const log = opts.log ?? ((l: string) => process.stderr.write(l + '\n'));
+  // said once: a silent wait looks like a hang
+  log(`the upstream ended without its end line; waiting for ${dir} to be completed (its ${MANIFEST} to appear): rerun the upstream command to finish it; Ctrl-C to stop`);
+  const followed = new Set([path.basename(last.shard)]);
   for (;;) {
     const names = (await fs.readdir(dir)).filter((f) => /^shard-\d+\.parquet$/.test(f)).sort();
     for (const f of names) {
-      if (seen.has(f) || f <= path.basename(last.shard)) continue;
-      seen.add(f);
+      if (followed.has(f) || f <= path.basename(last.shard)) continue;
+      followed.add(f);
       const set = await openShards(path.join(dir, f));
       last = { shard: path.join(dir, f), rows: set.rows, metadata: metaDigest(set.meta) };
       yield last;
     }
-    if (names.every((f) => seen.has(f) || f <= path.basename(last!.shard)) && (await fs.stat(path.join(dir, MANIFEST)).catch(() => null))) return;
+    if (names.every((f) => followed.has(f) || f <= path.basename(last!.shard)) && (await fs.stat(path.join(dir, MANIFEST)).catch(() => null))) return;
     await new Promise((r) => setTimeout(r, opts.pollMs ?? 1000));
   }
 }
