@@ -107,7 +107,7 @@ for (const v of VARIANTS) {
   rows.push({ data: 'GPT-2 (Brown)', variant: v.name, l0: ev.l0, fvu: ev.fvu, dead: s.deadFraction, deadWindow: s.deadWindow, dying: ev.dyingFraction, spread: spread(ev.l0Histogram), recovered: null, meanMaxCos: null, lossRecovered: r.spliced[0].lossRecovered, zipfR2: ev.zipfFit.all?.r2 ?? null, clean: r.cleanLoss, zero: r.zeroLoss, spliced: r.spliced[0].loss });
   process.stderr.write(`lm ${v.name}: FVU ${ev.fvu.toFixed(4)} L0 ${ev.l0.toFixed(2)} loss recovered ${r.spliced[0].lossRecovered.toFixed(1)}% (clean ${r.cleanLoss.toFixed(3)}, spliced ${r.spliced[0].loss.toFixed(3)}, zero ${r.zeroLoss.toFixed(3)})\n`);
 }
-await writeReport(await loadRuns(dirsLm), path.join(out, 'report'));
+await writeReport(await loadRuns(dirsLm), path.join(out, 'report'), { force: true });
 
 const pct = (x) => (x === null ? '—' : `${(100 * x).toFixed(1)} %`);
 const lines = [

@@ -71,4 +71,15 @@ describe('sae demo --out lock', () => {
     expect(r.status).toBe(0);
     expect((await fs.readdir(d)).filter((n) => n.startsWith(LOCK_FILE))).toEqual([]);
   }, 120_000);
+
+  it('a rerun replaces the report in its own folder, even one an earlier version wrote untagged', async () => {
+    const d = path.join(root, 'earlier');
+    await fs.mkdir(path.join(d, 'report'), { recursive: true });
+    await fs.writeFile(path.join(d, '.sae-demo'), 'working directory of `sae demo`\n');
+    await fs.writeFile(path.join(d, 'report', 'report.html'), '<!DOCTYPE html><p>an earlier demo</p>\n');
+    const r = sae('demo', '--out', d, '--steps', '10');
+    expect(r.stderr).not.toMatch(/sae: error/);
+    expect(r.status).toBe(0);
+    expect(await fs.readFile(path.join(d, 'report', 'report.html'), 'utf8')).toContain('<meta name="generator" content="sae report">');
+  }, 120_000);
 });

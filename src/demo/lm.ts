@@ -106,7 +106,8 @@ export async function lmDemo(opts: LmDemoOptions): Promise<{ results: LmDemoRow[
     );
   }
   const reportDir = path.join(opts.out, 'report');
-  await writeReport(await loadRuns(dirs), reportDir);
+  // the demo's folder is its own (marked), and so is everything in it
+  await writeReport(await loadRuns(dirs), reportDir, { force: true });
   return { results, report: path.join(reportDir, 'report.html') };
 }
 
