@@ -3,6 +3,7 @@ import * as path from 'node:path';
 import { UserError } from '../util/errors.js';
 import { writeFileAtomic } from '../util/atomic.js';
 import { ensureOutDir, pathKind } from '../util/outdir.js';
+import { lockOutDir, type OutDirLock } from '../util/lock.js';
 import { MANIFEST, ShardWriter, shardFileName, type ShardFileEntry, type ShardMeta } from '../store/shards.js';
 import { WORK_DIR as SHUFFLE_WORK_DIR } from '../shuffle/shuffle.js';
 import { DICTIONARY_FILE, SYNTH_FILE } from '../synth/synth.js';
@@ -103,6 +104,18 @@ export async function harvest<P>(opts: HarvestOptions<P>): Promise<HarvestSummar
   // a run that fails before its first shard removes what it created (see the catch below)
   const createdOut = (await pathKind(opts.out)) === 'absent';
   await ensureOutDir(opts.out);
+  // one writer per folder: two harvests into one --out would mix their shards under one manifest
+  // (hook subfolders are inside it, so this lock covers them)
+  const lock = await lockOutDir(opts.out, 'sae harvest');
+  try {
+    return await harvestLocked(opts, createdOut, lock);
+  } finally {
+    await lock.release();
+  }
+}
+
+async function harvestLocked<P>(opts: HarvestOptions<P>, createdOut: boolean, lock: OutDirLock): Promise<HarvestSummary> {
+  const { config: cfg } = opts;
   const journalFile = path.join(opts.out, JOURNAL);
   let journal = await readJournal<P>(journalFile);
   const hadJournal = journal !== null;
@@ -142,8 +155,11 @@ export async function harvest<P>(opts: HarvestOptions<P>): Promise<HarvestSummar
     if (!(await readJournal<P>(journalFile).catch(() => null))?.shards) {
       await clearHarvest(opts.out, cfg.hooks, dirs).catch(() => undefined);
       for (const [i, dir] of Object.values(dirs).entries()) if (createdDirs[i]) await fs.rmdir(dir).catch(() => undefined);
-      // rmdir only removes an empty folder: anything else in it stays the user's
-      if (createdOut) await fs.rmdir(opts.out).catch(() => undefined);
+      // rmdir only removes an empty folder: anything else in it stays the user's (the lock goes first)
+      if (createdOut) {
+        await lock.release();
+        await fs.rmdir(opts.out).catch(() => undefined);
+      }
     }
     throw err;
   }
