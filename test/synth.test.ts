@@ -338,12 +338,23 @@ describe('sae synth command', () => {
     expect(existsSync(mine)).toBe(true);
   });
 
-  it('with --force, removes a harvest journal so that no harvest rerun resumes onto the synthetic shards', async () => {
+  it('refuses a harvest\'s folder even with --force, and leaves its journal and shards alone', async () => {
     const out = fresh();
     await fs.mkdir(out, { recursive: true });
     await fs.writeFile(path.join(out, 'harvest.json'), '{"format":"sae-harvest/1","shards":3}');
-    expect((await runSynth(['--out', out, '--rows', '50', '--force'])).exit).toBe(0);
-    expect(existsSync(path.join(out, 'harvest.json'))).toBe(false);
+    const r = await runSynth(['--out', out, '--rows', '50', '--force']);
+    expect(r.exit).toBe(2);
+    expect(r.stderr).toMatch(/^sae: error: --out .* holds a harvest \(harvest\.json\), which only sae harvest --force may replace; choose another --out\n$/);
+    expect(existsSync(path.join(out, 'harvest.json'))).toBe(true);
+    expect(existsSync(path.join(out, 'manifest.json'))).toBe(false);
+  });
+
+  it('refuses a shuffle\'s output even with --force', async () => {
+    const out = fresh();
+    await fs.mkdir(path.join(out, 'shuffle-work'), { recursive: true });
+    const r = await runSynth(['--out', out, '--rows', '50', '--force']);
+    expect(r.exit).toBe(2);
+    expect(r.stderr).toMatch(/holds a shuffle's output \(shuffle-work\/\), which only sae shuffle --force may replace/);
   });
 
   it('refuses an --out another live process is writing, naming it (exit 75), and leaves it untouched', async () => {

@@ -6,7 +6,7 @@ import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { ensureOutDir, pathKind } from '../util/outdir.js';
 import { SYNTH_DEFAULTS, resolveSynthParams, writeSynth, type Magnitude, type SynthOptions } from '../synth/synth.js';
-import { JOURNAL as HARVEST_JOURNAL } from '../harvest/harvest.js';
+import { refuseOtherWriter } from '../store/writers.js';
 import { lockOutDir, type OutDirLock } from '../util/lock.js';
 
 // Plain string flags parsed in run(): an error thrown inside an oclif flag parser comes back
@@ -85,9 +85,8 @@ export default class Synth extends SaeCommand {
       resolveSynthParams(opts);
       await ensureOutDir(flags.out);
       lock = await lockOutDir(flags.out, 'sae synth');
-      // A harvest journal beside replaced shards would let a later harvest rerun "resume" onto
-      // synthetic shards; with --force the folder becomes ours, journal included.
-      if (flags.force) await fs.rm(path.join(flags.out, HARVEST_JOURNAL), { force: true });
+      // --force replaces only synth's own shards: a harvest's or a shuffle's folder (with its journal) is theirs
+      await refuseOtherWriter(flags.out, 'synth');
       summary = await writeSynth(opts);
       await lock.release();
     } catch (err) {
