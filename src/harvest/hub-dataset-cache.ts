@@ -1,6 +1,6 @@
 /**
  * A Hub dataset from the Hugging Face cache, with no request at all (HF_HUB_OFFLINE=1): the files
- * `huggingface-cli download --repo-type dataset ID` (or `snapshot_download`) left under
+ * `snapshot_download(ID, repo_type="dataset")` in Python (or `snapshot_download`) left under
  * `$HF_HUB_CACHE/datasets--OWNER--NAME/snapshots/COMMIT/`, the revision resolved through `refs/`,
  * and the same choice of files as online (the card's `configs:` from the snapshot's README.md,
  * else the layout). The commit recorded is the same as online, so a harvest started online can
@@ -22,7 +22,7 @@ export async function resolveCachedDataset(spec: HubDatasetSpec, cacheDir = getH
   const notCached = (what: string) =>
     new UserError(
       `offline mode (HF_HUB_OFFLINE is set): dataset ${spec.id} at revision ${revision} is not in the Hugging Face cache at ${storage} (${what}); ` +
-        `download it once with network access (huggingface-cli download --repo-type dataset ${spec.id}), or unset HF_HUB_OFFLINE`,
+        `download it once with network access (in Python: snapshot_download("${spec.id}", repo_type="dataset")), or unset HF_HUB_OFFLINE`,
     );
   let commit = revision;
   if (!COMMIT.test(revision)) {

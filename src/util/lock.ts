@@ -198,7 +198,8 @@ function handle(dir: string, file: string, token: string): OutDirLock {
       released = true;
       const h = held.get(file);
       if (!h || h.holder.token !== token) return;
-      if (--h.count > 0) return;
+      h.count -= 1;
+      if (h.count > 0) return;
       held.delete(file);
       removeIfOurs(file, token);
     },
