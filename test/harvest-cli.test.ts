@@ -208,21 +208,19 @@ describe('bad input to sae harvest', () => {
     expect((await openShards(out)).rows).toBeGreaterThan(0);
   });
 
-  it('refuses to replace the shards of a sae synth or sae shuffle folder without --force; with it, leaves none of their files', async () => {
+  it('refuses the folder of sae synth or sae shuffle even with --force, naming the command that may replace it, and changes nothing', async () => {
     const syn = path.join(root, 'syn');
     expect(sae('synth', '--out', syn, '--d', '8', '--features', '16', '--rows', '300', '--rows-per-shard', '100').code).toBe(0);
     const shuf = path.join(root, 'shuf');
     expect(sae('shuffle', '--data', syn, '--out', shuf, '--shard-rows', '100').code).toBe(0);
-    for (const dir of [syn, shuf]) {
+    for (const [dir, who] of [[syn, 'synth'], [shuf, 'shuffle']] as const) {
       const before = await bytesOf(dir);
       const names = (await fs.readdir(dir)).sort();
-      expectUserError(sae(...base(dir, '--max-tokens', '100')), /already contains activation shards \(manifest\.json\); add --force/);
-      expect(await bytesOf(dir)).toEqual(before);
-      expect((await fs.readdir(dir)).sort()).toEqual(names);
-      expect(sae(...base(dir, '--max-tokens', '100', '--force')).code).toBe(0);
-      // the synth dictionary would otherwise be scored against the new, unrelated shards
-      expect((await fs.readdir(dir)).sort()).toEqual(['harvest.json', 'manifest.json', 'shard-00000.parquet']);
-      expect((await openShards(dir)).meta.model).not.toBe('synthetic');
+      for (const force of [[], ['--force']]) {
+        expectUserError(sae(...base(dir, '--max-tokens', '100'), ...force), new RegExp(`holds .* which only sae ${who} --force may replace; choose another --out`));
+        expect(await bytesOf(dir)).toEqual(before);
+        expect((await fs.readdir(dir)).sort()).toEqual(names);
+      }
     }
   });
   it('--ctx beyond the model’s positions', () =>

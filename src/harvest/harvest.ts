@@ -3,6 +3,7 @@ import * as path from 'node:path';
 import { UserError } from '../util/errors.js';
 import { writeFileAtomic } from '../util/atomic.js';
 import { ensureOutDir, pathKind } from '../util/outdir.js';
+import { refuseOtherWriter } from '../store/writers.js';
 import { lockOutDir, type OutDirLock } from '../util/lock.js';
 import { MANIFEST, ShardWriter, shardFileName, type ShardFileEntry, type ShardMeta } from '../store/shards.js';
 import { WORK_DIR as SHUFFLE_WORK_DIR } from '../shuffle/shuffle.js';
@@ -137,6 +138,8 @@ async function harvestLocked<P>(opts: HarvestOptions<P>, createdOut: boolean, lo
     // never ours to delete without --force.
     // Behind a journal that records no shard, only files a harvest never writes count (an older
     // failed run left a journal and an empty manifest; sae synth may since have written there).
+    // --force replaces only a harvest's own output: a shuffle's or sae synth's folder is theirs
+    for (const dir of new Set([opts.out, ...Object.values(dirs)])) await refuseOtherWriter(dir, 'harvest');
     if (!opts.force) {
       const found = await foreignOutput(opts.out, cfg.hooks, dirs, hadJournal);
       if (found) throw new UserError(`${found.dir} already contains activation shards (${found.name}); add --force to replace them or choose another --out`);

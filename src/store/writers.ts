@@ -25,10 +25,16 @@ export interface FolderWriter {
 
 /** The writer of the shards in `dir`, from its journals, else its shards' metadata; null when it holds none. */
 export async function folderWriter(dir: string): Promise<FolderWriter | null> {
+  return (await folderWriters(dir))[0] ?? null;
+}
+
+/** Every sign of a writer in `dir`: journals and scratch first, then what the shards' metadata says. */
+export async function folderWriters(dir: string): Promise<FolderWriter[]> {
   const entries = await fs.readdir(dir).catch(() => [] as string[]);
-  if (entries.includes(HARVEST_JOURNAL)) return { writer: 'harvest', evidence: HARVEST_JOURNAL };
-  if (entries.includes(SHUFFLE_WORK)) return { writer: 'shuffle', evidence: `${SHUFFLE_WORK}/` };
-  for (const f of SYNTH_FILES) if (entries.includes(f)) return { writer: 'synth', evidence: f };
+  const found: FolderWriter[] = [];
+  if (entries.includes(HARVEST_JOURNAL)) found.push({ writer: 'harvest', evidence: HARVEST_JOURNAL });
+  if (entries.includes(SHUFFLE_WORK)) found.push({ writer: 'shuffle', evidence: `${SHUFFLE_WORK}/` });
+  for (const f of SYNTH_FILES) if (entries.includes(f)) found.push({ writer: 'synth', evidence: f });
   let meta: ShardMeta | null = null;
   let evidence = MANIFEST;
   if (entries.includes(MANIFEST)) {
@@ -39,14 +45,13 @@ export async function folderWriter(dir: string): Promise<FolderWriter | null> {
   }
   if (!meta) {
     const first = entries.filter((n) => SHARD.test(n)).sort()[0];
-    if (!first) return entries.some((n) => n === MANIFEST) ? { writer: 'other', evidence: MANIFEST } : null;
+    if (!first) return entries.includes(MANIFEST) ? [...found, { writer: 'other', evidence: MANIFEST }] : found;
     evidence = first;
     meta = (await openShards(path.join(dir, first)).catch(() => null))?.meta ?? null;
-    if (!meta) return { writer: 'other', evidence };
+    if (!meta) return [...found, { writer: 'other', evidence }];
   }
-  if (typeof meta.extras?.['shuffle.seed'] === 'string') return { writer: 'shuffle', evidence };
-  if (meta.model === 'synthetic') return { writer: 'synth', evidence };
-  return { writer: 'harvest', evidence };
+  const writer: ShardWriterCommand = typeof meta.extras?.['shuffle.seed'] === 'string' ? 'shuffle' : meta.model === 'synthetic' ? 'synth' : 'harvest';
+  return [...found, { writer, evidence }];
 }
 
 const WHAT: Record<ShardWriterCommand, string> = {
@@ -61,8 +66,8 @@ const WHAT: Record<ShardWriterCommand, string> = {
  * what is there and who may replace it.
  */
 export async function refuseOtherWriter(dir: string, self: ShardWriterCommand, label = '--out'): Promise<void> {
-  const w = await folderWriter(dir);
-  if (!w || w.writer === self) return;
+  const w = (await folderWriters(dir)).find((x) => x.writer !== self);
+  if (!w) return;
   const who = w.writer === 'other' ? 'which sae does not replace' : `which only sae ${w.writer} --force may replace`;
   throw new UserError(`${label} ${dir} holds ${WHAT[w.writer]} (${w.evidence}), ${who}; choose another ${label}`);
 }
