@@ -16,8 +16,8 @@ const load = (p) => import(pathToFileURL(path.join(root, 'dist', p)).href);
 const { HookedTransformer } = await load('lm/model.js');
 const { loadTokenizer } = await load('lm/tokenizer.js');
 const { lmKernelFactory } = await load('kernels/index.js');
-const { openCorpus } = await load('harvest/corpus.js');
-const { harvest } = await load('harvest/harvest.js');
+const { openCorpus } = await load('corpus/corpus.js');
+const { harvest } = await load('pipeline/harvest.js');
 const { ActivationRows } = await load('harvest/rows.js');
 
 const args = Object.fromEntries(process.argv.slice(2).map((a, i, all) => (a.startsWith('--') ? [a.slice(2), all[i + 1]] : null)).filter(Boolean));

@@ -40,13 +40,13 @@ function parseArgs(argv) {
 async function child(job) {
   const rssMiB = () => process.resourceUsage().maxRSS / 1024;
   if (job.baseline) {
-    await load('shuffle/shuffle.js');
+    await load('pipeline/shuffle/shuffle.js');
     await load('store/reader.js');
     process.stdout.write(JSON.stringify({ rss: rssMiB() }) + '\n');
     return;
   }
-  const { shuffleShards } = await load('shuffle/shuffle.js');
-  const { parseBytes } = await load('shuffle/plan.js');
+  const { shuffleShards } = await load('pipeline/shuffle/shuffle.js');
+  const { parseBytes } = await load('pipeline/shuffle/plan.js');
   const t0 = performance.now();
   let tGather = null;
   const progress = {

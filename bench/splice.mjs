@@ -17,10 +17,10 @@ const load = (p) => import(pathToFileURL(path.join(root, 'dist', p)).href);
 const { HookedTransformer } = await load('lm/model.js');
 const { loadTokenizer } = await load('lm/tokenizer.js');
 const { lmKernelFactory } = await load('kernels/index.js');
-const { openCorpus } = await load('harvest/corpus.js');
+const { openCorpus } = await load('corpus/corpus.js');
 const { spliceEval } = await load('eval/splice.js');
 const { kernelFactory } = await load('kernels/index.js');
-const { allocParams } = await load('sae/params.js');
+const { allocParams } = await load('kernels/params.js');
 
 const args = Object.fromEntries(process.argv.slice(2).map((a, i, all) => (a.startsWith('--') ? [a.slice(2), all[i + 1]] : null)).filter(Boolean));
 const tokens = Number(args.tokens ?? 4000);

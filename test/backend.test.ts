@@ -3,24 +3,26 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import type { KernelFactory, SaeParams, Selection } from '../src/kernels/types.js';
-import type { BackendInit, StepRequest } from '../src/kernels/backend.js';
-import { cpuBackend, CpuTrainingBackend } from '../src/kernels/backend-cpu.js';
+import type { BackendInit, StepRequest } from '../src/sae/backend.js';
+import { cpuBackend, CpuTrainingBackend } from '../src/sae/backend-cpu.js';
 import { createReferenceKernels } from '../src/kernels/reference.js';
 import { nativeAvailable, nativeInfo, nativeKernelsFor } from '../src/kernels/native.js';
-import { backendFactory, kernelFactory, lmKernelFactory } from '../src/kernels/index.js';
-import { allocParams, initParams, tensors } from '../src/sae/params.js';
+import { kernelFactory, lmKernelFactory } from '../src/kernels/index.js';
+import { backendFactory } from '../src/sae/backend.js';
+import { allocParams, tensors } from '../src/kernels/params.js';
+import { initParams } from '../src/sae/params.js';
 import { allocWorkspace, batchVariance, lossAndGrad, type AuxLossSpec } from '../src/sae/objective.js';
 import { FeatureStats } from '../src/sae/density.js';
 import { uniformCapacities } from '../src/sae/zipf.js';
 import { Trainer } from '../src/sae/trainer.js';
 import { resolveConfig } from '../src/sae/config.js';
 import { UserError } from '../src/util/errors.js';
-import { writeSynth } from '../src/synth/synth.js';
-import { train } from '../src/sae/train.js';
+import { writeSynth } from '../src/pipeline/synth.js';
+import { train } from '../src/pipeline/train.js';
 import { batches, DIMS, recordTrace, trainer } from './helpers/trainer-trace.js';
 import { isolating, logging, type Crossing } from './helpers/backends.js';
 
-// The training-backend contract (src/kernels/backend.ts) on the CPU: the CPU backend is the old
+// The training-backend contract (src/sae/backend.ts) on the CPU: the CPU backend is the old
 // step composed from the kernels, bit for bit, on every kernel implementation of this machine; the
 // Trainer needs nothing from a backend beyond the contract (a backend that copies at every
 // crossing, as a device must, gives the same numbers); and per step only the batch and O(F)

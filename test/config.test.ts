@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { resolveConfig, resolveWidth, DEFAULTS, allPhases, baseLearningRate, finetunePhase, type TrainConfig } from '../src/sae/config.js';
 import { checkpointConfig } from '../src/sae/checkpoint.js';
 import { UserError } from '../src/util/errors.js';
-import { resumeConfig } from '../src/sae/train.js';
+import { resumeConfig } from '../src/sae/resume.js';
 
 function message(fn: () => unknown): string {
   try {

@@ -1,6 +1,6 @@
 /**
  * Hub datasets as corpora, against a loopback stand-in for the Hub that answers what
- * src/harvest/hub-dataset.ts asks:
+ * src/corpus/hub-dataset.ts asks:
  *
  *   GET /api/datasets/{id}/revision/{rev}            sha and cardData
  *   GET /api/datasets/{id}/tree/{rev}?recursive=true listing, three entries a page (Link: next)
@@ -19,7 +19,7 @@ import { promises as fs } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { stringify as stringifyYaml } from 'yaml';
-import { openCorpus, type Corpus, type CorpusPosition } from '../src/harvest/corpus.js';
+import { openCorpus, type Corpus, type CorpusPosition } from '../src/corpus/corpus.js';
 import { UserError } from '../src/util/errors.js';
 
 interface Revision {

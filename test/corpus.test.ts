@@ -4,8 +4,8 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { Readable } from 'node:stream';
 import { parquetWriteBuffer } from 'hyparquet-writer';
-import { openCorpus, brownCorpus, type Corpus, type CorpusPosition, type CorpusSpec, type OpenCorpusOptions } from '../src/harvest/corpus.js';
-import { brownToText } from '../src/harvest/brown.js';
+import { openCorpus, brownCorpus, type Corpus, type CorpusPosition, type CorpusSpec, type OpenCorpusOptions } from '../src/corpus/corpus.js';
+import { brownToText } from '../src/corpus/brown.js';
 import { UserError } from '../src/util/errors.js';
 
 let dir: string;

@@ -3,9 +3,9 @@ import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, wr
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { backendFactory } from '../src/kernels/index.js';
+import { backendFactory } from '../src/sae/backend.js';
 import { cudaStatus, gpuPresent } from '../src/kernels/cuda.js';
-import type { TrainingBackendFactory } from '../src/kernels/backend.js';
+import type { TrainingBackendFactory } from '../src/sae/backend.js';
 import { batches, recordTrace, SCENARIOS, trainer } from './helpers/trainer-trace.js';
 
 // The CUDA backend (issue 12 part 2) does not exist yet. What is tested here without a GPU: the

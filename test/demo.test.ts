@@ -3,7 +3,7 @@ import { promises as fs } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { lmDemo, DEMO_LM_ACTIVATIONS, spreadText, type LmDemoRow } from '../src/demo/lm.js';
+import { lmDemo, DEMO_LM_ACTIVATIONS, spreadText, type LmDemoRow } from '../src/pipeline/demo-lm.js';
 import { LOCK_FILE, LOCKED_EXIT, processStart } from '../src/util/lock.js';
 
 const BIN = path.resolve('bin/run.js');

@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { createReferenceKernels } from '../src/kernels/reference.js';
 import type { SaeParams, Selection } from '../src/kernels/types.js';
 import { allocWorkspace, lossAndGrad, type AuxLossSpec, type ObjectiveSpec } from '../src/sae/objective.js';
-import { allocParams, tensors } from '../src/sae/params.js';
+import { allocParams, tensors } from '../src/kernels/params.js';
 import { Rng } from '../src/util/rng.js';
 
 // Central finite differences in float64 against the analytic gradients of lossAndGrad (SPEC §7).

@@ -2,7 +2,7 @@ import { promises as fs } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { harvest, type HarvestConfig, type HarvestCorpus } from '../src/harvest/harvest.js';
+import { harvest, type HarvestConfig, type HarvestCorpus } from '../src/pipeline/harvest.js';
 import { HookedTransformer } from '../src/lm/model.js';
 import { loadTokenizer, type LmTokenizer } from '../src/lm/tokenizer.js';
 import { openShards, readRows } from '../src/store/reader.js';

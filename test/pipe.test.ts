@@ -3,10 +3,10 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { PassThrough } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { PipeBatchSource, announceEnd, announceShard, collectAnnounced, firstShard, metaDigest, readAnnouncements } from '../src/store/pipe.js';
+import { PipeBatchSource, announceEnd, announceShard, collectAnnounced, firstShard, metaDigest, readAnnouncements } from '../src/stream/pipe.js';
 import { openShards } from '../src/store/reader.js';
-import { openBatchSource } from '../src/store/prefetch.js';
-import { writeSynth } from '../src/synth/synth.js';
+import { openBatchSource } from '../src/stream/prefetch.js';
+import { writeSynth } from '../src/pipeline/synth.js';
 import { UserError } from '../src/util/errors.js';
 
 // The pipe protocol's downstream side, fed by hand: what it accepts and what it refuses.

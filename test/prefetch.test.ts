@@ -3,9 +3,9 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 // The compiled build (npm test builds it first): the worker thread runs dist/store/prefetch-worker.js.
-import { openBatchSource } from '../dist/store/prefetch.js';
+import { openBatchSource } from '../dist/stream/prefetch.js';
 import { BatchStream, openShards, type ShardSet } from '../dist/store/reader.js';
-import { writeSynth } from '../dist/synth/synth.js';
+import { writeSynth } from '../dist/pipeline/synth.js';
 
 let root: string;
 let set: ShardSet;

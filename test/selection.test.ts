@@ -10,7 +10,7 @@ import {
   select,
   thresholdSelect,
   topK,
-} from '../src/sae/selection.js';
+} from '../src/kernels/selection.js';
 import { Rng } from '../src/util/rng.js';
 
 interface Entry {

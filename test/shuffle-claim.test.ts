@@ -4,8 +4,8 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ShardWriter, type ShardMeta } from '../src/store/shards.js';
-import { shuffleShards, ShuffleStopped, WORK_DIR, type ShuffleOptions } from '../src/shuffle/shuffle.js';
-import { writeSynth } from '../src/synth/synth.js';
+import { shuffleShards, ShuffleStopped, WORK_DIR, type ShuffleOptions } from '../src/pipeline/shuffle/shuffle.js';
+import { writeSynth } from '../src/pipeline/synth.js';
 import { LOCK_FILE, lockOutDir } from '../src/util/lock.js';
 import { UserError } from '../src/util/errors.js';
 

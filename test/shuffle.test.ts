@@ -5,8 +5,8 @@ import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ShardWriter, type ShardMeta } from '../src/store/shards.js';
 import { openShards, readChunks } from '../src/store/reader.js';
-import { shuffleShards, ShuffleStopped, WORK_DIR, type ShuffleOptions } from '../src/shuffle/shuffle.js';
-import { BucketSampler, parseBytes, planShuffle, recordLayout } from '../src/shuffle/plan.js';
+import { shuffleShards, ShuffleStopped, WORK_DIR, type ShuffleOptions } from '../src/pipeline/shuffle/shuffle.js';
+import { BucketSampler, parseBytes, planShuffle, recordLayout } from '../src/pipeline/shuffle/plan.js';
 import { Rng } from '../src/util/rng.js';
 import { UserError } from '../src/util/errors.js';
 

@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { HookedTransformer } from '../src/lm/model.js';
 import { loadTokenizer, type LmTokenizer } from '../src/lm/tokenizer.js';
 import { spliceEval, type SpliceSae } from '../src/eval/splice.js';
-import { allocParams } from '../src/sae/params.js';
+import { allocParams } from '../src/kernels/params.js';
 import { ContextPacker } from '../src/harvest/contexts.js';
 
 const GPT2 = path.resolve(__dirname, '..', 'fixtures', 'hf-tiny', 'gpt2');

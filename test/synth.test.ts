@@ -11,7 +11,7 @@ import {
   firingProbabilities,
   resolveSynthParams,
   SynthGenerator,
-} from '../src/synth/synth.js';
+} from '../src/pipeline/synth.js';
 import { featureRecovery } from '../src/eval/recovery.js';
 import { openShards, readChunks } from '../src/store/reader.js';
 import { UserError } from '../src/util/errors.js';

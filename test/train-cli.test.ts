@@ -3,10 +3,10 @@ import { promises as fs } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { writeSynth } from '../src/synth/synth.js';
+import { writeSynth } from '../src/pipeline/synth.js';
 import { lockOutDir, LOCK_FILE } from '../src/util/lock.js';
 import { DEFAULTS } from '../src/sae/config.js';
-import { formatStepLog, LOG_LINE_MAX } from '../src/sae/log-line.js';
+import { formatStepLog, LOG_LINE_MAX } from '../src/pipeline/log-line.js';
 import type { StepReport } from '../src/sae/trainer.js';
 
 // `sae train` as a user runs it: bin/run.js on the compiled dist/ (npm run build:ts first).

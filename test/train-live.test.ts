@@ -2,12 +2,12 @@ import { promises as fs } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { train, type LiveData } from '../src/sae/train.js';
+import { train, type LiveData } from '../src/pipeline/train.js';
 import { HookedTransformer } from '../src/lm/model.js';
 import { loadTokenizer } from '../src/lm/tokenizer.js';
-import { harvest } from '../src/harvest/harvest.js';
+import { harvest } from '../src/pipeline/harvest.js';
 import { openShards, readRows } from '../src/store/reader.js';
-import { LiveBatchSource } from '../src/harvest/live-source.js';
+import { LiveBatchSource } from '../src/stream/live-source.js';
 
 const GPT2 = path.resolve(__dirname, '..', 'fixtures', 'hf-tiny', 'gpt2');
 const HOOK = 'blocks.1.hook_resid_pre';

@@ -4,12 +4,12 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { Readable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { writeSynth } from '../src/synth/synth.js';
-import { train } from '../src/sae/train.js';
+import { writeSynth } from '../src/pipeline/synth.js';
+import { train } from '../src/pipeline/train.js';
 import { readSafetensors } from '../src/util/safetensors.js';
 import { ShardWriter, type ShardMeta } from '../src/store/shards.js';
 import { openShards } from '../src/store/reader.js';
-import { announceEnd, announceShard, metaDigest } from '../src/store/pipe.js';
+import { announceEnd, announceShard, metaDigest } from '../src/stream/pipe.js';
 
 // Kills at the moments that matter, simulated by building the folder a kill there leaves.
 let root: string;

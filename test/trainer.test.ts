@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { resolveConfig, learningRate, defaultLr, finetunePhase } from '../src/sae/config.js';
 import { Trainer } from '../src/sae/trainer.js';
 import { Rng } from '../src/util/rng.js';
-import { resumeConfig } from '../src/sae/train.js';
+import { resumeConfig } from '../src/sae/resume.js';
 import { zipfShares } from '../src/sae/capacities.js';
 
 const d = 16;

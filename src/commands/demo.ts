@@ -7,15 +7,15 @@ import { SaeCommand } from '../util/command.js';
 import { finetunePhase } from '../sae/config.js';
 import { sharedFlags } from '../cli/flags.js';
 import { UserError } from '../util/errors.js';
-import { writeSynth, loadDictionary } from '../synth/synth.js';
-import { train } from '../sae/train.js';
+import { writeSynth, loadDictionary } from '../pipeline/synth.js';
+import { train } from '../pipeline/train.js';
 import { loadCheckpoint } from '../sae/checkpoint.js';
 import { selectionForCheckpoint } from '../sae/inference.js';
 import { openShards } from '../store/reader.js';
 import { evaluateSae } from '../eval/evaluate.js';
 import { featureRecovery } from '../eval/recovery.js';
 import { kernelFactory, type KernelName } from '../kernels/index.js';
-import { lmDemo, DEMO_MODEL_NAME } from '../demo/lm.js';
+import { lmDemo, DEMO_MODEL_NAME } from '../pipeline/demo-lm.js';
 import { isLockEntry, lockOutDir, type OutDirLock } from '../util/lock.js';
 import { Progress } from '../util/progress.js';
 

@@ -3,12 +3,12 @@ import { SaeCommand } from '../util/command.js';
 import { UserError } from '../util/errors.js';
 import { sharedFlags } from '../cli/flags.js';
 import { loadCheckpoint } from '../sae/checkpoint.js';
-import { findCheckpoint } from '../sae/train.js';
+import { findCheckpoint } from '../sae/checkpoint.js';
 import { selectionForCheckpoint } from '../sae/inference.js';
 import { openShards, checkCompatible } from '../store/reader.js';
 import { evaluateSae } from '../eval/evaluate.js';
 import { featureRecovery } from '../eval/recovery.js';
-import { loadDictionary, DICTIONARY_FILE } from '../synth/synth.js';
+import { loadDictionary, DICTIONARY_FILE } from '../pipeline/synth.js';
 import { pathKind } from '../util/outdir.js';
 import * as path from 'node:path';
 

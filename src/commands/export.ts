@@ -3,7 +3,7 @@ import { SaeCommand } from '../util/command.js';
 import { sharedFlags } from '../cli/flags.js';
 import { UserError } from '../util/errors.js';
 import { loadCheckpoint, saveCheckpoint, type SaeCfgJson } from '../sae/checkpoint.js';
-import { findCheckpoint } from '../sae/train.js';
+import { findCheckpoint } from '../sae/checkpoint.js';
 import { calibrateThresholds, selectionForCheckpoint } from '../sae/inference.js';
 import { checkCompatible, openShards } from '../store/reader.js';
 import type { Preprocessing } from '../store/preprocess.js';

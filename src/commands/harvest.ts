@@ -7,10 +7,10 @@ import { loadModel } from '../lm/load.js';
 import { loadTokenizer } from '../lm/tokenizer.js';
 import { lmKernelFactory, type KernelName } from '../kernels/index.js';
 import { PREPROCESSINGS, type Preprocessing } from '../store/preprocess.js';
-import { announceEnd, announceShard, metaDigest } from '../store/pipe.js';
+import { announceEnd, announceShard, metaDigest } from '../stream/pipe.js';
 import { openShards } from '../store/reader.js';
-import { openCorpus, type CorpusSpec } from '../harvest/corpus.js';
-import { harvest, type HarvestConfig } from '../harvest/harvest.js';
+import { openCorpus, type CorpusSpec } from '../corpus/corpus.js';
+import { harvest, type HarvestConfig } from '../pipeline/harvest.js';
 
 /** "1 shard", "3 shards": counts in messages read as English. */
 const plural = (n: number, noun: string) => `${n} ${noun}${n === 1 ? '' : 's'}`;

@@ -3,9 +3,9 @@ import { SaeCommand } from '../util/command.js';
 import { UserError } from '../util/errors.js';
 import { sharedFlags } from '../cli/flags.js';
 import { Progress } from '../util/progress.js';
-import { formatBytes, parseBytes } from '../shuffle/plan.js';
-import { shuffleShards, ShuffleInterrupted } from '../shuffle/shuffle.js';
-import { announceEnd, announceShard, collectAnnounced, metaDigest, readAnnouncements } from '../store/pipe.js';
+import { formatBytes, parseBytes } from '../pipeline/shuffle/plan.js';
+import { shuffleShards, ShuffleInterrupted } from '../pipeline/shuffle/shuffle.js';
+import { announceEnd, announceShard, collectAnnounced, metaDigest, readAnnouncements } from '../stream/pipe.js';
 import { openShards } from '../store/reader.js';
 
 export default class Shuffle extends SaeCommand {

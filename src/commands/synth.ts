@@ -5,7 +5,7 @@ import { PREPROCESSINGS, type Preprocessing } from '../store/preprocess.js';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { ensureOutDir, pathKind } from '../util/outdir.js';
-import { SYNTH_DEFAULTS, resolveSynthParams, writeSynth, type Magnitude, type SynthOptions } from '../synth/synth.js';
+import { SYNTH_DEFAULTS, resolveSynthParams, writeSynth, type Magnitude, type SynthOptions } from '../pipeline/synth.js';
 import { refuseOtherWriter } from '../store/writers.js';
 import { lockOutDir, type OutDirLock } from '../util/lock.js';
 

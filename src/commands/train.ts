@@ -3,9 +3,9 @@ import { Flags } from '@oclif/core';
 import { SaeCommand } from '../util/command.js';
 import { UserError } from '../util/errors.js';
 import { Progress, fmtTokens } from '../util/progress.js';
-import { train, type LiveData } from '../sae/train.js';
-import { formatStepLog } from '../sae/log-line.js';
-import { openCorpus } from '../harvest/corpus.js';
+import { train, type LiveData } from '../pipeline/train.js';
+import { formatStepLog } from '../pipeline/log-line.js';
+import { openCorpus } from '../corpus/corpus.js';
 import { loadModel } from '../lm/load.js';
 import { loadTokenizer } from '../lm/tokenizer.js';
 import { parseHook } from '../lm/hooks.js';
@@ -13,7 +13,8 @@ import type { Preprocessing } from '../store/preprocess.js';
 import type { RowSource } from '../harvest/rows.js';
 import { checkTrainable, finetunePhase, type PhaseConfig } from '../sae/config.js';
 import { configFlags, flagsToConfig, sharedFlags } from '../cli/flags.js';
-import { backendFactory, kernelFactory, lmKernelFactory, type KernelName } from '../kernels/index.js';
+import { kernelFactory, lmKernelFactory, type KernelName } from '../kernels/index.js';
+import { backendFactory } from '../sae/backend.js';
 
 /** --append-phase feature:800 → a phase like the paper's phase 2 (no auxiliary losses). */
 function parsePhase(spec: string): PhaseConfig {

@@ -1,6 +1,6 @@
 import type { KernelFactory, SaeParams, Selection } from '../kernels/types.js';
 import { createReferenceKernels } from '../kernels/reference.js';
-import { allocCodes } from '../sae/selection.js';
+import { allocCodes } from '../kernels/selection.js';
 import { BatchStream, type ShardSet } from '../store/reader.js';
 import { UserError } from '../util/errors.js';
 

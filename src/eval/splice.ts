@@ -1,7 +1,7 @@
 import { UserError } from '../util/errors.js';
 import type { KernelFactory, SaeParams, Selection } from '../kernels/types.js';
 import { createReferenceKernels } from '../kernels/reference.js';
-import { allocCodes } from '../sae/selection.js';
+import { allocCodes } from '../kernels/selection.js';
 import { preprocessRows, type Preprocessing } from '../store/preprocess.js';
 import type { HookedTransformer } from '../lm/model.js';
 import type { LmTokenizer } from '../lm/tokenizer.js';

@@ -5,7 +5,7 @@
 import type { LoadedCheckpoint } from '../sae/checkpoint.js';
 import { checkpointConfig } from '../sae/checkpoint.js';
 import { DEFAULTS } from '../sae/config.js';
-import { findCheckpoint } from '../sae/train.js';
+import { findCheckpoint } from '../sae/checkpoint.js';
 import { loadCheckpoint } from '../sae/checkpoint.js';
 import { selectionForCheckpoint } from '../sae/inference.js';
 import { checkCompatible, type ShardSet } from '../store/reader.js';

@@ -4,8 +4,6 @@ import { createReferenceLmKernels } from './lm-reference.js';
 import { createNativeLmKernels } from './lm-native.js';
 import { createReferenceKernels } from './reference.js';
 import { createNativeKernels, nativeAvailable, nativeLoadError } from './native.js';
-import type { TrainingBackendFactory } from './backend.js';
-import { cpuBackend } from './backend-cpu.js';
 import { cudaStatus } from './cuda.js';
 import { UserError } from '../util/errors.js';
 
@@ -14,7 +12,7 @@ export type KernelName = 'auto' | 'reference' | 'native' | 'cuda';
 export const KERNEL_NAMES: readonly KernelName[] = ['auto', 'reference', 'native', 'cuda'];
 
 /** `--kernels cuda` where the CUDA backend cannot run: one line saying what is missing. */
-function cudaUnavailable(): UserError {
+export function cudaUnavailable(): UserError {
   return new UserError(`--kernels cuda: ${cudaStatus().reason}; use --kernels native or reference`);
 }
 
@@ -40,22 +38,6 @@ export function kernelFactory(name: KernelName): KernelFactory {
     default:
       throw new UserError(`unknown kernels "${String(name)}" (auto, reference, native or cuda)`);
   }
-}
-
-/**
- * Where training state lives and steps run, for a name (src/kernels/backend.ts): the CPU backend
- * over kernelFactory(name) for reference, native and auto; 'cuda' the CUDA backend, which fails
- * with its reason until it exists. 'auto' would pick CUDA where it is available (never, in this
- * version: cudaStatus explains).
- */
-export function backendFactory(name: KernelName): TrainingBackendFactory {
-  if (name === 'cuda' || (name === 'auto' && cudaStatus().available)) return cudaBackend();
-  return cpuBackend(kernelFactory(name));
-}
-
-/** The CUDA training backend: issue 12 part 2 puts the addon's backend here; until then, the reason it is missing. */
-function cudaBackend(): TrainingBackendFactory {
-  throw cudaUnavailable();
 }
 
 /**

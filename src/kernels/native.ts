@@ -13,7 +13,7 @@ import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { FloatArray } from '../util/arrays.js';
-import { ensureCapacity } from '../sae/selection.js';
+import { ensureCapacity } from './selection.js';
 import { createReferenceKernels } from './reference.js';
 import { composedOptimizerStep } from './optimizer.js';
 import type {

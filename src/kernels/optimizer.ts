@@ -1,6 +1,6 @@
 import type { FloatArray } from '../util/arrays.js';
 import type { OptimizerHyper, SaeKernels, SaeParams } from './types.js';
-import { tensors } from '../sae/params.js';
+import { tensors } from './params.js';
 
 /**
  * The parameter update written from the kernel primitives, pass by pass: the definition of

@@ -1,6 +1,6 @@
 import type { FloatArray } from '../util/arrays.js';
 import { ctorOf } from '../util/arrays.js';
-import { maskedTopK, select } from '../sae/selection.js';
+import { maskedTopK, select } from './selection.js';
 import { composedOptimizerStep } from './optimizer.js';
 import type {
   AdamWHyper,

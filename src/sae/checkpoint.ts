@@ -4,7 +4,7 @@ import type { SaeParams } from '../kernels/types.js';
 import { UserError } from '../util/errors.js';
 import { publishDirAtomic, tmpSibling, writeFileAtomic, describeFsError } from '../util/atomic.js';
 import { readSafetensors, writeSafetensors, type Tensor } from '../util/safetensors.js';
-import { allocParams } from './params.js';
+import { allocParams } from '../kernels/params.js';
 import { resolveConfig, type TrainConfig } from './config.js';
 import type { TrainerSnapshot } from './trainer.js';
 
@@ -249,4 +249,34 @@ export function checkpointConfig(ck: LoadedCheckpoint): TrainConfig {
 export function architectureName(activation: string): string {
   // SAELens names: standard (ReLU + L1), topk, jumprelu; batch-level selections keep our names.
   return activation === 'relu' ? 'standard' : activation;
+}
+
+/** Accept a checkpoint folder or a run directory (then its newest checkpoint). */
+export async function findCheckpoint(p: string): Promise<string> {
+  if (await exists(path.join(p, 'cfg.json'))) return p;
+  // a run directory: whichever of its checkpoints is further along (final on a tie)
+  let best: string | null = null;
+  let bestStep = -Infinity;
+  for (const sub of ['checkpoint', 'final']) {
+    const dir = path.join(p, sub);
+    if (!(await exists(path.join(dir, 'cfg.json')))) continue;
+    const step = await stepOf(dir);
+    if (step >= bestStep) [best, bestStep] = [dir, step];
+  }
+  if (best) return best;
+  if (!(await exists(p))) throw new UserError(`checkpoint ${p}: no such directory`);
+  throw new UserError(`checkpoint ${p}: no cfg.json (not a checkpoint or run directory)`);
+}
+
+async function exists(p: string): Promise<boolean> {
+  return !!(await fs.stat(p).catch(() => null));
+}
+
+async function stepOf(dir: string): Promise<number> {
+  try {
+    const s = JSON.parse(await fs.readFile(path.join(dir, 'state.json'), 'utf8')) as { step?: number };
+    return s.step ?? -1;
+  } catch {
+    return -1;
+  }
 }

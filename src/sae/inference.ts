@@ -2,7 +2,7 @@ import type { KernelFactory, SaeParams, Selection } from '../kernels/types.js';
 import { createReferenceKernels } from '../kernels/reference.js';
 import { BatchStream, type ShardSet } from '../store/reader.js';
 import { UserError } from '../util/errors.js';
-import { allocCodes } from './selection.js';
+import { allocCodes } from '../kernels/selection.js';
 import { capacitiesByFeature, uniformCapacities, zipfCapacities } from './zipf.js';
 import { CarriedCapacities, uniformShares, zipfShares } from './capacities.js';
 import { phaseOfStep, featureCap } from './config.js';

@@ -1,7 +1,7 @@
 import type { FloatArray } from '../util/arrays.js';
 import { ctorOf } from '../util/arrays.js';
 import type { AuxRequest, EncodeOutput, SaeKernels, SaeParams, Selection, SparseCodes } from '../kernels/types.js';
-import { allocCodes } from './selection.js';
+import { allocCodes } from '../kernels/selection.js';
 
 /** One auxiliary reconstruction loss of SPEC §7 (aux_k over dead, aux_zipf over dying features). */
 export interface AuxLossSpec {

@@ -1,15 +1,6 @@
-import type { FloatArray, FloatCtor } from '../util/arrays.js';
+import type { FloatArray } from '../util/arrays.js';
 import type { SaeParams } from '../kernels/types.js';
 import { Rng } from '../util/rng.js';
-
-export function allocParams(d: number, F: number, Ctor: FloatCtor = Float32Array): SaeParams {
-  return { d, F, WencT: new Ctor(F * d), bEnc: new Ctor(F), Wdec: new Ctor(F * d), bDec: new Ctor(d) };
-}
-
-/** The four tensors in a fixed order, for loops over parameters, moments and gradients. */
-export function tensors(p: SaeParams): FloatArray[] {
-  return [p.WencT, p.bEnc, p.Wdec, p.bDec];
-}
 
 /**
  * SPEC §4 initialisation: decoder rows random unit vectors, W_enc = W_decᵀ, b_enc = 0,

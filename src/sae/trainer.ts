@@ -1,10 +1,11 @@
 import type { KernelFactory, SaeKernels, SaeParams, Selection } from '../kernels/types.js';
-import type { TrainingBackend, TrainingBackendFactory } from '../kernels/backend.js';
-import { cpuBackend, CpuTrainingBackend } from '../kernels/backend-cpu.js';
+import type { TrainingBackend, TrainingBackendFactory } from './backend.js';
+import { cpuBackend, CpuTrainingBackend } from './backend-cpu.js';
 import { createReferenceKernels } from '../kernels/reference.js';
 import { Rng, type RngState } from '../util/rng.js';
 import { UserError } from '../util/errors.js';
-import { allocParams, initParams } from './params.js';
+import { allocParams } from '../kernels/params.js';
+import { initParams } from './params.js';
 import type { LossTerms, Workspace } from './objective.js';
 import { FeatureStats } from './density.js';
 import { capacitiesByFeature, densityRanking, dyingFeatures, uniformCapacities, zipfCapacities } from './zipf.js';
@@ -44,7 +45,7 @@ export interface StepReport extends LossTerms {
 /**
  * One SAE training run's host-side policy and its step (SPEC §8). The numeric state (weights,
  * gradients, Adam moments, feature statistics, codes) lives in a TrainingBackend
- * (src/kernels/backend.ts) that may keep it on a device; the trainer resolves what each step asks
+ * (src/sae/backend.ts) that may keep it on a device; the trainer resolves what each step asks
  * for (the phase, the selection with Feature Choice's carried capacities, the aux losses, the NFM
  * sample, the learning rate) and, every rankInterval steps, re-ranks features by the backend's
  * density (Zipf capacities, dying set). Per step only the batch, O(F) small vectors and scalars

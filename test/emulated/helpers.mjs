@@ -11,8 +11,8 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 export const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 export const imp = (p) => import(pathToFileURL(path.join(root, 'dist', p)).href);
 
-const { allocParams, tensors } = await imp('sae/params.js');
-const { allocCodes } = await imp('sae/selection.js');
+const { allocParams, tensors } = await imp('kernels/params.js');
+const { allocCodes } = await imp('kernels/selection.js');
 export const { Rng } = await imp('util/rng.js');
 export { allocParams, tensors, allocCodes };
 

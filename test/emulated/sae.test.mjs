@@ -15,7 +15,7 @@ const { native, info } = await requireNative();
 const { createNativeKernels, nativeExtras, nativeKernelsFor } = native;
 const { createReferenceKernels } = await imp('kernels/reference.js');
 const { composedOptimizerStep } = await imp('kernels/optimizer.js');
-const { maskedTopK, select } = await imp('sae/selection.js');
+const { maskedTopK, select } = await imp('kernels/selection.js');
 
 const SHAPES = [
   [1, 1, 1],

@@ -4,7 +4,7 @@
  * logs what crosses. Shared by test/backend.test.ts and the GPU tests in test/cuda.test.ts.
  */
 import type { SaeParams, Selection } from '../../src/kernels/types.js';
-import type { StepRequest, TrainingBackend, TrainingBackendFactory } from '../../src/kernels/backend.js';
+import type { StepRequest, TrainingBackend, TrainingBackendFactory } from '../../src/sae/backend.js';
 import type { FeatureStatsState } from '../../src/sae/density.js';
 
 const copyParams = (p: SaeParams): SaeParams => ({ d: p.d, F: p.F, WencT: p.WencT.slice(), bEnc: p.bEnc.slice(), Wdec: p.Wdec.slice(), bDec: p.bDec.slice() });

@@ -13,7 +13,7 @@
  */
 import { createHash } from 'node:crypto';
 import type { KernelFactory, SaeParams } from '../../src/kernels/types.js';
-import type { TrainingBackendFactory } from '../../src/kernels/backend.js';
+import type { TrainingBackendFactory } from '../../src/sae/backend.js';
 import { resolveConfig } from '../../src/sae/config.js';
 import { Trainer, type TrainerSnapshot } from '../../src/sae/trainer.js';
 import { Rng } from '../../src/util/rng.js';

@@ -5,8 +5,8 @@ import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { UserError } from '../util/errors.js';
 import { Rng } from '../util/rng.js';
-import { MANIFEST, metaToKv, type ShardMeta } from './shards.js';
-import { openShards, readRows, type DataPosition, type ShardFile, type ShardSet } from './reader.js';
+import { MANIFEST, metaToKv, type ShardMeta } from '../store/shards.js';
+import { openShards, readRows, type DataPosition, type ShardFile, type ShardSet } from '../store/reader.js';
 import type { BatchSource } from './prefetch.js';
 
 /**

@@ -1,5 +1,5 @@
 import { parentPort, workerData } from 'node:worker_threads';
-import { BatchStream, type BatchStreamOptions, type DataPosition, type ShardSet } from './reader.js';
+import { BatchStream, type BatchStreamOptions, type DataPosition, type ShardSet } from '../store/reader.js';
 import { UserError } from '../util/errors.js';
 
 // Runs a BatchStream off the main thread: Parquet decoding then overlaps the training step.

@@ -10,7 +10,7 @@
  */
 import type { FloatArray, FloatCtor } from '../util/arrays.js';
 import { ctorOf } from '../util/arrays.js';
-import type { Selection, SparseCodes } from '../kernels/types.js';
+import type { Selection, SparseCodes } from './types.js';
 
 export function allocCodes(B: number, capacity: number, ctor: FloatCtor = Float32Array): SparseCodes {
   checkCount('B', B);

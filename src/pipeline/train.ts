@@ -1,24 +1,25 @@
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import type { KernelFactory } from '../kernels/types.js';
-import type { TrainingBackendFactory } from '../kernels/backend.js';
+import type { TrainingBackendFactory } from '../sae/backend.js';
 import { UserError } from '../util/errors.js';
 import { describeFsError, writeFileAtomic } from '../util/atomic.js';
 import { checkCompatible, openShards, type DataPosition, type ShardSet } from '../store/reader.js';
 import { shardSetDigest } from '../store/digest.js';
-import { openBatchSource } from '../store/prefetch.js';
-import { PipeBatchSource, firstShard, readAnnouncements } from '../store/pipe.js';
+import { openBatchSource } from '../stream/prefetch.js';
+import { PipeBatchSource, firstShard, readAnnouncements } from '../stream/pipe.js';
 import type { Readable } from 'node:stream';
 import type { HookedTransformer } from '../lm/model.js';
 import type { LmTokenizer } from '../lm/tokenizer.js';
 import type { RowOptions, RowSource } from '../harvest/rows.js';
-import { LiveBatchSource, type LivePosition } from '../harvest/live-source.js';
+import { LiveBatchSource, type LivePosition } from '../stream/live-source.js';
 import { spliceEval } from '../eval/splice.js';
-import { selectionForCheckpoint } from './inference.js';
+import { selectionForCheckpoint } from '../sae/inference.js';
 import type { Preprocessing } from '../store/preprocess.js';
-import { resolveConfig, resolveWidth, shuffleWindowRows, totalSteps, allPhases, type TrainConfig, type PhaseConfig } from './config.js';
-import { Trainer, type StepReport } from './trainer.js';
-import { architectureName, checkpointConfig, loadCheckpoint, saveCheckpoint, type SaeCfgJson } from './checkpoint.js';
+import { resolveConfig, resolveWidth, shuffleWindowRows, totalSteps, allPhases, type TrainConfig, type PhaseConfig } from '../sae/config.js';
+import { Trainer, type StepReport } from '../sae/trainer.js';
+import { architectureName, checkpointConfig, findCheckpoint, loadCheckpoint, saveCheckpoint, type SaeCfgJson } from '../sae/checkpoint.js';
+import { autoDeadWindow, resumeConfig } from '../sae/resume.js';
 import { clearOrRefuse, hasCheckpoint, openRunDir, recoverRunDir, type RunDir } from './run-dir.js';
 
 export interface TrainOptions {
@@ -92,100 +93,6 @@ export interface LiveData {
   /** recorded in the checkpoint; a resume must name the same model, hook and corpus */
   description: string;
   modelName: string;
-}
-
-/** Accept a checkpoint folder or a run directory (then its newest checkpoint). */
-export async function findCheckpoint(p: string): Promise<string> {
-  if (await exists(path.join(p, 'cfg.json'))) return p;
-  // a run directory: whichever of its checkpoints is further along (final on a tie)
-  let best: string | null = null;
-  let bestStep = -Infinity;
-  for (const sub of ['checkpoint', 'final']) {
-    const dir = path.join(p, sub);
-    if (!(await exists(path.join(dir, 'cfg.json')))) continue;
-    const step = await stepOf(dir);
-    if (step >= bestStep) [best, bestStep] = [dir, step];
-  }
-  if (best) return best;
-  if (!(await exists(p))) throw new UserError(`checkpoint ${p}: no such directory`);
-  throw new UserError(`checkpoint ${p}: no cfg.json (not a checkpoint or run directory)`);
-}
-
-async function exists(p: string): Promise<boolean> {
-  return !!(await fs.stat(p).catch(() => null));
-}
-
-async function stepOf(dir: string): Promise<number> {
-  try {
-    const s = JSON.parse(await fs.readFile(path.join(dir, 'state.json'), 'utf8')) as { step?: number };
-    return s.step ?? -1;
-  } catch {
-    return -1;
-  }
-}
-
-/** Keys a resumed run may change: they steer logging, not the numbers. */
-const RESUMABLE_CHANGES = new Set(['logEvery', 'checkpointEvery']);
-/** Keys that make up the phase plan, compared phase by phase rather than as values. */
-const PLAN_KEYS = new Set(['activation', 'steps', 'phases']);
-
-/**
- * The config of a resumed run. The request (flags and config file, as given) is read as a phase plan
- * — phase 1 from --activation/--steps, later phases from --finetune-steps or `phases`, each
- * defaulting to the checkpoint's — and compared with the plan the checkpoint records:
- * - the same plan continues (rerunning the original command with --resume just works);
- * - a phase's step count may change while that phase has not finished, never so that it would
- *   end before the checkpoint's step;
- * - phases can be appended (`append`, from --append-phase or --finetune-steps on a one-phase run);
- * - anything else (another activation for an existing phase, a dropped phase, other settings) is
- *   refused with what differs.
- */
-export function resumeConfig(saved: TrainConfig, overrides: Record<string, unknown>, step: number, append: PhaseConfig[] = []): TrainConfig {
-  const savedPlan = allPhases(saved);
-  const req = resolveConfig(saved as unknown as Record<string, unknown>, {
-    activation: overrides.activation,
-    steps: overrides.steps,
-    phases: overrides.phases,
-  });
-  const plan = [...allPhases(req), ...append];
-  let start = 0;
-  for (let i = 0; i < Math.max(plan.length, savedPlan.length); i++) {
-    const was = savedPlan[i];
-    const now = plan[i];
-    const n = i + 1;
-    if (!now) throw new UserError(`the checkpoint's run has ${savedPlan.length} phases but this command describes ${plan.length}; repeat the run's phases (e.g. its --finetune-steps) to continue it`);
-    if (!was) break; // appended phases start after every recorded one
-    if (now.activation !== was.activation) {
-      const hint = i === 0 ? `; to continue with ${now.activation}, add a phase with --append-phase ${now.activation}:STEPS` : '';
-      throw new UserError(`phase ${n} of the checkpoint's run is ${was.activation}, this command asks for ${now.activation}${hint}`);
-    }
-    if (now.auxKCoef !== was.auxKCoef || now.auxZipfCoef !== was.auxZipfCoef) throw new UserError(`cannot change the aux loss coefficients of phase ${n} when resuming`);
-    if (now.steps !== was.steps) {
-      const savedEnd = start + was.steps;
-      if (step > savedEnd) throw new UserError(`phase ${n} (${was.activation}) finished at step ${savedEnd}; its --steps cannot change (checkpoint at step ${step})`);
-      if (start + now.steps < step) throw new UserError(`phase ${n} would end at step ${start + now.steps}, before the checkpoint's step ${step}`);
-    }
-    start += now.steps;
-  }
-  // other settings: compared after resolution, so that "auto" matches what it resolved to
-  const asked = resolveConfig(saved as unknown as Record<string, unknown>, overrides) as unknown as Record<string, unknown>;
-  const was = saved as unknown as Record<string, unknown>;
-  for (const k of Object.keys(overrides).filter((k) => !PLAN_KEYS.has(k) && !RESUMABLE_CHANGES.has(k))) {
-    if (JSON.stringify(asked[k]) !== JSON.stringify(was[k]))
-      throw new UserError(`cannot change ${k} when resuming (checkpoint has ${JSON.stringify(was[k])}, this command ${JSON.stringify(asked[k])}); use --init-from for a new run`);
-  }
-  return resolveConfig(saved as unknown as Record<string, unknown>, {
-    steps: plan[0].steps,
-    phases: plan.slice(1),
-    logEvery: overrides.logEvery,
-    checkpointEvery: overrides.checkpointEvery,
-  });
-}
-
-/** SPEC §6: 10M tokens as Bricken et al., but never more than a quarter of the run (reported). */
-export function autoDeadWindow(cfg: TrainConfig): number {
-  if (cfg.deadWindow !== 'auto') return cfg.deadWindow;
-  return Math.max(cfg.batchSize, Math.min(10_000_000, Math.floor((totalSteps(cfg) * cfg.batchSize) / 4)));
 }
 
 function cfgJson(cfg: TrainConfig, d: number, F: number, step: number, deadWindow: number, meta: { hook: string; model: string; preprocessing: string }, data: string, activation: string, digest?: string): SaeCfgJson {

@@ -1,6 +1,6 @@
-import { UserError } from '../util/errors.js';
-import { dtypeBytes, type ShardDtype } from '../store/dtype.js';
-import type { Rng } from '../util/rng.js';
+import { UserError } from '../../util/errors.js';
+import { dtypeBytes, type ShardDtype } from '../../store/dtype.js';
+import type { Rng } from '../../util/rng.js';
 
 /**
  * The pure part of the external shuffle (SPEC §1, "shuffle"): record layout of the scratch

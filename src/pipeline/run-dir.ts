@@ -4,7 +4,7 @@ import { UserError } from '../util/errors.js';
 import { describeFsError } from '../util/atomic.js';
 import { ensureOutDir, pathKind } from '../util/outdir.js';
 import { lockOutDir, type OutDirLock } from '../util/lock.js';
-import { loadCheckpoint } from './checkpoint.js';
+import { loadCheckpoint } from '../sae/checkpoint.js';
 
 /**
  * A training run's --out folder: what it holds (checkpoint/, final/, metrics.jsonl, summary.json),

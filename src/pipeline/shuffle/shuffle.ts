@@ -1,11 +1,11 @@
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
-import { UserError } from '../util/errors.js';
-import { describeFsError } from '../util/atomic.js';
-import { ensureOutDir, pathKind } from '../util/outdir.js';
-import { lockOutDir, type OutDirLock } from '../util/lock.js';
-import { openShards, type ShardSet } from '../store/reader.js';
-import { hasRawStats, type ShardFileEntry, type ShardManifest, type ShardMeta } from '../store/shards.js';
+import { UserError } from '../../util/errors.js';
+import { describeFsError } from '../../util/atomic.js';
+import { ensureOutDir, pathKind } from '../../util/outdir.js';
+import { lockOutDir, type OutDirLock } from '../../util/lock.js';
+import { openShards, type ShardSet } from '../../store/reader.js';
+import { hasRawStats, type ShardFileEntry, type ShardManifest, type ShardMeta } from '../../store/shards.js';
 import { formatBytes, planShuffle, recordLayout, type RecordLayout, type ShufflePlan } from './plan.js';
 import { WORK_DIR, type JobKey } from './journal.js';
 import { claimOut } from './claim.js';
@@ -29,8 +29,8 @@ export { BadInputData, ShuffleInterrupted, ShuffleStopped, type ShuffleProgress 
  * random draw depends only on the seed and the position, a resumed run writes the same bytes as
  * an uninterrupted one.
  *
- * What --out may already hold, and what a rerun does with it, is src/shuffle/claim.ts's; the
- * passes are src/shuffle/passes.ts's.
+ * What --out may already hold, and what a rerun does with it, is src/pipeline/shuffle/claim.ts's; the
+ * passes are src/pipeline/shuffle/passes.ts's.
  */
 
 const DEFAULT_SHARD_ROWS = 65536;

@@ -3,9 +3,9 @@ import { Rng } from '../util/rng.js';
 import type { HookedTransformer } from '../lm/model.js';
 import type { LmTokenizer } from '../lm/tokenizer.js';
 import { preprocessRows, type Preprocessing } from '../store/preprocess.js';
-import type { BatchSource } from '../store/prefetch.js';
+import type { BatchSource } from './prefetch.js';
 import type { DataPosition } from '../store/reader.js';
-import { ActivationRows, cursorAt, type ContextSpan, type RowCursor, type RowOptions, type RowSource } from './rows.js';
+import { ActivationRows, cursorAt, type ContextSpan, type RowCursor, type RowOptions, type RowSource } from '../harvest/rows.js';
 
 /**
  * Training straight from the host LM, no disk (what sparsify does): the harvest's row stream fills

@@ -1,4 +1,4 @@
-import type { StepReport } from './trainer.js';
+import type { StepReport } from '../sae/trainer.js';
 import { fmtTokens } from '../util/progress.js';
 
 /** Widest a periodic log line may get: it sits above the progress bar in a 100-column terminal. */

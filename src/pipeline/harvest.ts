@@ -6,15 +6,15 @@ import { ensureOutDir, pathKind } from '../util/outdir.js';
 import { refuseOtherWriter } from '../store/writers.js';
 import { lockOutDir, type OutDirLock } from '../util/lock.js';
 import { MANIFEST, ShardWriter, shardFileName, type ShardFileEntry, type ShardMeta } from '../store/shards.js';
-import { WORK_DIR as SHUFFLE_WORK_DIR } from '../shuffle/shuffle.js';
-import { DICTIONARY_FILE, SYNTH_FILE } from '../synth/synth.js';
+import { WORK_DIR as SHUFFLE_WORK_DIR } from './shuffle/shuffle.js';
+import { DICTIONARY_FILE, SYNTH_FILE } from './synth.js';
 import type { Preprocessing } from '../store/preprocess.js';
 import { openShards } from '../store/reader.js';
 import type { HookedTransformer } from '../lm/model.js';
 import type { LmTokenizer } from '../lm/tokenizer.js';
 import { parseHook } from '../lm/hooks.js';
-import type { PackMode } from './contexts.js';
-import { ActivationRows, cursorAt, type ContextSpan, type RowCursor } from './rows.js';
+import type { PackMode } from '../harvest/contexts.js';
+import { ActivationRows, cursorAt, type ContextSpan, type RowCursor } from '../harvest/rows.js';
 
 /**
  * `sae harvest` (SPEC §1, §10): documents → tokens → contexts → the host LM up to the deepest

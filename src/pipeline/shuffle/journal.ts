@@ -1,8 +1,8 @@
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
-import { UserError } from '../util/errors.js';
-import { describeFsError, writeFileAtomic } from '../util/atomic.js';
-import type { RngState } from '../util/rng.js';
+import { UserError } from '../../util/errors.js';
+import { describeFsError, writeFileAtomic } from '../../util/atomic.js';
+import type { RngState } from '../../util/rng.js';
 import { formatBytes } from './plan.js';
 
 /**

@@ -3,11 +3,11 @@
  * `SaeKernels` (reference or native) exactly as the trainer composed it before the backend seam
  * existed, so results are bit-identical to that code (test/trainer-golden.test.ts).
  */
-import type { KernelFactory, SaeKernels, SaeParams } from './types.js';
+import type { KernelFactory, SaeKernels, SaeParams } from '../kernels/types.js';
 import type { BackendInit, StepRequest, StepResult, TrainingBackend, TrainingBackendFactory } from './backend.js';
-import { allocParams, tensors } from '../sae/params.js';
-import { allocWorkspace, batchVariance, lossAndGrad, type AuxLossSpec, type Workspace } from '../sae/objective.js';
-import { FeatureStats, type FeatureStatsState } from '../sae/density.js';
+import { allocParams, tensors } from '../kernels/params.js';
+import { allocWorkspace, batchVariance, lossAndGrad, type AuxLossSpec, type Workspace } from './objective.js';
+import { FeatureStats, type FeatureStatsState } from './density.js';
 
 export class CpuTrainingBackend implements TrainingBackend {
   readonly name: string;

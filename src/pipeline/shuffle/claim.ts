@@ -1,11 +1,11 @@
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
-import { UserError } from '../util/errors.js';
-import { describeFsError } from '../util/atomic.js';
-import { isLockEntry } from '../util/lock.js';
-import { openShards } from '../store/reader.js';
-import { MANIFEST, metaToKv, type ShardManifest, type ShardMeta } from '../store/shards.js';
-import { DICTIONARY_FILE, SYNTH_FILE } from '../synth/synth.js';
+import { UserError } from '../../util/errors.js';
+import { describeFsError } from '../../util/atomic.js';
+import { isLockEntry } from '../../util/lock.js';
+import { openShards } from '../../store/reader.js';
+import { MANIFEST, metaToKv, type ShardManifest, type ShardMeta } from '../../store/shards.js';
+import { DICTIONARY_FILE, SYNTH_FILE } from '../synth.js';
 import { isScratchName, JOURNAL, jobDiff, readJournal, sameJob, WORK_DIR, type JobKey, type Journal } from './journal.js';
 
 /**
@@ -16,7 +16,7 @@ import { isScratchName, JOURNAL, jobDiff, readJournal, sameJob, WORK_DIR, type J
  * ever outlives the data it describes.
  */
 
-/** harvest's journal (src/harvest/harvest.ts imports this module's folder, so it is named here) */
+/** harvest's journal (src/pipeline/harvest.ts imports this module's folder, so it is named here) */
 const HARVEST_JOURNAL = 'harvest.json';
 const SHARD_RE = /^shard-\d+\.parquet$/;
 

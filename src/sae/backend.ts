@@ -22,9 +22,12 @@
  * feature j), bEnc F, Wdec F×d (unit rows), bDec d; moments are in tensors() order
  * [WencT, bEnc, Wdec, bDec].
  */
-import type { OptimizerHyper, SaeParams, Selection } from './types.js';
-import type { LossTerms } from '../sae/objective.js';
-import type { FeatureStatsState } from '../sae/density.js';
+import type { OptimizerHyper, SaeParams, Selection } from '../kernels/types.js';
+import type { LossTerms } from './objective.js';
+import type { FeatureStatsState } from './density.js';
+import { cpuBackend } from './backend-cpu.js';
+import { cudaStatus } from '../kernels/cuda.js';
+import { cudaUnavailable, kernelFactory, type KernelName } from '../kernels/index.js';
 
 /** One auxiliary reconstruction loss of SPEC §7, as the trainer asks for it. */
 export interface AuxSpec {
@@ -143,3 +146,19 @@ export interface TrainingBackend {
 }
 
 export type TrainingBackendFactory = (init: BackendInit) => TrainingBackend;
+
+/**
+ * Where training state lives and steps run, for a name (this file): the CPU backend
+ * over kernelFactory(name) for reference, native and auto; 'cuda' the CUDA backend, which fails
+ * with its reason until it exists. 'auto' would pick CUDA where it is available (never, in this
+ * version: cudaStatus explains).
+ */
+export function backendFactory(name: KernelName): TrainingBackendFactory {
+  if (name === 'cuda' || (name === 'auto' && cudaStatus().available)) return cudaBackend();
+  return cpuBackend(kernelFactory(name));
+}
+
+/** The CUDA training backend: issue 12 part 2 puts the addon's backend here; until then, the reason it is missing. */
+function cudaBackend(): TrainingBackendFactory {
+  throw cudaUnavailable();
+}

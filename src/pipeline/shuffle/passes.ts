@@ -1,11 +1,11 @@
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
-import { UserError } from '../util/errors.js';
-import { describeFsError } from '../util/atomic.js';
-import { Rng } from '../util/rng.js';
-import { openShards, readRows, type ShardSet } from '../store/reader.js';
-import { metaToKv, MANIFEST, shardFileName, ShardWriter, type ShardFileEntry, type ShardManifest, type ShardMeta } from '../store/shards.js';
-import { decode16, encode16 } from '../store/dtype.js';
+import { UserError } from '../../util/errors.js';
+import { describeFsError } from '../../util/atomic.js';
+import { Rng } from '../../util/rng.js';
+import { openShards, readRows, type ShardSet } from '../../store/reader.js';
+import { metaToKv, MANIFEST, shardFileName, ShardWriter, type ShardFileEntry, type ShardManifest, type ShardMeta } from '../../store/shards.js';
+import { decode16, encode16 } from '../../store/dtype.js';
 import { BucketSampler, type RecordLayout, type ShufflePlan } from './plan.js';
 import { bucketPath, JOURNAL, newJournal, writeJournal, type JobKey, type Journal } from './journal.js';
 import { listOut } from './claim.js';
