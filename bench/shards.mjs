@@ -31,8 +31,11 @@ const dtypes = opt('dtypes', 'float32,float16,bfloat16').split(',');
 const json = args.includes('--json');
 const prep = opt('prep', 'center_unit_norm');
 
-const { ShardWriter } = await import(pathToFileURL(path.join(dist, 'store', 'shards.js')).href);
-const { openShards, readRows, BatchStream } = await import(pathToFileURL(path.join(dist, 'store', 'reader.js')).href);
+const load = async (file) => import(pathToFileURL(path.join(dist, file)).href);
+const { ShardWriter } = await load('store/shard-writer.js');
+const { openShards } = await load('store/shard-set.js');
+const { readRows } = await load('store/row-reader.js');
+const { BatchStream } = await load('stream/batch-stream.js');
 
 const block = 4096;
 // Smooth pseudo-random values of activation-like magnitude; every block differs a little.

@@ -41,7 +41,7 @@ async function child(job) {
   const rssMiB = () => process.resourceUsage().maxRSS / 1024;
   if (job.baseline) {
     await load('pipeline/shuffle/shuffle.js');
-    await load('store/reader.js');
+    await load('store/row-reader.js');
     process.stdout.write(JSON.stringify({ rss: rssMiB() }) + '\n');
     return;
   }
@@ -65,7 +65,7 @@ async function child(job) {
 }
 
 async function writeInput(dir, rows, d, dtype, shardRows) {
-  const { ShardWriter } = await load('store/shards.js');
+  const { ShardWriter } = await load('store/shard-writer.js');
   const w = await ShardWriter.create(dir, {
     model: 'bench', revision: '', hook: 'blocks.6.hook_resid_pre', d, ctx: 64, dtype,
     preprocessing: 'center_unit_norm', tokenizer: 'none', dataset: `bench rows=${rows}`,

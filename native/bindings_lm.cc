@@ -4,6 +4,7 @@
 
 #include "lm_ops.h"
 #include "napi.h"
+#include "napi_isa.h"
 
 namespace sae {
 
@@ -31,16 +32,7 @@ static napi_value jsLmCreate(napi_env env, napi_callback_info info) {
   return guard(env, [&]() -> napi_value {
     napi_value a[1];
     args(env, info, 1, a);
-    const IsaOps* ops = nullptr;
-    if (nullish(env, a[0])) {
-      ops = bestIsa();
-    } else {
-      char buf[32];
-      size_t n;
-      CHECK_NAPI(napi_get_value_string_utf8(env, a[0], buf, sizeof(buf), &n));
-      ops = isaByName(std::string(buf, n));
-      if (!ops) failRange(std::string("instruction set ") + buf + " is not available on this CPU");
-    }
+    const IsaOps* ops = isaArg(env, a[0]);
     LmInstance* in = new LmInstance(ops);
     napi_value ext;
     if (napi_create_external(env, in, finalizeLm, nullptr, &ext) != napi_ok) {

@@ -4,6 +4,7 @@
 
 #include "instance.h"
 #include "napi.h"
+#include "napi_isa.h"
 
 namespace sae {
 
@@ -60,16 +61,7 @@ static napi_value jsCreate(napi_env env, napi_callback_info info) {
     const int64_t d = count(env, a[0], "d", INT32_MAX), F = count(env, a[1], "F", INT32_MAX),
                   maxB = count(env, a[2], "maxB", INT32_MAX);
     if (d < 1 || F < 1 || maxB < 1) failRange("d, F and maxB must be ≥ 1");
-    const IsaOps* ops = nullptr;
-    if (nullish(env, a[3])) {
-      ops = bestIsa();
-    } else {
-      char buf[32];
-      size_t n;
-      CHECK_NAPI(napi_get_value_string_utf8(env, a[3], buf, sizeof(buf), &n));
-      ops = isaByName(std::string(buf, n));
-      if (!ops) failRange(std::string("instruction set ") + buf + " is not available on this CPU");
-    }
+    const IsaOps* ops = isaArg(env, a[3]);
     Instance* in = new Instance((int)d, (int)F, (int)maxB, ops);
     napi_value ext;
     if (napi_create_external(env, in, finalizeInstance, nullptr, &ext) != napi_ok) {

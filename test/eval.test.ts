@@ -9,7 +9,7 @@ import { dyingFeatures } from '../src/sae/zipf.js';
 import { fitZipf } from '../src/eval/zipf-fit.js';
 import { FEATURE_COLUMNS } from '../src/eval/features.js';
 import { saveRunEval } from '../src/eval/summary.js';
-import { openShards } from '../src/store/reader.js';
+import { openShards } from '../src/store/shard-set.js';
 import { kernelFactory } from '../src/kernels/index.js';
 
 // `sae eval` as a user meets it: the compiled CLI (npm test builds dist/) on a small SAE trained on `sae synth` data.

@@ -9,7 +9,7 @@ import { checkpointConfig, loadCheckpoint } from '../src/sae/checkpoint.js';
 import { readSafetensors } from '../src/util/safetensors.js';
 import { calibrateThresholds, selectionForCheckpoint } from '../src/sae/inference.js';
 import { evaluateSae } from '../src/eval/evaluate.js';
-import { openShards } from '../src/store/reader.js';
+import { openShards } from '../src/store/shard-set.js';
 
 // The issue's wide case (SPEC §5 "Rounding"): 256 true features in d=32, k_true=4; a Feature Choice
 // SAE 16× wider than the truth, F 4,096, B 256, k 4, so M/F = 0.25 and Algorithm 1's floor gives

@@ -6,7 +6,7 @@ import { PassThrough } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DuckDBInstance } from '@duckdb/node-api';
 import { PipeBatchSource, announceEnd, announceShard, firstShard, metaDigest, readAnnouncements } from '../src/stream/pipe.js';
-import { openShards } from '../src/store/reader.js';
+import { openShards } from '../src/store/shard-set.js';
 import { openBatchSource } from '../src/stream/prefetch.js';
 
 // sae harvest as a user meets it: the compiled CLI on the fixture model (npm test builds dist/).

@@ -3,7 +3,7 @@ import { promises as fs } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { openShards } from '../src/store/reader.js';
+import { openShards } from '../src/store/shard-set.js';
 
 // What sae harvest tells a user: its --help examples, and the hints of its errors (compiled CLI).
 const bin = path.resolve(__dirname, '..', 'bin', 'run.js');

@@ -3,7 +3,7 @@ import { promises as fs } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { openShards } from '../src/store/reader.js';
+import { openShards } from '../src/store/shard-set.js';
 
 // A harvest killed mid-run and rerun with --ndjson into a pipe (issue 16, point 1): the rerun must
 // hand the downstream the whole shard set, not only the shards it writes itself.

@@ -5,7 +5,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { harvest, type HarvestConfig, type HarvestCorpus } from '../src/pipeline/harvest.js';
 import { HookedTransformer } from '../src/lm/model.js';
 import { loadTokenizer, type LmTokenizer } from '../src/lm/tokenizer.js';
-import { openShards, readRows } from '../src/store/reader.js';
+import { openShards } from '../src/store/shard-set.js';
+import { readRows } from '../src/store/row-reader.js';
 import { UserError } from '../src/util/errors.js';
 
 const GPT2 = path.resolve(__dirname, '..', 'fixtures', 'hf-tiny', 'gpt2');

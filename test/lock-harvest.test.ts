@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { harvest, type HarvestConfig, type HarvestCorpus } from '../src/pipeline/harvest.js';
 import { HookedTransformer } from '../src/lm/model.js';
 import { loadTokenizer, type LmTokenizer } from '../src/lm/tokenizer.js';
-import { openShards } from '../src/store/reader.js';
+import { openShards } from '../src/store/shard-set.js';
 import { LOCK_FILE, lockOutDir } from '../src/util/lock.js';
 
 // One writer per --out (issue 16, point 2), harvest's share: the folder is locked while it runs.

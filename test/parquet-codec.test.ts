@@ -4,11 +4,17 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { parquetMetadata, parquetReadObjects } from 'hyparquet';
 import { parquetWriteBuffer } from 'hyparquet-writer';
-import { ShardWriter, metaToKv, shardSchema, defaultRowGroupRows, type ShardMeta } from '../src/store/shards.js';
-import { openShards, readRows, readChunks, BatchStream, type ShardSet } from '../src/store/reader.js';
+import { ShardWriter, defaultRowGroupRows } from '../src/store/shard-writer.js';
+import { metaToKv, shardSchema, type ShardMeta } from '../src/store/shard-format.js';
+import { openShards, type ShardSet } from '../src/store/shard-set.js';
+import { readRows, readChunks } from '../src/store/row-reader.js';
+import { BatchStream } from '../src/stream/batch-stream.js';
 import { decodeFast } from '../src/store/shard-decoder.js';
-import { CompactWriter, readStruct, type TStruct } from '../src/store/thrift.js';
-import { decodeHybrid, encodeHybrid, indexWidth } from '../src/store/rle-hybrid.js';
+import { parquetHeader } from 'hyparquet/src/column.js';
+import { readRleBitPackedHybrid } from 'hyparquet/src/encoding.js';
+import { ByteWriter } from 'hyparquet-writer';
+import { writeRleBitPackedHybrid } from 'hyparquet-writer/src/encoding.js';
+import { indexWidth } from '../src/store/shard-encoder.js';
 import { bf16BitsToF32, f16ToF32Table, type ShardDtype } from '../src/store/dtype.js';
 import { UserError } from '../src/util/errors.js';
 
@@ -99,9 +105,10 @@ function firstPage(bytes: Uint8Array, column: string) {
   const md = parquetMetadata(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.length) as ArrayBuffer);
   const chunk = md.row_groups[0].columns.find((c) => c.meta_data!.path_in_schema[0] === column)!.meta_data!;
   const start = Number(chunk.data_page_offset);
-  const { value: h, next } = readStruct(bytes, start, bytes.length);
-  const v2 = h.get(8) as TStruct;
-  return { start, body: next, values: next + (v2.get(5) as number) + (v2.get(6) as number) };
+  const reader = { view: new DataView(bytes.buffer, bytes.byteOffset, bytes.length), offset: start };
+  const v2 = parquetHeader(reader).data_page_header_v2!;
+  const next = reader.offset;
+  return { start, body: next, values: next + v2.definition_levels_byte_length + v2.repetition_levels_byte_length };
 }
 
 async function duck() {
@@ -375,6 +382,26 @@ describe('shard codec: damaged files', () => {
     expect((await userErrorOf(c)).message).toMatch(/shard-00000\.parquet: corrupt context_id column in row group 0 \(.*overruns.*\)$/);
   });
 
+  it('corrupt dictionary indices are a one-line error naming the column', async () => {
+    const { dir, file } = await oneShard();
+    const clean = new Uint8Array(await fs.readFile(file));
+    // position (all 0) is dictionary-encoded: its data page's values start with the index bit width
+    const { values: at } = firstPage(clean, 'position');
+    expect(clean[at]).toBe(1);
+    for (const [width, why] of [
+      [33, /bit width 33/],
+      [31, /dictionary indices: /],
+    ] as const) {
+      const bytes = clean.slice();
+      bytes[at] = width;
+      await fs.writeFile(file, bytes);
+      const c = readRows(await openShards(dir), 0, 0, 20);
+      const msg = (await userErrorOf(c)).message;
+      expect(msg).toMatch(/shard-00000\.parquet: corrupt position column in row group 0 \(/);
+      expect(msg).toMatch(why);
+    }
+  });
+
   it('a column chunk cut short after opening is a one-line truncation error', async () => {
     const { dir, file } = await oneShard();
     const set = await openShards(dir);
@@ -414,6 +441,7 @@ describe('shard codec: damaged files', () => {
 });
 
 describe('RLE/bit-packed hybrid indices', () => {
+  // The encoder writes dictionary indices with hyparquet-writer, the fast reader decodes them with hyparquet.
   it('round-trips runs, literals and every bit width', () => {
     let seed = 5;
     const rand = () => ((seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) / 2 ** 32);
@@ -427,10 +455,11 @@ describe('RLE/bit-packed hybrid indices', () => {
           v.fill(Math.floor(rand() * count), i, Math.min(n, i + run));
           i += run;
         }
-        const out = new CompactWriter();
-        encodeHybrid(v, n, w, out);
+        const out = new ByteWriter();
+        writeRleBitPackedHybrid(out, v, w);
+        const bytes = out.getBytes();
         const got = new Uint32Array(n);
-        decodeHybrid(out.bytes(), n, w, got);
+        readRleBitPackedHybrid({ view: new DataView(bytes.buffer, bytes.byteOffset, bytes.length), offset: 0 }, w, got, bytes.length);
         expect(Array.from(got)).toEqual(Array.from(v));
       }
     }

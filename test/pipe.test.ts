@@ -4,7 +4,7 @@ import * as path from 'node:path';
 import { PassThrough } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { PipeBatchSource, announceEnd, announceShard, collectAnnounced, firstShard, metaDigest, readAnnouncements } from '../src/stream/pipe.js';
-import { openShards } from '../src/store/reader.js';
+import { openShards } from '../src/store/shard-set.js';
 import { openBatchSource } from '../src/stream/prefetch.js';
 import { writeSynth } from '../src/pipeline/synth.js';
 import { UserError } from '../src/util/errors.js';

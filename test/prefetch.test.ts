@@ -4,7 +4,8 @@ import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 // The compiled build (npm test builds it first): the worker thread runs dist/store/prefetch-worker.js.
 import { openBatchSource } from '../dist/stream/prefetch.js';
-import { BatchStream, openShards, type ShardSet } from '../dist/store/reader.js';
+import { BatchStream } from '../dist/stream/batch-stream.js';
+import { openShards, type ShardSet } from '../dist/store/shard-set.js';
 import { writeSynth } from '../dist/pipeline/synth.js';
 
 let root: string;

@@ -7,7 +7,6 @@ import { pathToFileURL } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { writeSynth } from '../src/pipeline/synth.js';
 import { train } from '../src/pipeline/train.js';
-import { fitZipf, zipfAt } from '../src/report/fit.js';
 import { loadRuns, parseMetrics } from '../src/report/data.js';
 import { buildFigures } from '../src/report/figures.js';
 import { writeReport } from '../src/report/render.js';
@@ -45,26 +44,6 @@ function marks(svg: string): { points: number; lines: number } {
     lines: (svg.match(/aria-roledescription="line mark"/g) ?? []).length,
   };
 }
-
-describe('Zipf fit', () => {
-  it('recovers α and β of an exact Zipf curve', () => {
-    const dens = Array.from({ length: 2000 }, (_, i) => 0.3 * Math.pow(i + 1 + 10, -1.2));
-    const f = fitZipf(dens)!;
-    expect(f.alpha).toBeCloseTo(1.2, 1);
-    expect(f.beta).toBeGreaterThan(7);
-    expect(f.beta).toBeLessThan(14);
-    expect(f.r2).toBeGreaterThan(0.999);
-    expect(zipfAt(f, 100) / dens[99]).toBeCloseTo(1, 1);
-    const mid = fitZipf(dens, { rankFrom: 100, rankTo: 20_000 })!;
-    expect([mid.rankFrom, mid.rankTo, mid.n]).toEqual([100, 2000, 1901]);
-    expect(mid.alpha).toBeCloseTo(1.2, 1);
-  });
-
-  it('leaves out zero densities and needs 3 points', () => {
-    expect(fitZipf([0.5, 0.1, 0, 0])).toBeNull();
-    expect(fitZipf([0.5, 0.2, 0.1, 0])!.n).toBe(3);
-  });
-});
 
 describe('metrics.jsonl', () => {
   it('skips a partial last line', () => {

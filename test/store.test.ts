@@ -3,8 +3,12 @@ import { promises as fs } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { parquetWriteBuffer } from 'hyparquet-writer';
-import { ShardWriter, metaToKv, kvToMeta, shardSchema, type ShardMeta, type ShardWriterOptions } from '../src/store/shards.js';
-import { openShards, checkCompatible, readRows, readChunks, BatchStream, type ShardSet, type DataPosition } from '../src/store/reader.js';
+import { ShardWriter, type ShardWriterOptions } from '../src/store/shard-writer.js';
+import { metaToKv, kvToMeta, shardSchema, type ShardMeta } from '../src/store/shard-format.js';
+import { openShards, type ShardSet } from '../src/store/shard-set.js';
+import { checkCompatible } from '../src/store/compat.js';
+import { readRows, readChunks } from '../src/store/row-reader.js';
+import { BatchStream, type DataPosition } from '../src/stream/batch-stream.js';
 import { preprocessRows } from '../src/store/preprocess.js';
 import { UserError } from '../src/util/errors.js';
 

@@ -13,7 +13,8 @@ import {
   SynthGenerator,
 } from '../src/pipeline/synth.js';
 import { featureRecovery } from '../src/eval/recovery.js';
-import { openShards, readChunks } from '../src/store/reader.js';
+import { openShards } from '../src/store/shard-set.js';
+import { readChunks } from '../src/store/row-reader.js';
 import { UserError } from '../src/util/errors.js';
 import { Rng } from '../src/util/rng.js';
 import Synth from '../src/commands/synth.js';

@@ -6,7 +6,8 @@ import { train, type LiveData } from '../src/pipeline/train.js';
 import { HookedTransformer } from '../src/lm/model.js';
 import { loadTokenizer } from '../src/lm/tokenizer.js';
 import { harvest } from '../src/pipeline/harvest.js';
-import { openShards, readRows } from '../src/store/reader.js';
+import { openShards } from '../src/store/shard-set.js';
+import { readRows } from '../src/store/row-reader.js';
 import { LiveBatchSource } from '../src/stream/live-source.js';
 
 const GPT2 = path.resolve(__dirname, '..', 'fixtures', 'hf-tiny', 'gpt2');

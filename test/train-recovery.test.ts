@@ -7,8 +7,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { writeSynth } from '../src/pipeline/synth.js';
 import { train } from '../src/pipeline/train.js';
 import { readSafetensors } from '../src/util/safetensors.js';
-import { ShardWriter, type ShardMeta } from '../src/store/shards.js';
-import { openShards } from '../src/store/reader.js';
+import { ShardWriter } from '../src/store/shard-writer.js';
+import type { ShardMeta } from '../src/store/shard-format.js';
+import { openShards } from '../src/store/shard-set.js';
 import { announceEnd, announceShard, metaDigest } from '../src/stream/pipe.js';
 
 // Kills at the moments that matter, simulated by building the folder a kill there leaves.

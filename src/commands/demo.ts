@@ -1,6 +1,7 @@
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { ensureOutDir } from '../util/outdir.js';
+import { DEMO_MARKER, ownsFolder } from '../store/outputs.js';
 import { describeFsError, writeFileAtomic } from '../util/atomic.js';
 import { Flags } from '@oclif/core';
 import { SaeCommand } from '../util/command.js';
@@ -11,7 +12,7 @@ import { writeSynth, loadDictionary } from '../pipeline/synth.js';
 import { train } from '../pipeline/train.js';
 import { loadCheckpoint } from '../sae/checkpoint.js';
 import { selectionForCheckpoint } from '../sae/inference.js';
-import { openShards } from '../store/reader.js';
+import { openShards } from '../store/shard-set.js';
 import { evaluateSae } from '../eval/evaluate.js';
 import { featureRecovery } from '../eval/recovery.js';
 import { kernelFactory, type KernelName } from '../kernels/index.js';
@@ -27,9 +28,6 @@ const RUNS: Array<{ name: string; config: Record<string, unknown> }> = [
   { name: 'mutual→feature', config: { activation: 'mutual', steps: 1500, phases: [finetunePhase(500)] } },
 ];
 
-/** Marks a directory as the demo's own, so that rerunning replaces only what an earlier demo wrote. */
-const MARKER = '.sae-demo';
-
 /** The demo rewrites its working directory on every run: only ever one that is empty or already the demo's. */
 async function claimDemoDir(out: string): Promise<OutDirLock> {
   await ensureOutDir(out);
@@ -39,8 +37,9 @@ async function claimDemoDir(out: string): Promise<OutDirLock> {
     const entries = (await fs.readdir(out).catch((e) => {
       throw describeFsError(e, `reading ${out}`);
     })).filter((n) => !isLockEntry(n));
-    if (entries.length > 0 && !entries.includes(MARKER)) throw new UserError(`--out ${out} is not empty and not a demo directory; choose another --out`);
-    await writeFileAtomic(path.join(out, MARKER), 'working directory of `sae demo`; rerunning the demo replaces its contents\n');
+    if (entries.length > 0 && !ownsFolder('demo', entries)) throw new UserError(`--out ${out} is not empty and not a demo directory; choose another --out`);
+    // the mark that makes the folder the demo's, so that rerunning replaces only what an earlier demo wrote
+    await writeFileAtomic(path.join(out, DEMO_MARKER), 'working directory of `sae demo`; rerunning the demo replaces its contents\n');
     return lock;
   } catch (e) {
     await lock.release();

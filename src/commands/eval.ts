@@ -2,15 +2,16 @@ import { Flags } from '@oclif/core';
 import { SaeCommand } from '../util/command.js';
 import { UserError } from '../util/errors.js';
 import { sharedFlags } from '../cli/flags.js';
-import { loadCheckpoint } from '../sae/checkpoint.js';
-import { findCheckpoint } from '../sae/checkpoint.js';
-import { selectionForCheckpoint } from '../sae/inference.js';
-import { openShards, checkCompatible } from '../store/reader.js';
+import { openSae } from '../sae/sae.js';
+import { openShards } from '../store/shard-set.js';
 import { evaluateSae } from '../eval/evaluate.js';
 import { featureRecovery } from '../eval/recovery.js';
 import { loadDictionary, DICTIONARY_FILE } from '../pipeline/synth.js';
 import { pathKind } from '../util/outdir.js';
 import * as path from 'node:path';
+import { kernelFactory, type KernelName } from '../kernels/index.js';
+import { checkFeaturesOut, writeFeatures } from '../eval/features.js';
+import { evalSummary } from '../eval/summary.js';
 
 /** --dictionary names the synth folder; its dictionary.safetensors itself is accepted too. */
 async function dictionaryDir(p: string): Promise<string> {
@@ -20,10 +21,6 @@ async function dictionaryDir(p: string): Promise<string> {
   if (kind === 'file') throw new UserError(`--dictionary ${p} is a file; pass the \`sae synth\` output folder (the one holding ${DICTIONARY_FILE})`);
   throw new UserError(`--dictionary ${p}: no such folder`);
 }
-import type { Preprocessing } from '../store/preprocess.js';
-import { kernelFactory, type KernelName } from '../kernels/index.js';
-import { checkFeaturesOut, writeFeatures } from '../eval/features.js';
-import { evalSummary, trainingBatchSize } from '../eval/summary.js';
 
 export default class Eval extends SaeCommand {
   static override description = 'Evaluate an SAE on activation shards: L0 and its histogram, MSE, FVU, never-fired and dying %, the sorted density curve and its Zipf fit, and feature recovery against a synthetic dictionary (SPEC §9, §11). Prints one JSON object (schema sae-eval/1) on stdout.';
@@ -49,34 +46,31 @@ export default class Eval extends SaeCommand {
 
   async run(): Promise<void> {
     const { flags } = await this.parse(Eval);
-    // the state holds the density ranking that Feature Choice capacities follow
-    const ck = await loadCheckpoint(await findCheckpoint(flags.checkpoint), { withState: 'if-present' });
+    const sae = await openSae(flags.checkpoint);
     const set = await openShards(flags.data, { allowNoManifest: flags['allow-no-manifest'] });
-    // the SAE only means something on inputs preprocessed as in training (raw activations give FVU > 1
-    // and, for export, thresholds calibrated on the wrong scale)
-    checkCompatible(set.meta, { d: ck.cfg.d_in, hook: ck.cfg.hook_name, model: ck.cfg.model_name, preprocessing: ck.cfg.normalize_activations as Preprocessing });
+    sae.checkData(set.meta);
     const threshold = Number(flags.threshold);
     if (!(threshold > -1 && threshold <= 1)) throw new UserError(`--threshold must be a cosine in (-1, 1], got "${flags.threshold}"`);
-    const batchSize = flags['batch-size'] ?? trainingBatchSize(ck);
+    const batchSize = flags['batch-size'] ?? sae.batchSize;
     if (batchSize < 1) throw new UserError('--batch-size must be ≥ 1');
     if (flags['max-rows'] !== undefined && flags['max-rows'] < 1) throw new UserError('--max-rows must be ≥ 1');
     if (flags['features-out']) await checkFeaturesOut(flags['features-out'], flags.force);
     // the dictionary is checked before the evaluation, not after it
     const dict = flags.dictionary ? await loadDictionary(await dictionaryDir(flags.dictionary)) : null;
-    if (dict && dict.d !== ck.cfg.d_in) throw new UserError(`dictionary has d=${dict.d} but the SAE has d=${ck.cfg.d_in}`);
-    const res = await evaluateSae(ck.params, set, selectionForCheckpoint(ck), {
+    if (dict && dict.d !== sae.d) throw new UserError(`dictionary has d=${dict.d} but the SAE has d=${sae.d}`);
+    const res = await evaluateSae(sae.params, set, sae.selection(), {
       batchSize,
       maxRows: flags['max-rows'],
       kernels: kernelFactory(flags.kernels as KernelName),
     });
-    const { json: out, table } = evalSummary(ck, res, { data: flags.data, batchSize, featuresOut: flags['features-out'] });
-    const F = ck.cfg.d_sae;
+    const { json: out, table } = evalSummary(sae, res, { data: flags.data, batchSize, featuresOut: flags['features-out'] });
+    const F = sae.F;
     let line =
-      `${ck.cfg.architecture} F=${ck.cfg.d_sae}: ${res.rows} rows in ${res.batches} batch${res.batches === 1 ? "" : "es"}` +
+      `${sae.cfg.architecture} F=${F}: ${res.rows} rows in ${res.batches} batch${res.batches === 1 ? "" : "es"}` +
       `${res.lastBatchRows < batchSize ? ` (last one ${res.lastBatchRows} rows)` : ''}, L0 ${res.l0.toFixed(2)}, FVU ${res.fvu.toFixed(4)}, ` +
       `never fired on these ${res.rows} tokens ${(100 * res.neverFiredFraction).toFixed(2)}%, dying ${(100 * table.dyingCount / F).toFixed(2)}%`;
     if (dict) {
-      const rec = featureRecovery(dict.G, dict.fTrue, ck.params.Wdec, ck.cfg.d_sae, dict.d, threshold);
+      const rec = featureRecovery(dict.G, dict.fTrue, sae.params.Wdec, F, dict.d, threshold);
       out.recovery = rec;
       line += `, recovery: mean max cos ${rec.meanMaxCos.toFixed(3)}, ${(100 * rec.fractionRecovered).toFixed(1)}% of true features ≥ ${threshold}`;
     }

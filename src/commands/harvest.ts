@@ -8,7 +8,7 @@ import { loadTokenizer } from '../lm/tokenizer.js';
 import { lmKernelFactory, type KernelName } from '../kernels/index.js';
 import { PREPROCESSINGS, type Preprocessing } from '../store/preprocess.js';
 import { announceEnd, announceShard, metaDigest } from '../stream/pipe.js';
-import { openShards } from '../store/reader.js';
+import { openShards } from '../store/shard-set.js';
 import { openCorpus, type CorpusSpec } from '../corpus/corpus.js';
 import { harvest, type HarvestConfig } from '../pipeline/harvest.js';
 

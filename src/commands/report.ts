@@ -10,7 +10,7 @@ import { isLockEntry, lockOutDir } from '../util/lock.js';
 import { loadRuns } from '../report/data.js';
 import { writeReport } from '../report/render.js';
 import { FIGURE_IDS } from '../report/figures.js';
-import { checkReportOutputs } from '../report/owned.js';
+import { checkReportOutputs } from '../store/outputs.js';
 
 /** Refuse an --out that cannot be a folder, without creating it; returns whether it already exists. */
 async function checkOutDir(dir: string): Promise<boolean> {

@@ -6,7 +6,7 @@ import { Progress } from '../util/progress.js';
 import { formatBytes, parseBytes } from '../pipeline/shuffle/plan.js';
 import { shuffleShards, ShuffleInterrupted } from '../pipeline/shuffle/shuffle.js';
 import { announceEnd, announceShard, collectAnnounced, metaDigest, readAnnouncements } from '../stream/pipe.js';
-import { openShards } from '../store/reader.js';
+import { openShards } from '../store/shard-set.js';
 
 export default class Shuffle extends SaeCommand {
   static override description =

@@ -12,31 +12,22 @@ import { checkModelSpec } from '../lm/hub.js';
 import { SYNTHETIC_MODEL } from '../pipeline/synth.js';
 import { loadTokenizer } from '../lm/tokenizer.js';
 import { openCorpus, type CorpusSpec } from '../corpus/corpus.js';
-import { loadCheckpoint } from '../sae/checkpoint.js';
-import { findCheckpoint } from '../sae/checkpoint.js';
-import { selectionForCheckpoint } from '../sae/inference.js';
+import { openSae, type Sae } from '../sae/sae.js';
 import { spliceEval, type SpliceSae } from '../eval/splice.js';
-import { checkOutFile, jsonWithSchema } from '../eval/outfile.js';
-import { sameModel } from '../store/reader.js';
-import type { Preprocessing } from '../store/preprocess.js';
+import { checkOutFile, SPLICE_SCHEMA } from '../store/outputs.js';
+import { sameModel } from '../lm/identity.js';
 
 /**
  * Load an SAE and label it by what it is, not by the flag that named it: a JumpReLU export (it has
  * thresholds) is 'jumprelu', a training checkpoint (batch-dependent or per-token selection) 'batch'.
  */
-async function saeFrom(dir: string): Promise<{ sae: SpliceSae; hook: string; model: string; exported: boolean; dir: string }> {
-  const ck = await loadCheckpoint(await findCheckpoint(dir), { withState: 'if-present' });
-  const exported = ck.threshold !== undefined;
-  const batchSize = (ck.cfg.sae_train?.config?.batchSize as number | undefined) ?? 1536;
-  const pre = ck.cfg.normalize_activations as Preprocessing;
-  if (pre === 'dataset_scale') throw new UserError(`checkpoint ${ck.dir}: dataset_scale preprocessing needs its scale, which checkpoints do not record; harvest with center_unit_norm`);
-  return {
-    sae: { label: exported ? 'jumprelu' : 'batch', params: ck.params, selectionFor: selectionForCheckpoint(ck), batchSize, preprocessing: pre },
-    hook: ck.cfg.hook_name,
-    model: ck.cfg.model_name,
-    exported,
-    dir: ck.dir,
-  };
+async function saeFrom(p: string): Promise<{ sae: Sae; splice: SpliceSae; exported: boolean }> {
+  const sae = await openSae(p);
+  const exported = sae.threshold !== undefined;
+  const pre = sae.preprocessing;
+  if (pre === 'dataset_scale') throw new UserError(`checkpoint ${sae.dir}: dataset_scale preprocessing needs its scale, which checkpoints do not record; harvest with center_unit_norm`);
+  const splice: SpliceSae = { label: exported ? 'jumprelu' : 'batch', params: sae.params, selectionFor: sae.selection(), batchSize: sae.batchSize, preprocessing: pre };
+  return { sae, splice, exported };
 }
 
 export default class SpliceEval extends SaeCommand {
@@ -77,40 +68,39 @@ export default class SpliceEval extends SaeCommand {
     const { argv, flags } = await this.parse(SpliceEval);
     if (flags['max-tokens'] < 1) throw new UserError('--max-tokens must be ≥ 1');
     if (flags.batch < 1) throw new UserError('--batch must be ≥ 1');
-    const ours = jsonWithSchema('sae-splice/1');
-    if (flags.out) await checkOutFile(flags.out, '--out', ours, flags.force);
+    if (flags.out) await checkOutFile(flags.out, '--out', 'splice-eval', flags.force);
     const inputs = argv as string[];
     const spec: CorpusSpec = inputs.length ? { inputs, textField: flags['text-field'] } : { brown: 'heldout' };
     const corpus = await openCorpus(spec);
     const main = await saeFrom(flags.checkpoint);
-    if (main.model === SYNTHETIC_MODEL) {
-      throw new UserError(`${main.dir} was trained on synthetic activations (sae synth), which have no host model to splice it into; splice-eval needs an SAE trained on a model's activations`);
+    if (main.sae.model === SYNTHETIC_MODEL) {
+      throw new UserError(`${main.sae.dir} was trained on synthetic activations (sae synth), which have no host model to splice it into; splice-eval needs an SAE trained on a model's activations`);
     }
     // a missing folder is named as such, not as another model
     await checkModelSpec(flags.model);
     // an SAE only means something in the model it was trained on; a transfer experiment says so
-    if (!flags['allow-other-model'] && !sameModel(main.model, flags.model)) {
-      throw new UserError(`the SAE was trained on ${main.model} but --model is ${flags.model}; add --allow-other-model to splice it into another model`);
+    if (!flags['allow-other-model'] && !sameModel(main.sae.model, flags.model)) {
+      throw new UserError(`the SAE was trained on ${main.sae.model} but --model is ${flags.model}; add --allow-other-model to splice it into another model`);
     }
-    const saes = [main.sae];
+    const saes = [main.splice];
     if (flags.exported) {
       if (main.exported) throw new UserError(`--checkpoint ${flags.checkpoint} is already a JumpReLU export; pass the training checkpoint as --checkpoint and this as --exported`);
       const ex = await saeFrom(flags.exported);
       if (!ex.exported) throw new UserError(`--exported ${flags.exported} is a training checkpoint, not a JumpReLU export (sae export); pass it as --checkpoint`);
-      if (ex.hook !== main.hook || ex.sae.params.F !== main.sae.params.F || !sameModel(main.model, ex.model)) {
-        throw new UserError(`--exported ${flags.exported} is not an export of this SAE (model ${ex.model}, hook ${ex.hook}, width ${ex.sae.params.F})`);
+      if (ex.sae.hook !== main.sae.hook || ex.sae.F !== main.sae.F || !sameModel(main.sae.model, ex.sae.model)) {
+        throw new UserError(`--exported ${flags.exported} is not an export of this SAE (model ${ex.sae.model}, hook ${ex.sae.hook}, width ${ex.sae.F})`);
       }
-      saes.push(ex.sae);
+      saes.push(ex.splice);
     }
     const progress = new Progress('splice-eval', !flags.quiet);
     const { model, dir } = await loadModel(flags.model, { revision: flags.revision, kernels: lmKernelFactory(flags.kernels as KernelName), onProgress: (m) => progress.line(m) });
-    if (main.sae.params.d !== model.cfg.dModel) throw new UserError(`the SAE has d_in ${main.sae.params.d} but ${flags.model} has d_model ${model.cfg.dModel}`);
+    if (main.sae.d !== model.cfg.dModel) throw new UserError(`the SAE has d_in ${main.sae.d} but ${flags.model} has d_model ${model.cfg.dModel}`);
     const tokenizer = await loadTokenizer(dir);
     const r = await spliceEval({
       model,
       tokenizer,
       corpus,
-      hook: main.hook,
+      hook: main.sae.hook,
       saes,
       ctx: flags.ctx,
       batch: flags.batch,
@@ -122,7 +112,7 @@ export default class SpliceEval extends SaeCommand {
     });
     progress.done();
     const out = {
-      schema: 'sae-splice/1',
+      schema: SPLICE_SCHEMA,
       checkpoint: flags.checkpoint,
       model: flags.model,
       corpus: corpus.describe(),
@@ -131,7 +121,7 @@ export default class SpliceEval extends SaeCommand {
     };
     if (flags.out) {
       // the file may have appeared during the evaluation
-      await checkOutFile(flags.out, '--out', ours, flags.force);
+      await checkOutFile(flags.out, '--out', 'splice-eval', flags.force);
       await writeFileAtomic(flags.out, JSON.stringify(out, null, 2) + '\n');
     }
     for (const s of r.spliced) {

@@ -6,7 +6,7 @@ import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { ensureOutDir, pathKind } from '../util/outdir.js';
 import { SYNTH_DEFAULTS, resolveSynthParams, writeSynth, type Magnitude, type SynthOptions } from '../pipeline/synth.js';
-import { refuseOtherWriter } from '../store/writers.js';
+import { refuseOtherWriter } from '../store/outputs.js';
 import { lockOutDir, type OutDirLock } from '../util/lock.js';
 
 // Plain string flags parsed in run(): an error thrown inside an oclif flag parser comes back

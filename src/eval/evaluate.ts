@@ -1,7 +1,8 @@
 import type { KernelFactory, SaeParams, Selection } from '../kernels/types.js';
 import { createReferenceKernels } from '../kernels/reference.js';
 import { allocCodes } from '../kernels/selection.js';
-import { BatchStream, type ShardSet } from '../store/reader.js';
+import { BatchStream } from '../stream/batch-stream.js';
+import type { ShardSet } from '../store/shard-set.js';
 import { UserError } from '../util/errors.js';
 
 export interface EvalResult {

@@ -2,7 +2,7 @@ import { parquetWriteBuffer } from 'hyparquet-writer';
 import type { FloatArray } from '../util/arrays.js';
 import { writeFileAtomic } from '../util/atomic.js';
 import { UserError } from '../util/errors.js';
-import { checkOutFile, tableWithColumns } from './outfile.js';
+import { checkOutFile, FEATURE_COLUMNS } from '../store/outputs.js';
 import { densityRanking, dyingFeatures } from '../sae/zipf.js';
 
 /**
@@ -17,8 +17,10 @@ import { densityRanking, dyingFeatures } from '../sae/zipf.js';
  * - decoder_norm: L2 norm of its decoder row
  * - dying: Definition 3.1 over these densities with the checkpoint's Zipf α, β
  * - never_fired: did not fire on any evaluated token
+ *
+ * (The names are kept with the other outputs' marks: they are how a rerun recognises its table.)
  */
-export const FEATURE_COLUMNS = ['feature', 'rank', 'density', 'mean_activation', 'max_activation', 'decoder_norm', 'dying', 'never_fired'] as const;
+export { FEATURE_COLUMNS };
 
 export interface FeatureTable {
   feature: Int32Array;
@@ -112,5 +114,5 @@ export async function writeFeatures(file: string, t: FeatureTable): Promise<void
  */
 export async function checkFeaturesOut(file: string, force = false): Promise<void> {
   featuresFormat(file);
-  await checkOutFile(file, '--features-out', tableWithColumns(FEATURE_COLUMNS), force);
+  await checkOutFile(file, '--features-out', 'eval', force);
 }

@@ -2,49 +2,38 @@
  * The `sae-eval/1` object: what `sae eval` prints and what a run's `eval.json` holds, built in one
  * place so that the demo (which saves it next to its runs for the report) and the command agree.
  */
-import type { LoadedCheckpoint } from '../sae/checkpoint.js';
-import { checkpointConfig } from '../sae/checkpoint.js';
+import { openSae, type Sae } from '../sae/sae.js';
 import { DEFAULTS } from '../sae/config.js';
-import { findCheckpoint } from '../sae/checkpoint.js';
-import { loadCheckpoint } from '../sae/checkpoint.js';
-import { selectionForCheckpoint } from '../sae/inference.js';
-import { checkCompatible, type ShardSet } from '../store/reader.js';
-import type { Preprocessing } from '../store/preprocess.js';
+import type { ShardSet } from '../store/shard-set.js';
 import type { KernelFactory } from '../kernels/types.js';
 import { writeFileAtomic } from '../util/atomic.js';
 import { evaluateSae, type EvalResult } from './evaluate.js';
 import { featureTable, type FeatureTable } from './features.js';
-import { densityCurve, fitZipf, ZIPF_BETA_GRID } from './zipf-fit.js';
+import { densityCurve, densityFits, ZIPF_BETA_GRID } from './zipf-fit.js';
 import * as path from 'node:path';
 
 export const EVAL_SCHEMA = 'sae-eval/1';
 
-/** The Zipf prior Definition 3.1 uses: the checkpoint's own, or the defaults for one without a training config. */
-export function dyingPrior(ck: LoadedCheckpoint): { alpha: number; beta: number; source: string } {
-  if (!ck.cfg.sae_train) return { alpha: DEFAULTS.zipfAlpha, beta: DEFAULTS.zipfBeta, source: 'default' };
-  const c = checkpointConfig(ck);
-  return { alpha: c.zipfAlpha, beta: c.zipfBeta, source: 'checkpoint' };
-}
-
-/** The training batch size: batch selections are evaluated in batches of it. */
-export function trainingBatchSize(ck: LoadedCheckpoint): number {
-  return (ck.cfg.sae_train?.config?.batchSize as number | undefined) ?? 1536;
+/** The Zipf prior Definition 3.1 uses: the SAE's own, or the defaults for one without a training config. */
+export function dyingPrior(sae: Sae): { alpha: number; beta: number; source: string } {
+  if (!sae.trainConfig) return { alpha: DEFAULTS.zipfAlpha, beta: DEFAULTS.zipfBeta, source: 'default' };
+  return { alpha: sae.trainConfig.zipfAlpha, beta: sae.trainConfig.zipfBeta, source: 'checkpoint' };
 }
 
 export function evalSummary(
-  ck: LoadedCheckpoint,
+  sae: Sae,
   res: EvalResult,
   opts: { data: string; batchSize: number; featuresOut?: string | null },
 ): { json: Record<string, unknown>; table: FeatureTable } {
-  const zipf = dyingPrior(ck);
-  const table = featureTable(res.density, res.meanActive, res.maxActive, ck.params.Wdec, ck.cfg.d_in, zipf);
-  const F = ck.cfg.d_sae;
+  const zipf = dyingPrior(sae);
+  const table = featureTable(res.density, res.meanActive, res.maxActive, sae.params.Wdec, sae.d, zipf);
+  const F = sae.F;
   const json: Record<string, unknown> = {
     schema: EVAL_SCHEMA,
-    checkpoint: ck.dir,
+    checkpoint: sae.dir,
     data: opts.data,
-    architecture: ck.cfg.architecture,
-    d: ck.cfg.d_in,
+    architecture: sae.cfg.architecture,
+    d: sae.d,
     width: F,
     rows: res.rows,
     l0: res.l0,
@@ -63,8 +52,7 @@ export function evalSummary(
     densityCurve: densityCurve(res.density),
     zipfFit: {
       betaGrid: { from: ZIPF_BETA_GRID[0], to: ZIPF_BETA_GRID[ZIPF_BETA_GRID.length - 1], points: ZIPF_BETA_GRID.length },
-      all: fitZipf(res.density),
-      ranks100to20000: fitZipf(res.density, 100, 20000),
+      ...densityFits(res.density),
     },
     featuresOut: opts.featuresOut ?? null,
   };
@@ -80,11 +68,10 @@ export async function saveRunEval(
   set: ShardSet,
   opts: { data: string; maxRows?: number; kernels?: KernelFactory },
 ): Promise<Record<string, unknown>> {
-  const ck = await loadCheckpoint(await findCheckpoint(runDir), { withState: 'if-present' });
-  checkCompatible(set.meta, { d: ck.cfg.d_in, hook: ck.cfg.hook_name, model: ck.cfg.model_name, preprocessing: ck.cfg.normalize_activations as Preprocessing });
-  const batchSize = trainingBatchSize(ck);
-  const res = await evaluateSae(ck.params, set, selectionForCheckpoint(ck), { batchSize, maxRows: opts.maxRows, kernels: opts.kernels });
-  const { json } = evalSummary(ck, res, { data: opts.data, batchSize });
+  const sae = await openSae(runDir);
+  sae.checkData(set.meta);
+  const res = await evaluateSae(sae.params, set, sae.selection(), { batchSize: sae.batchSize, maxRows: opts.maxRows, kernels: opts.kernels });
+  const { json } = evalSummary(sae, res, { data: opts.data, batchSize: sae.batchSize });
   await writeFileAtomic(path.join(runDir, 'eval.json'), JSON.stringify(json) + '\n');
   return json;
 }

@@ -1,5 +1,6 @@
 /**
- * Zipf fit of the sorted feature-density curve (SPEC §9, figure 3 of the paper):
+ * The one Zipf fit of the sorted feature-density curve (SPEC §9, figure 3 of the paper), which
+ * `sae eval` prints and `sae report` draws:
  *
  *   log density(r) = c − α · log(r + β)
  *
@@ -14,8 +15,10 @@
 
 /**
  * The β grid: 0 to 10 in steps of 0.1, then 11 to 100 in steps of 1 (191 values). Fine near 0
- * where the curve's head is sensitive to β (the paper's β = 6.8 is on it), coarse above.
- * Values are i/10 and whole numbers, so they are exact decimals.
+ * where the curve's head is sensitive to β (the paper's β = 6.8 is on it, as is English text's
+ * 2.7 in its §7.1), coarse above, where a step of 1 moves the fit little; a β at the top is
+ * flagged in `note` rather than searched further. Values are i/10 and whole numbers, so they are
+ * exact decimals and a printed β reads as the grid point it is.
  */
 export const ZIPF_BETA_GRID: readonly number[] = Object.freeze([
   ...Array.from({ length: 101 }, (_, i) => i / 10),
@@ -113,6 +116,35 @@ export function fitZipf(density: ArrayLike<number>, fromRank = 1, toRank = Infin
           ? `β is at the top of its grid (${b.beta}): the least-squares β may be larger`
           : null,
   };
+}
+
+/** SPEC §9 / figure 3: the fit over all features and over ranks 100..20,000. */
+export function densityFits(density: ArrayLike<number>): { all: ZipfFit; ranks100to20000: ZipfFit } {
+  return { all: fitZipf(density), ranks100to20000: fitZipf(density, 100, 20000) };
+}
+
+/** A fit that found a curve, with the first and last ranks it drew on: what a plot of it needs. */
+export interface ZipfCurve {
+  alpha: number;
+  beta: number;
+  c: number;
+  r2: number | null;
+  rankFrom: number;
+  rankTo: number;
+  n: number;
+}
+
+/** The curve a fit found, or null when it found none. */
+export function zipfCurve(fit: ZipfFit): ZipfCurve | null {
+  if (fit.alpha === null || fit.beta === null || fit.c === null || !fit.rankRange) return null;
+  // densities are finite and ≥ 0: sorted densest first, the n positive ones of the range lead it
+  const rankFrom = fit.rankRange[0];
+  return { alpha: fit.alpha, beta: fit.beta, c: fit.c, r2: fit.r2, rankFrom, rankTo: rankFrom + fit.n - 1, n: fit.n };
+}
+
+/** The fitted density at a 1-based rank. */
+export function zipfAt(curve: ZipfCurve, rank: number): number {
+  return Math.exp(curve.c - curve.alpha * Math.log(rank + curve.beta));
 }
 
 /**

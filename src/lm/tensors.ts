@@ -1,26 +1,8 @@
 import { UserError } from '../util/errors.js';
+import { ITEMSIZE, numel, type RawTensor } from '../util/safetensors.js';
 
-/**
- * A tensor as a checkpoint stores it, before any conversion: dtype, shape and little-endian
- * bytes. Both weight readers (safetensors, and torch's zip format for pytorch_model.bin) produce
- * these, and the model converts what it uses to float32.
- */
-export type WeightDtype = 'F64' | 'F32' | 'F16' | 'BF16' | 'I64' | 'I32' | 'I16' | 'I8' | 'U8' | 'BOOL';
-
-export interface RawTensor {
-  dtype: WeightDtype;
-  shape: number[];
-  /** little-endian element bytes, row-major; length = numel × itemsize */
-  bytes: Uint8Array;
-}
-
-export const ITEMSIZE: Record<WeightDtype, number> = { F64: 8, F32: 4, F16: 2, BF16: 2, I64: 8, I32: 4, I16: 2, I8: 1, U8: 1, BOOL: 1 };
-
-export function numel(shape: readonly number[]): number {
-  let n = 1;
-  for (const s of shape) n *= s;
-  return n;
-}
+// The checkpoint dtypes and their sizes are the safetensors ones, whichever reader produced the tensor.
+export { ITEMSIZE, numel, type RawTensor, type SafetensorsDtype as WeightDtype } from '../util/safetensors.js';
 
 /** Float tensors widened (or copied) to float32; anything else is not a weight. */
 export function toFloat32(t: RawTensor, name = 'tensor'): Float32Array {

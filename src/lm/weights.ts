@@ -2,7 +2,7 @@ import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { UserError } from '../util/errors.js';
 import type { LmConfig } from './config.js';
-import { openSafetensors, type OpenSafetensors } from './safetensors-reader.js';
+import { openSafetensors, type OpenSafetensors } from '../util/safetensors.js';
 import { toFloat32, type RawTensor } from './tensors.js';
 import { readTorchBin } from './torch-bin.js';
 

@@ -10,7 +10,7 @@ import { Progress } from '../util/progress.js';
 import { train } from './train.js';
 import { loadCheckpoint } from '../sae/checkpoint.js';
 import { selectionForCheckpoint } from '../sae/inference.js';
-import { openShards } from '../store/reader.js';
+import { openShards } from '../store/shard-set.js';
 import { kernelFactory, lmKernelFactory, type KernelName } from '../kernels/index.js';
 import { HookedTransformer } from '../lm/model.js';
 import { loadTokenizer } from '../lm/tokenizer.js';

@@ -3,13 +3,12 @@ import * as path from 'node:path';
 import { UserError } from '../util/errors.js';
 import { writeFileAtomic } from '../util/atomic.js';
 import { ensureOutDir, pathKind } from '../util/outdir.js';
-import { refuseOtherWriter } from '../store/writers.js';
+import { HARVEST_JOURNAL as JOURNAL, isShardName, marksOf, refuseOtherWriter } from '../store/outputs.js';
 import { lockOutDir, type OutDirLock } from '../util/lock.js';
-import { MANIFEST, ShardWriter, shardFileName, type ShardFileEntry, type ShardMeta } from '../store/shards.js';
-import { WORK_DIR as SHUFFLE_WORK_DIR } from './shuffle/shuffle.js';
-import { DICTIONARY_FILE, SYNTH_FILE } from './synth.js';
+import { MANIFEST, shardFileName, type ShardFileEntry, type ShardMeta } from '../store/shard-format.js';
+import { ShardWriter } from '../store/shard-writer.js';
 import type { Preprocessing } from '../store/preprocess.js';
-import { openShards } from '../store/reader.js';
+import { openShards } from '../store/shard-set.js';
 import type { HookedTransformer } from '../lm/model.js';
 import type { LmTokenizer } from '../lm/tokenizer.js';
 import { parseHook } from '../lm/hooks.js';
@@ -85,8 +84,6 @@ interface Journal<P> {
   cursor: RowCursor<P> | null;
   complete: boolean;
 }
-
-export const JOURNAL = 'harvest.json';
 
 /** Hook folder: the output itself for one hook, a subfolder per hook for several. */
 export function hookDir(out: string, hooks: string[], hook: string): string {
@@ -286,7 +283,7 @@ async function foreignOutput(out: string, hooks: string[], dirs: Record<string, 
     let names = (await fs.readdir(dir).catch(() => [] as string[])).sort();
     if (onlyNonHarvest) names = names.filter((n) => FOREIGN.includes(n));
     // the manifest named first: it is what makes the folder another command's data
-    const name = names.find((n) => n === MANIFEST) ?? names.find((n) => /^shard-\d+\.parquet$/.test(n) || FOREIGN.includes(n));
+    const name = names.find((n) => n === MANIFEST) ?? names.find((n) => isShardName(n) || FOREIGN.includes(n));
     if (name) return { dir, name };
   }
   return null;
@@ -294,7 +291,7 @@ async function foreignOutput(out: string, hooks: string[], dirs: Record<string, 
 
 /** What sae shuffle and sae synth write beside their shards: removed with them, so that a
  * harvest never leaves a dictionary or shuffle scratch that belongs to other data. */
-const FOREIGN = [SHUFFLE_WORK_DIR, DICTIONARY_FILE, SYNTH_FILE];
+const FOREIGN = marksOf('shuffle', 'synth');
 
 async function readJournal<P>(file: string): Promise<Journal<P> | null> {
   const text = await fs.readFile(file, 'utf8').catch(() => null);

@@ -4,6 +4,7 @@ import { UserError } from '../util/errors.js';
 import { describeFsError } from '../util/atomic.js';
 import { ensureOutDir, pathKind } from '../util/outdir.js';
 import { lockOutDir, type OutDirLock } from '../util/lock.js';
+import { CHECKPOINT_DIRS, ownsFile, RUN_FILES } from '../store/outputs.js';
 import { loadCheckpoint } from '../sae/checkpoint.js';
 
 /**
@@ -16,15 +17,6 @@ import { loadCheckpoint } from '../sae/checkpoint.js';
  * The same holds for final/.
  */
 
-/** What a run writes into its directory, and how to tell that an existing entry is one of ours. */
-const RUN_FILES: Array<[name: string, kind: 'dir' | 'json' | 'jsonl']> = [
-  ['checkpoint', 'dir'],
-  ['final', 'dir'],
-  ['metrics.jsonl', 'jsonl'],
-  ['summary.json', 'json'],
-];
-const CHECKPOINT_DIRS = ['checkpoint', 'final'];
-
 export interface RunDir {
   readonly out: string;
   /** the top folder this run created for --out (out itself or an ancestor), null when out existed */
@@ -34,10 +26,6 @@ export interface RunDir {
   /** the run failed: remove what it wrote that no rerun can use, and the folders it created */
   abandon(): Promise<void>;
   release(): Promise<void>;
-}
-
-async function exists(p: string): Promise<boolean> {
-  return !!(await fs.stat(p).catch(() => null));
 }
 
 /** The topmost missing folder on the way to `dir` (what mkdir -p would create), or null. */
@@ -94,22 +82,8 @@ async function removeCreated(out: string, created: string | null): Promise<void>
 
 /** Does the folder hold a checkpoint a run can continue from (or a finished run)? */
 export async function hasCheckpoint(out: string): Promise<boolean> {
-  for (const sub of CHECKPOINT_DIRS) if (await exists(path.join(out, sub, 'cfg.json'))) return true;
+  for (const sub of CHECKPOINT_DIRS) if (await ownsFile('train', path.join(out, sub))) return true;
   return false;
-}
-
-async function isOurs(p: string, kind: 'dir' | 'json' | 'jsonl'): Promise<boolean> {
-  if ((await pathKind(p)) !== (kind === 'dir' ? 'dir' : 'file')) return false;
-  if (kind === 'dir') return exists(path.join(p, 'cfg.json'));
-  const text = await fs.readFile(p, 'utf8').catch(() => null);
-  if (text === null) return false;
-  try {
-    if (kind === 'json') JSON.parse(text);
-    else for (const line of text.split('\n')) if (line.trim()) JSON.parse(line);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /**
@@ -120,10 +94,10 @@ async function isOurs(p: string, kind: 'dir' | 'json' | 'jsonl'): Promise<boolea
  */
 export async function clearOrRefuse(out: string, force: boolean): Promise<'fresh' | 'restarted' | 'cleared'> {
   const present: string[] = [];
-  for (const [f, kind] of RUN_FILES) {
+  for (const f of RUN_FILES) {
     const p = path.join(out, f);
     if ((await pathKind(p)) === 'absent') continue;
-    if (!(await isOurs(p, kind))) throw new UserError(`${p} exists and was not written by sae train; choose another --out`);
+    if (!(await ownsFile('train', p))) throw new UserError(`${p} exists and was not written by sae train; choose another --out`);
     present.push(f);
   }
   if (!present.length) return 'fresh';

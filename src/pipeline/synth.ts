@@ -5,7 +5,9 @@ import { Rng } from '../util/rng.js';
 import { writeFileAtomic, describeFsError } from '../util/atomic.js';
 import { readSafetensors, writeSafetensors } from '../util/safetensors.js';
 import { datasetScale, isPreprocessing, PREPROCESSINGS, type Preprocessing } from '../store/preprocess.js';
-import { ShardWriter, type ShardManifest, type ShardMeta } from '../store/shards.js';
+import { ShardWriter } from '../store/shard-writer.js';
+import type { ShardManifest, ShardMeta } from '../store/shard-format.js';
+import { DICTIONARY_FILE, SYNTH_FILE, SYNTHETIC_MODEL } from '../store/outputs.js';
 
 /**
  * Synthetic activations with a known dictionary (SPEC §11): x = Σ a_i g_i + noise, feature i
@@ -91,10 +93,7 @@ export const SYNTH_DEFAULTS = {
   preprocessing: 'center_unit_norm' as Preprocessing,
 };
 
-export const DICTIONARY_FILE = 'dictionary.safetensors';
-export const SYNTH_FILE = 'synth.json';
-/** the model name synthetic shards and the SAEs trained on them carry: there is no host model */
-export const SYNTHETIC_MODEL = 'synthetic';
+export { DICTIONARY_FILE, SYNTH_FILE, SYNTHETIC_MODEL };
 
 export function resolveSynthParams(o: Omit<SynthOptions, 'out'>): SynthParams {
   const p: SynthParams = {

@@ -5,13 +5,12 @@ import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { UserError } from '../util/errors.js';
 import { FeatureStats, type FeatureStatsState } from '../sae/density.js';
-import { loadCheckpoint } from '../sae/checkpoint.js';
-import { selectionForCheckpoint } from '../sae/inference.js';
-import { openShards, checkCompatible } from '../store/reader.js';
-import type { Preprocessing } from '../store/preprocess.js';
+import { runCheckpoint } from '../sae/checkpoint.js';
+import { openSae } from '../sae/sae.js';
+import { openShards } from '../store/shard-set.js';
 import { evaluateSae } from '../eval/evaluate.js';
 import type { KernelFactory } from '../kernels/types.js';
-import { fitZipf, type ZipfFit } from './fit.js';
+import { densityFits, zipfCurve, type ZipfCurve } from '../eval/zipf-fit.js';
 
 /** One logged training step (a subset of a metrics.jsonl line). */
 export interface MetricPoint {
@@ -45,8 +44,8 @@ export interface RunData {
   density: number[] | null;
   densitySource: string;
   /** Zipf fit over all features with density > 0, and over ranks 100..20,000 (SPEC §9) when the run is that wide */
-  fit: ZipfFit | null;
-  fitMid: ZipfFit | null;
+  fit: ZipfCurve | null;
+  fitMid: ZipfCurve | null;
   /** featuresPerToken[n] = fraction of tokens with n active features (last bin: ≥ n) */
   featuresPerToken: number[] | null;
   featuresPerTokenSource: string;
@@ -108,15 +107,6 @@ export function parseMetrics(text: string): MetricPoint[] {
   return out;
 }
 
-/** Newest training checkpoint of a run: final/ when present, else checkpoint/. */
-async function checkpointDir(dir: string): Promise<string | null> {
-  for (const sub of ['final', 'checkpoint']) {
-    const p = path.join(dir, sub);
-    if (await fs.stat(path.join(p, 'cfg.json')).catch(() => null)) return p;
-  }
-  return null;
-}
-
 /** Densities from a checkpoint's training statistics (state.json), densest first. */
 async function trainingDensity(ckDir: string): Promise<number[] | null> {
   const state = await readJsonIfPresent(path.join(ckDir, 'state.json'), `checkpoint ${ckDir}`);
@@ -135,6 +125,30 @@ function histogramToFractions(h: unknown): number[] | null {
 
 export async function loadRun(dir: string, opts: LoadOptions = {}): Promise<RunData> {
   const label = `run ${dir}`;
+  const { metricsText, summary } = await readRunFiles(dir, label);
+  const run = runFromSummary(dir, summary, parseMetrics(metricsText), label);
+  const ckDir = await runCheckpoint(dir);
+  if (ckDir) {
+    run.density = await trainingDensity(ckDir);
+    if (run.density) run.densitySource = `training density statistics (EMA) in ${path.basename(ckDir)}/`;
+  }
+  useSavedEval(run, await readJsonIfPresent(path.join(dir, 'eval.json'), label));
+  if (opts.data) {
+    if (!ckDir) throw new UserError(`${label}: no checkpoint to evaluate (neither final/ nor checkpoint/)`);
+    await evaluateRun(run, ckDir, opts.data, opts);
+  }
+  if (run.density) {
+    // the fits `sae eval` prints for the same densities
+    const fits = densityFits(run.density);
+    run.fit = zipfCurve(fits.all);
+    run.fitMid = zipfCurve(fits.ranks100to20000);
+  }
+  run.lossRecovered = await lossRecovered(dir, metricsText, label);
+  return run;
+}
+
+/** A finished run's metrics.jsonl and summary.json, or a one-line reason it is not one. */
+async function readRunFiles(dir: string, label: string): Promise<{ metricsText: string; summary: Record<string, unknown> }> {
   const st = await fs.stat(dir).catch(() => null);
   if (!st) throw new UserError(`${label}: no such directory`);
   if (!st.isDirectory()) throw new UserError(`${label}: not a directory`);
@@ -144,13 +158,16 @@ export async function loadRun(dir: string, opts: LoadOptions = {}): Promise<RunD
     const missing = [metricsText === null ? 'metrics.jsonl' : null, summary === null ? 'summary.json' : null].filter(Boolean).join(' and ');
     throw new UserError(`${label} is not a finished training run: it has no ${missing}`);
   }
-  const metrics = parseMetrics(metricsText);
+  return { metricsText, summary };
+}
+
+/** What summary.json says of a run, with L0 and FVU from its last logged training batch. */
+function runFromSummary(dir: string, summary: Record<string, unknown>, metrics: MetricPoint[], label: string): RunData {
   const width = num(summary.width);
   const d = num(summary.d);
   if (width === null || d === null) throw new UserError(`${label}: summary.json lacks d/width`);
   const last = (summary.last ?? {}) as Record<string, unknown>;
-
-  const run: RunData = {
+  return {
     name: path.basename(path.resolve(dir)),
     dir,
     activations: Array.isArray(summary.activations) ? (summary.activations as unknown[]).map(String) : [],
@@ -171,72 +188,58 @@ export async function loadRun(dir: string, opts: LoadOptions = {}): Promise<RunD
     featuresPerTokenSource: '',
     lossRecovered: null,
   };
+}
 
-  const ckDir = await checkpointDir(dir);
-  if (ckDir) {
-    run.density = await trainingDensity(ckDir);
-    if (run.density) run.densitySource = `training density statistics (EMA) in ${path.basename(ckDir)}/`;
+/** A saved `sae eval` output next to the run: features per token, and L0/FVU measured on its rows. */
+function useSavedEval(run: RunData, saved: Record<string, unknown> | null): void {
+  if (!saved) return;
+  const f = histogramToFractions(saved.l0Histogram);
+  if (f) {
+    run.featuresPerToken = f;
+    run.featuresPerTokenSource = `eval.json (${num(saved.rows) ?? '?'} rows)`;
   }
-
-  // a saved `sae eval` output next to the run
-  const saved = await readJsonIfPresent(path.join(dir, 'eval.json'), label);
-  if (saved) {
-    const f = histogramToFractions(saved.l0Histogram);
-    if (f) {
-      run.featuresPerToken = f;
-      run.featuresPerTokenSource = `eval.json (${num(saved.rows) ?? '?'} rows)`;
-    }
-    if (num(saved.l0) !== null && num(saved.fvu) !== null) {
-      run.l0 = num(saved.l0);
-      run.fvu = num(saved.fvu);
-      run.measuredOn = `eval.json (${num(saved.rows) ?? '?'} rows)`;
-    }
+  if (num(saved.l0) !== null && num(saved.fvu) !== null) {
+    run.l0 = num(saved.l0);
+    run.fvu = num(saved.fvu);
+    run.measuredOn = `eval.json (${num(saved.rows) ?? '?'} rows)`;
   }
+}
 
-  if (opts.data) {
-    if (!ckDir) throw new UserError(`${label}: no checkpoint to evaluate (neither final/ nor checkpoint/)`);
-    const ck = await loadCheckpoint(ckDir, { withState: 'if-present' });
-    const set = await openShards(opts.data, { allowNoManifest: opts.allowNoManifest });
-    // as `sae eval`: the same d is not enough, the shards must be the SAE's own hook, model and preprocessing
-    checkCompatible(set.meta, { d: ck.cfg.d_in, hook: ck.cfg.hook_name, model: ck.cfg.model_name, preprocessing: ck.cfg.normalize_activations as Preprocessing });
-    const batchSize = (ck.cfg.sae_train?.config?.batchSize as number | undefined) ?? 1536;
-    const res = await evaluateSae(ck.params, set, selectionForCheckpoint(ck), { batchSize, maxRows: opts.maxRows, kernels: opts.kernels });
-    run.featuresPerToken = histogramToFractions(res.l0Histogram);
-    run.featuresPerTokenSource = `${res.rows} rows of ${opts.data}`;
-    run.l0 = res.l0;
-    run.fvu = res.fvu;
-    run.measuredOn = `${res.rows} rows of ${opts.data}`;
-    if (!run.density) {
-      run.density = Array.from(res.density).sort((a, b) => b - a);
-      run.densitySource = `firing frequency on ${res.rows} rows of ${opts.data}`;
-    }
+/** Evaluate the run's checkpoint on --data: features per token and L0/FVU there, and densities when training kept none. */
+async function evaluateRun(run: RunData, ckDir: string, data: string, opts: LoadOptions): Promise<void> {
+  const sae = await openSae(ckDir);
+  const set = await openShards(data, { allowNoManifest: opts.allowNoManifest });
+  // as `sae eval`: the same d is not enough, the shards must be the SAE's own hook, model and preprocessing
+  sae.checkData(set.meta);
+  const res = await evaluateSae(sae.params, set, sae.selection(), { batchSize: sae.batchSize, maxRows: opts.maxRows, kernels: opts.kernels });
+  run.featuresPerToken = histogramToFractions(res.l0Histogram);
+  run.featuresPerTokenSource = `${res.rows} rows of ${data}`;
+  run.l0 = res.l0;
+  run.fvu = res.fvu;
+  run.measuredOn = `${res.rows} rows of ${data}`;
+  if (!run.density) {
+    run.density = Array.from(res.density).sort((a, b) => b - a);
+    run.densitySource = `firing frequency on ${res.rows} rows of ${data}`;
   }
+}
 
-  if (run.density) {
-    run.fit = fitZipf(run.density);
-    if (run.density.length > 100) run.fitMid = fitZipf(run.density, { rankFrom: 100, rankTo: 20_000 });
-  }
-
-  // loss recovered: splice.json from the splice evaluation, else the last metrics line that has it
+/** Loss recovered: splice.json from the splice evaluation, else the last metrics line that has it. */
+async function lossRecovered(dir: string, metricsText: string, label: string): Promise<number | null> {
   const splice = await readJsonIfPresent(path.join(dir, 'splice.json'), label);
   // `sae splice-eval --out RUN/splice.json` (schema sae-splice/1: the batch selection is spliced[0])
   const spliced = Array.isArray(splice?.spliced) ? (splice.spliced as Array<Record<string, unknown>>) : [];
-  run.lossRecovered = num(splice?.lossRecovered) ?? num(spliced[0]?.lossRecovered);
-  if (run.lossRecovered === null) {
-    for (const line of metricsText.split('\n').reverse()) {
-      if (!line.includes('lossRecovered')) continue;
-      try {
-        const v = num((JSON.parse(line) as Record<string, unknown>).lossRecovered);
-        if (v !== null) {
-          run.lossRecovered = v;
-          break;
-        }
-      } catch {
-        /* a partial line */
-      }
+  const saved = num(splice?.lossRecovered) ?? num(spliced[0]?.lossRecovered);
+  if (saved !== null) return saved;
+  for (const line of metricsText.split('\n').reverse()) {
+    if (!line.includes('lossRecovered')) continue;
+    try {
+      const v = num((JSON.parse(line) as Record<string, unknown>).lossRecovered);
+      if (v !== null) return v;
+    } catch {
+      /* a partial line */
     }
   }
-  return run;
+  return null;
 }
 
 /** Load several runs; names made unique (a/final and b/final both named "final" → "final", "final#2"). */

@@ -3,7 +3,7 @@
  * names (`name` of each layer) let tests and readers find a figure's data marks in its SVG.
  */
 import type { RunData } from './data.js';
-import { zipfAt } from './fit.js';
+import { zipfAt } from '../eval/zipf-fit.js';
 
 // Vega-Lite's TopLevelSpec is a deep union; the builders return plain JSON specs
 export type VlSpec = Record<string, unknown>;
@@ -53,7 +53,7 @@ export function densityRankFigure(runs: RunData[], maxPoints = 400): Figure | nu
   const fits = runs
     .filter((r) => r.fit)
     .map((r) => {
-      const one = (f: NonNullable<RunData['fit']>) => `α=${f.alpha.toFixed(3)}, β=${f.beta.toPrecision(3)}, R²=${f.r2.toFixed(3)}`;
+      const one = (f: NonNullable<RunData['fit']>) => `α=${f.alpha.toFixed(3)}, β=${f.beta.toPrecision(3)}, R²=${f.r2 === null ? '–' : f.r2.toFixed(3)}`;
       return `${r.name}: ${one(r.fit!)}${r.fitMid ? ` (ranks ${r.fitMid.rankFrom}..${r.fitMid.rankTo}: ${one(r.fitMid)})` : ''}`;
     })
     .join('; ');

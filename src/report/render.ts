@@ -10,7 +10,7 @@ import { writeFileAtomic } from '../util/atomic.js';
 import { ensureOutDir } from '../util/outdir.js';
 import type { RunData } from './data.js';
 import { buildFigures, type Figure, type VlSpec } from './figures.js';
-import { checkReportOutputs, HTML_TAG, tagSvg } from './owned.js';
+import { checkReportOutputs, REPORT_HTML_TAG, tagSvg } from '../store/outputs.js';
 
 export async function renderSvg(spec: VlSpec): Promise<string> {
   const compiled = vl.compile(spec as unknown as vl.TopLevelSpec).spec;
@@ -73,7 +73,7 @@ export function reportHtml(runs: RunData[], figures: { figure: Figure; svg: stri
 <html lang="en">
 <head>
 <meta charset="utf-8">
-${HTML_TAG}
+${REPORT_HTML_TAG}
 <title>SAE report: ${esc(runs.map((r) => r.name).join(', '))}</title>
 <style>
 body { font-family: system-ui, sans-serif; margin: 2em; max-width: 1100px; color: #222; }

@@ -254,18 +254,23 @@ export function architectureName(activation: string): string {
 /** Accept a checkpoint folder or a run directory (then its newest checkpoint). */
 export async function findCheckpoint(p: string): Promise<string> {
   if (await exists(path.join(p, 'cfg.json'))) return p;
-  // a run directory: whichever of its checkpoints is further along (final on a tie)
+  const newest = await runCheckpoint(p);
+  if (newest) return newest;
+  if (!(await exists(p))) throw new UserError(`checkpoint ${p}: no such directory`);
+  throw new UserError(`checkpoint ${p}: no cfg.json (not a checkpoint or run directory)`);
+}
+
+/** A run directory's newest checkpoint: whichever of checkpoint/ and final/ is further along (final on a tie); null when it has neither. */
+export async function runCheckpoint(runDir: string): Promise<string | null> {
   let best: string | null = null;
   let bestStep = -Infinity;
   for (const sub of ['checkpoint', 'final']) {
-    const dir = path.join(p, sub);
+    const dir = path.join(runDir, sub);
     if (!(await exists(path.join(dir, 'cfg.json')))) continue;
     const step = await stepOf(dir);
     if (step >= bestStep) [best, bestStep] = [dir, step];
   }
-  if (best) return best;
-  if (!(await exists(p))) throw new UserError(`checkpoint ${p}: no such directory`);
-  throw new UserError(`checkpoint ${p}: no cfg.json (not a checkpoint or run directory)`);
+  return best;
 }
 
 async function exists(p: string): Promise<boolean> {

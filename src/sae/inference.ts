@@ -1,16 +1,18 @@
 import type { KernelFactory, SaeParams, Selection } from '../kernels/types.js';
 import { createReferenceKernels } from '../kernels/reference.js';
-import { BatchStream, type ShardSet } from '../store/reader.js';
+import { BatchStream } from '../stream/batch-stream.js';
+import type { ShardSet } from '../store/shard-set.js';
 import { UserError } from '../util/errors.js';
 import { allocCodes } from '../kernels/selection.js';
-import { capacitiesByFeature, uniformCapacities, zipfCapacities } from './zipf.js';
-import { CarriedCapacities, uniformShares, zipfShares } from './capacities.js';
-import { phaseOfStep, featureCap } from './config.js';
+import type { CarriedCapacities } from './capacities.js';
+import { phaseOfStep, TRAINABLE } from './config.js';
 import { checkpointConfig, type LoadedCheckpoint } from './checkpoint.js';
+import { batchSelection, carriedCapacities, identityOrder } from './selection-policy.js';
 
 /**
  * The batch selection a checkpoint runs with at inference (appendix B: batch inference exactly as
- * in training), or its JumpReLU thresholds once exported.
+ * in training), or its JumpReLU thresholds once exported. Each call gives a fresh source: Feature
+ * Choice's carried credits start from zero for each pass over data.
  */
 export function selectionForCheckpoint(ck: LoadedCheckpoint): (B: number) => Selection {
   const F = ck.cfg.d_sae;
@@ -22,43 +24,20 @@ export function selectionForCheckpoint(ck: LoadedCheckpoint): (B: number) => Sel
   const cfg = checkpointConfig(ck);
   // the activation of the phase the weights were last trained in, not the last phase configured
   const act = phaseOfStep(cfg, ck.cfg.sae_train.step).activation;
-  switch (act) {
-    case 'topk':
-      return () => ({ kind: 'topk', k: cfg.k });
-    case 'mutual':
-    case 'batchtopk':
-      return (B) => ({ kind: 'mutual', M: cfg.k * B });
-    case 'relu':
-      return () => ({ kind: 'relu' });
-    case 'feature': {
-      const order = ck.state?.snapshot.order ?? Int32Array.from({ length: F }, (_, i) => i);
-      if (cfg.capacityRounding === 'carry') {
-        // SPEC §5 "Rounding": each call is one batch; shares are realised in expectation over the
-        // batches evaluated, from zero credit (ties as in training: uniform by feature index)
-        const identity = Int32Array.from({ length: F }, (_, i) => i);
-        let carried: CarriedCapacities | null = null;
-        let carriedB = 0;
-        return (B) => {
-          const mMax = featureCap(cfg, B);
-          if (!carried || carriedB !== B) {
-            const shares = cfg.capacities === 'uniform' ? uniformShares(cfg.k, F, B, mMax) : zipfShares(cfg.k, F, B, cfg.zipfAlpha, cfg.zipfBeta, mMax);
-            carried = new CarriedCapacities(shares, mMax);
-            carriedB = B;
-          }
-          return { kind: 'feature', capacity: carried.next(cfg.capacities === 'uniform' ? identity : order, new Int32Array(F)) };
-        };
-      }
-      return (B) => ({
-        kind: 'feature',
-        capacity:
-          cfg.capacities === 'uniform'
-            ? uniformCapacities(cfg.k, B, F)
-            : capacitiesByFeature(zipfCapacities(cfg.k, F, B, cfg.zipfAlpha, cfg.zipfBeta, featureCap(cfg, B)), order),
-      });
+  if (!TRAINABLE.includes(act)) throw new UserError(`checkpoint ${ck.dir}: activation ${act} has no batch selection`);
+  const byIndex = identityOrder(F);
+  const fc = { order: ck.state?.snapshot.order ?? byIndex, byIndex, carried: null as CarriedCapacities | null, capacity: new Int32Array(F) };
+  const carry = act === 'feature' && cfg.capacityRounding === 'carry';
+  let carriedB = 0;
+  return (B) => {
+    // SPEC §5 "Rounding": each call is one batch; shares are realised in expectation over the
+    // batches evaluated, from zero credit (a batch of another size starts afresh)
+    if (carry && carriedB !== B) {
+      fc.carried = carriedCapacities(cfg, F, B);
+      carriedB = B;
     }
-    default:
-      throw new UserError(`checkpoint ${ck.dir}: activation ${act} has no batch selection`);
-  }
+    return batchSelection(act, cfg, F, B, fc)!; // every TRAINABLE activation has one
+  };
 }
 
 export interface Calibration {

@@ -8,9 +8,10 @@ import { allocParams } from '../kernels/params.js';
 import { initParams } from './params.js';
 import type { LossTerms, Workspace } from './objective.js';
 import { FeatureStats } from './density.js';
-import { capacitiesByFeature, densityRanking, dyingFeatures, uniformCapacities, zipfCapacities } from './zipf.js';
-import { CarriedCapacities, uniformShares, zipfShares } from './capacities.js';
-import { allPhases, baseLearningRate, learningRate, phaseAt, type PhaseConfig, type TrainConfig, featureCap } from './config.js';
+import { densityRanking, dyingFeatures } from './zipf.js';
+import type { CarriedCapacities } from './capacities.js';
+import { batchSelection, carriedCapacities } from './selection-policy.js';
+import { allPhases, baseLearningRate, learningRate, phaseAt, type PhaseConfig, type TrainConfig } from './config.js';
 
 /** Everything besides the weights that an exact resume needs (SPEC §10). */
 export interface TrainerSnapshot {
@@ -96,7 +97,7 @@ export class Trainer {
     this.capacity = new Int32Array(F);
     // credits start at zero and move only in Feature Choice phases: a switch from Mutual Choice starts from zero
     const fc = this.phases.some((ph) => ph.activation === 'feature');
-    this.carried = fc && cfg.capacityRounding === 'carry' ? new CarriedCapacities(this.shares(B), featureCap(cfg, B)) : null;
+    this.carried = fc && cfg.capacityRounding === 'carry' ? carriedCapacities(cfg, F, B) : null;
   }
 
   /**
@@ -117,12 +118,6 @@ export class Trainer {
     return this.backend instanceof CpuTrainingBackend ? this.backend.ws : undefined;
   }
 
-  private shares(B: number) {
-    const { cfg, F } = this;
-    const mMax = featureCap(cfg, B);
-    return cfg.capacities === 'uniform' ? uniformShares(cfg.k, F, B, mMax) : zipfShares(cfg.k, F, B, cfg.zipfAlpha, cfg.zipfBeta, mMax);
-  }
-
   /** Fresh weights (SPEC §4), b_dec from the first batch's mean when configured. */
   init(firstBatch?: Float32Array): void {
     const p = allocParams(this.d, this.F);
@@ -140,26 +135,10 @@ export class Trainer {
   }
 
   private selectionFor(phase: PhaseConfig, B: number): Selection {
-    const { cfg, F } = this;
-    switch (phase.activation) {
-      case 'topk':
-        return { kind: 'topk', k: cfg.k };
-      case 'mutual':
-      case 'batchtopk':
-        return { kind: 'mutual', M: cfg.k * B };
-      case 'relu':
-        return { kind: 'relu' };
-      case 'feature': {
-        // SPEC §5 "Rounding": shares realised in expectation; uniform shares tie-break by feature index
-        if (this.carried) return { kind: 'feature', capacity: this.carried.next(cfg.capacities === 'uniform' ? this.identityOrder : this.order, this.capacity) };
-        if (cfg.capacities === 'uniform') return { kind: 'feature', capacity: uniformCapacities(cfg.k, B, F) };
-        // SPEC §5 / algorithm 1: capacities by density rank, mapped onto features by the current ranking
-        const byRank = zipfCapacities(cfg.k, F, B, cfg.zipfAlpha, cfg.zipfBeta, featureCap(cfg, B));
-        return { kind: 'feature', capacity: capacitiesByFeature(byRank, this.order) };
-      }
-      default:
-        throw new Error(`activation ${phase.activation} cannot be trained`);
-    }
+    const fc = { order: this.order, byIndex: this.identityOrder, carried: this.carried, capacity: this.capacity };
+    const selection = batchSelection(phase.activation, this.cfg, this.F, B, fc);
+    if (!selection) throw new Error(`activation ${phase.activation} cannot be trained`);
+    return selection;
   }
 
   /** Re-rank features by running density and recompute the dying set (definition 3.1). */

@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import type { ShardSet } from './reader.js';
+import type { ShardSet } from './shard-set.js';
 
 /** Bytes read from each end of a shard: the head holds the first rows' pages, the tail the footer. */
 const SAMPLE = 64 * 1024;

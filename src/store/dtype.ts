@@ -21,6 +21,9 @@ export function dtypeBytes(dtype: ShardDtype): 2 | 4 {
   return dtype === 'float32' ? 4 : 2;
 }
 
+/** Whether typed-array views already are the stored (Parquet's little-endian) byte layout. */
+export const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+
 /** Largest finite value of each dtype, for messages. */
 export const DTYPE_MAX: Record<ShardDtype, number> = {
   float32: 3.4028234663852886e38,

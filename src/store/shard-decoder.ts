@@ -1,11 +1,11 @@
 import { promises as fs } from 'node:fs';
-import { parquetSchema, snappyUncompress, type ColumnMetaData, type FileMetaData, type SchemaTree } from 'hyparquet';
+import { parquetSchema, snappyUncompress, type ColumnMetaData, type FileMetaData, type PageHeader } from 'hyparquet';
+import { parquetHeader } from 'hyparquet/src/column.js';
+import { readRleBitPackedHybrid } from 'hyparquet/src/encoding.js';
 import { UserError } from '../util/errors.js';
 import { describeFsError } from '../util/atomic.js';
-import { f16ToF32Table, type ShardDtype } from './dtype.js';
-import { Encoding, LITTLE_ENDIAN, PageType } from './parquet-format.js';
-import { readStruct, ThriftError, type TStruct } from './thrift.js';
-import { decodeHybrid, HybridError } from './rle-hybrid.js';
+import { LITTLE_ENDIAN, type ShardDtype } from './dtype.js';
+import { activationPlan, scalarPlan, type ColumnPlan, type ScalarTarget } from './column-plans.js';
 
 /**
  * The fast read path of activation shards: for columns laid out as the shard writer lays them out
@@ -14,13 +14,10 @@ import { decodeHybrid, HybridError } from './rle-hybrid.js';
  * caller's typed arrays. Nullable columns are taken too while every value is present (DuckDB and
  * pyarrow declare everything nullable). Anything else (a dictionary-encoded list, other
  * encodings, nulls, rows continued across pages) is left to hyparquet, column by column; bytes
- * that contradict the footer or themselves are an error naming the file.
+ * that contradict the footer or themselves are an error naming the file. Page headers and the
+ * dictionary indices are parsed by hyparquet's own functions; the levels of the list column, the
+ * bulk of every page, by the specialised code below.
  */
-
-export interface ScalarTarget {
-  name: string;
-  dst: Int32Array | Float32Array;
-}
 
 export interface FastDecodeRequest {
   file: string;
@@ -39,21 +36,8 @@ export interface FastDecodeRequest {
 /** A valid layout this decoder does not handle; hyparquet reads the column instead. */
 class Unsupported extends Error {}
 
+/** Bytes that contradict the footer or themselves; reported as a UserError naming the file. */
 class Corrupt extends Error {}
-
-interface ColumnPlan {
-  name: string;
-  path: string;
-  /** bytes per value */
-  width: number;
-  list: boolean;
-  /** the column's maximum definition level; every value must be at it */
-  maxDef: number;
-  /** copy `rows` rows of values from src[at…] to output row `out` (file row `fileRow`) */
-  copy: (src: Uint8Array, at: number, out: number, rows: number, fileRow: number) => void;
-  /** the output of a scalar column as raw 32-bit words, for dictionary pages */
-  words?: Uint32Array;
-}
 
 /**
  * Decode what the fast path can of rows [rowStart, rowEnd) and return the names of the columns
@@ -65,7 +49,7 @@ export async function decodeFast(req: FastDecodeRequest): Promise<string[]> {
   const plans: ColumnPlan[] = [];
   const root = parquetSchema(req.md);
   if (req.acts) {
-    const p = activationPlan(root, req);
+    const p = activationPlan(root, req.file, req.d, req.dtype, req.acts);
     if (p) plans.push(p);
     else left.push('activation');
   }
@@ -118,7 +102,7 @@ export async function decodeFast(req: FastDecodeRequest): Promise<string[]> {
             if (err instanceof Unsupported) {
               active.delete(p);
               left.push(p.name);
-            } else if (err instanceof Corrupt || err instanceof ThriftError || err instanceof HybridError) {
+            } else if (err instanceof Corrupt) {
               throw new UserError(`${req.file}: corrupt ${p.name} column in row group ${g} (${err.message})`);
             } else {
               throw err;
@@ -152,88 +136,29 @@ async function readSpan(fh: fs.FileHandle, file: string, start: number, end: num
   return new Uint8Array(out.buffer, out.byteOffset, out.length);
 }
 
-function child(tree: SchemaTree, name: string): SchemaTree | undefined {
-  return tree.children.find((c) => c.element.name === name);
-}
-
-function activationPlan(root: SchemaTree, req: FastDecodeRequest): ColumnPlan | null {
-  const act = child(root, 'activation');
-  const list = act?.children.length === 1 ? act.children[0] : undefined;
-  const leaf = list?.children.length === 1 ? list.children[0] : undefined;
-  if (!act || !list || !leaf || leaf.children.length) return null;
-  const optional = (t: SchemaTree) => (t.element.repetition_type === 'OPTIONAL' ? 1 : t.element.repetition_type === 'REQUIRED' ? 0 : -1);
-  if (optional(act) < 0 || list.element.repetition_type !== 'REPEATED' || optional(leaf) < 0) return null;
-  const maxDef = optional(act) + 1 + optional(leaf);
-  const e = leaf.element;
-  const ok = req.dtype === 'float32' ? e.type === 'FLOAT' : e.type === 'FIXED_LEN_BYTE_ARRAY' && e.type_length === 2;
-  if (!ok) return null;
-  const d = req.d;
-  const acts = req.acts!;
-  const file = req.file;
-  const fileRowOf = (i: number, fileRow: number) => fileRow + Math.floor(i / d);
-  const bad = (v: number, row: number): never => {
-    throw new UserError(`${file} row ${row}: activation contains ${Number.isNaN(v) ? 'NaN' : 'Inf'}`);
-  };
-  let copy: ColumnPlan['copy'];
-  if (req.dtype === 'float32') {
-    copy = (src, at, out, rows, fileRow) => {
-      const n = rows * d;
-      new Uint8Array(acts.buffer, acts.byteOffset + out * d * 4, n * 4).set(src.subarray(at, at + n * 4));
-      const o = out * d;
-      for (let i = 0; i < n; i++) {
-        const v = acts[o + i];
-        if (v - v !== 0) bad(v, fileRowOf(i, fileRow));
-      }
-    };
-  } else if (req.dtype === 'float16') {
-    const t = f16ToF32Table();
-    copy = (src, at, out, rows, fileRow) => {
-      const n = rows * d;
-      const o = out * d;
-      for (let i = 0; i < n; i++) {
-        const h = src[at + 2 * i] | (src[at + 2 * i + 1] << 8);
-        // exponent all ones: Inf or NaN
-        if ((h & 0x7c00) === 0x7c00) bad(t[h], fileRowOf(i, fileRow));
-        acts[o + i] = t[h];
-      }
-    };
-  } else {
-    const w = new Uint32Array(acts.buffer, acts.byteOffset, acts.length);
-    copy = (src, at, out, rows, fileRow) => {
-      const n = rows * d;
-      const o = out * d;
-      for (let i = 0; i < n; i++) {
-        const lo = src[at + 2 * i];
-        const hi = src[at + 2 * i + 1];
-        if ((hi & 0x7f) === 0x7f && lo & 0x80) bad(lo & 0x7f ? NaN : Infinity, fileRowOf(i, fileRow));
-        w[o + i] = (lo << 16) | (hi << 24);
-      }
-    };
-  }
-  return { name: 'activation', path: 'activation.list.element', width: req.dtype === 'float32' ? 4 : 2, list: true, maxDef, copy };
-}
-
-function scalarPlan(root: SchemaTree, s: ScalarTarget): ColumnPlan | null {
-  const c = child(root, s.name);
-  const want = s.dst instanceof Int32Array ? 'INT32' : 'FLOAT';
-  const rt = c?.element.repetition_type;
-  if (!c || c.children.length || (rt !== 'REQUIRED' && rt !== 'OPTIONAL') || c.element.type !== want) return null;
-  const dst = s.dst;
-  return {
-    name: s.name,
-    path: s.name,
-    width: 4,
-    list: false,
-    maxDef: rt === 'OPTIONAL' ? 1 : 0,
-    words: new Uint32Array(dst.buffer, dst.byteOffset, dst.length),
-    copy: (src, at, out, rows) => new Uint8Array(dst.buffer, dst.byteOffset + out * 4, rows * 4).set(src.subarray(at, at + rows * 4)),
-  };
-}
-
-function int(s: TStruct | undefined, id: number, what: string): number {
-  const v = s?.get(id);
+function int(v: unknown, what: string): number {
   if (typeof v !== 'number' || v < 0 || v > 0x7fffffff) throw new Corrupt(`page header: bad ${what} ${String(v)}`);
   return v;
+}
+
+/** The page header at buf[pos…end) and the offset after it; any malformed header is Corrupt. */
+function readHeader(buf: Uint8Array, pos: number, end: number): { h: PageHeader; next: number } {
+  try {
+    const reader = { view: new DataView(buf.buffer, buf.byteOffset, end), offset: pos };
+    const h = parquetHeader(reader);
+    return { h, next: reader.offset };
+  } catch (err) {
+    throw new Corrupt(`page header: ${err instanceof Error ? err.message : String(err)}`);
+  }
+}
+
+/** Decode out.length values of `width` bits (RLE/bit-packed hybrid); malformed input is Corrupt. */
+function decodeHybrid(buf: Uint8Array, width: number, out: Uint32Array, what: string): void {
+  try {
+    readRleBitPackedHybrid({ view: new DataView(buf.buffer, buf.byteOffset, buf.length), offset: 0 }, width, out, buf.length);
+  } catch (err) {
+    throw new Corrupt(`${what}: ${err instanceof Error ? err.message : String(err)}`);
+  }
 }
 
 /**
@@ -251,10 +176,10 @@ function decodeChunk(p: ColumnPlan, m: ColumnMetaData, buf: Uint8Array, start: n
   let dict: Uint32Array | null = null;
   while (values < want) {
     if (pos >= end) throw new Corrupt(`the chunk ends after ${values} of its ${want} values`);
-    const { value: h, next } = readStruct(buf, pos, end);
-    const type = int(h, 1, 'page type');
-    const unc = int(h, 2, 'uncompressed size');
-    const comp = int(h, 3, 'compressed size');
+    const { h, next } = readHeader(buf, pos, end);
+    const type = h.type;
+    const unc = int(h.uncompressed_page_size, 'uncompressed size');
+    const comp = int(h.compressed_page_size, 'compressed size');
     if (next + comp > end) throw new Corrupt(`a page of ${comp} bytes at byte ${next - start} overruns the ${end - start}-byte chunk`);
     const body = buf.subarray(next, next + comp);
     pos = next + comp;
@@ -262,44 +187,43 @@ function decodeChunk(p: ColumnPlan, m: ColumnMetaData, buf: Uint8Array, start: n
     let rep: Uint8Array | null = null;
     let def: Uint8Array | null = null;
     let vals: Uint8Array;
-    let encoding: number;
-    if (type === PageType.DICTIONARY_PAGE) {
-      const dh = h.get(7) as TStruct | undefined;
-      if (p.list || dict || !(dh instanceof Map)) throw new Unsupported();
-      const n = int(dh, 1, 'dictionary size');
-      const e = int(dh, 2, 'dictionary encoding');
-      if (e !== Encoding.PLAIN && e !== Encoding.PLAIN_DICTIONARY) throw new Unsupported();
+    let encoding: string | undefined;
+    if (type === 'DICTIONARY_PAGE') {
+      const dh = h.dictionary_page_header;
+      if (p.list || dict || !dh) throw new Unsupported();
+      const n = int(dh.num_values, 'dictionary size');
+      if (dh.encoding !== 'PLAIN' && dh.encoding !== 'PLAIN_DICTIONARY') throw new Unsupported();
       const page = snappy ? inflate(body, unc) : body;
       if (page.length !== n * 4) throw new Corrupt(`a dictionary of ${n} values has ${page.length} bytes`);
       dict = new Uint32Array(n);
       new Uint8Array(dict.buffer).set(page);
       continue;
     }
-    if (type === PageType.DATA_PAGE_V2) {
-      const v2 = h.get(8) as TStruct | undefined;
-      if (!(v2 instanceof Map)) throw new Corrupt('data page v2 without its header');
-      nv = int(v2, 1, 'value count');
-      encoding = int(v2, 4, 'encoding');
-      if (int(v2, 2, 'null count') !== 0) throw new Unsupported();
-      const defLen = int(v2, 5, 'definition levels length');
-      const repLen = int(v2, 6, 'repetition levels length');
+    if (type === 'DATA_PAGE_V2') {
+      const v2 = h.data_page_header_v2;
+      if (!v2) throw new Corrupt('data page v2 without its header');
+      nv = int(v2.num_values, 'value count');
+      encoding = v2.encoding;
+      if (int(v2.num_nulls, 'null count') !== 0) throw new Unsupported();
+      const defLen = int(v2.definition_levels_byte_length, 'definition levels length');
+      const repLen = int(v2.repetition_levels_byte_length, 'repetition levels length');
       if (repLen + defLen > comp || repLen + defLen > unc) throw new Corrupt(`levels of ${repLen + defLen} bytes in a ${comp}-byte page`);
       rep = body.subarray(0, repLen);
       def = body.subarray(repLen, repLen + defLen);
-      const compressed = snappy && v2.get(7) !== false;
+      const compressed = snappy && v2.is_compressed !== false;
       vals = compressed ? inflate(body.subarray(repLen + defLen), unc - repLen - defLen) : body.subarray(repLen + defLen);
       if (!compressed && unc !== comp) throw new Corrupt(`an uncompressed page of ${comp} bytes claims ${unc}`);
       if ((!p.list && repLen) || (!p.maxDef && defLen)) throw new Corrupt('levels in a column that has none');
-    } else if (type === PageType.DATA_PAGE) {
-      const v1 = h.get(5) as TStruct | undefined;
-      if (!(v1 instanceof Map)) throw new Corrupt('data page without its header');
-      nv = int(v1, 1, 'value count');
-      encoding = int(v1, 2, 'encoding');
+    } else if (type === 'DATA_PAGE') {
+      const v1 = h.data_page_header;
+      if (!v1) throw new Corrupt('data page without its header');
+      nv = int(v1.num_values, 'value count');
+      encoding = v1.encoding;
       const page = snappy ? inflate(body, unc) : body;
       if (!snappy && unc !== comp) throw new Corrupt(`an uncompressed page of ${comp} bytes claims ${unc}`);
       let at = 0;
       if (p.list || p.maxDef) {
-        if ((p.maxDef && int(v1, 3, 'definition level encoding') !== Encoding.RLE) || (p.list && int(v1, 4, 'repetition level encoding') !== Encoding.RLE)) throw new Unsupported();
+        if ((p.maxDef && v1.definition_level_encoding !== 'RLE') || (p.list && v1.repetition_level_encoding !== 'RLE')) throw new Unsupported();
         const section = (): Uint8Array => {
           if (at + 4 > page.length) throw new Corrupt('levels overrun the page');
           const n = page[at] | (page[at + 1] << 8) | (page[at + 2] << 16) | (page[at + 3] << 24);
@@ -314,8 +238,8 @@ function decodeChunk(p: ColumnPlan, m: ColumnMetaData, buf: Uint8Array, start: n
     } else {
       throw new Unsupported();
     }
-    const dictionary = encoding === Encoding.RLE_DICTIONARY || encoding === Encoding.PLAIN_DICTIONARY;
-    if (encoding !== Encoding.PLAIN && !(dictionary && dict)) throw new Unsupported();
+    const dictionary = encoding === 'RLE_DICTIONARY' || encoding === 'PLAIN_DICTIONARY';
+    if (encoding !== 'PLAIN' && !(dictionary && dict)) throw new Unsupported();
     if (values + nv > want) throw new Corrupt(`pages hold more than the ${want} values the footer lists`);
     let pageRows: number;
     // Nulls and empty lists are for hyparquet, which names the row.
@@ -330,8 +254,13 @@ function decodeChunk(p: ColumnPlan, m: ColumnMetaData, buf: Uint8Array, start: n
     const b = Math.min(to, rows + pageRows);
     if (dictionary) {
       if (!vals.length) throw new Corrupt('a dictionary page without its bit width');
+      const width = vals[0];
+      if (width > 32) throw new Corrupt(`dictionary indices: bit width ${width}`);
+      // hyparquet's bit unpacking cannot take 32-bit values (its mask overflows). No writer needs
+      // them (a dictionary page holds under 2²⁹ values), so they are left like any other layout.
+      if (width === 32) throw new Unsupported();
       const idx = new Uint32Array(nv);
-      decodeHybrid(vals.subarray(1), nv, vals[0], idx);
+      decodeHybrid(vals.subarray(1), width, idx, 'dictionary indices');
       const words = p.words!;
       const n = dict!.length;
       for (let i = 0; i < nv; i++) if (idx[i] >= n) throw new Corrupt(`dictionary index ${idx[i]} of a ${n}-value dictionary`);
@@ -400,11 +329,7 @@ function hybridRuns(buf: Uint8Array, n: number, run: (value: number, count: numb
 function allAt(def: Uint8Array, n: number, max: number): boolean {
   if (max === 1) return allOnes(def, n);
   const levels = new Uint32Array(n);
-  try {
-    decodeHybrid(def, n, 32 - Math.clz32(max), levels);
-  } catch (err) {
-    throw err instanceof HybridError ? new Corrupt(`definition levels: ${err.message}`) : err;
-  }
+  decodeHybrid(def, 32 - Math.clz32(max), levels, 'definition levels');
   for (let i = 0; i < n; i++) if (levels[i] !== max) return false;
   return true;
 }

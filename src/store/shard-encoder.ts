@@ -1,8 +1,11 @@
-import type { KeyValue, SchemaElement } from 'hyparquet';
+import type { Encoding, KeyValue, PageType, ParquetType, SchemaElement } from 'hyparquet';
+import { CompressionCodecs, ConvertedTypes, Encodings, FieldRepetitionTypes, PageTypes, ParquetTypes } from 'hyparquet/src/constants.js';
+import { ByteWriter } from 'hyparquet-writer';
+import { writeRleBitPackedHybrid } from 'hyparquet-writer/src/encoding.js';
+import { logicalType } from 'hyparquet-writer/src/metadata.js';
 import { snappyCompress } from 'hyparquet-writer/src/snappy.js';
-import { CompactWriter, CType } from './thrift.js';
-import { encodeHybrid, indexWidth } from './rle-hybrid.js';
-import { Codec, ConvertedType, Encoding, LITTLE_ENDIAN, LogicalTypeField, PAGE_BYTES, PageType, PARQUET_MAGIC, PhysicalType, Repetition, type ShardCodec } from './parquet-format.js';
+import { serializeTCompactProtocol } from 'hyparquet-writer/src/thrift.js';
+import { LITTLE_ENDIAN } from './dtype.js';
 
 /**
  * Writes shard files directly from typed arrays: the shard schema is fixed (one required list
@@ -11,12 +14,28 @@ import { Codec, ConvertedType, Encoding, LITTLE_ENDIAN, LogicalTypeField, PAGE_B
  * The result is ordinary Parquet (data page v2, PLAIN, RLE levels), as hyparquet-writer made it;
  * INT32 columns with few distinct values in a row group (context_id, position) are dictionary
  * encoded, as hyparquet-writer did, since that is most of their size.
+ *
+ * Thrift serialisation, the RLE/bit-packed hybrid and the enum tables are hyparquet's and
+ * hyparquet-writer's. The mapping of page headers and the footer onto Thrift fields is ours:
+ * writePageHeader cannot write is_compressed = true, which our SNAPPY pages carry, and
+ * writeMetadata adds column_orders, which our footers lack, so either would change the bytes.
  */
+
+export type ShardCodec = 'UNCOMPRESSED' | 'SNAPPY';
+
+/** "PAR1" read as a little-endian u32: the first and last four bytes of a Parquet file. */
+const PARQUET_MAGIC = 0x31524150;
+
+/**
+ * Data pages hold about this many bytes of values (split at row boundaries), as hyparquet-writer
+ * and most writers do, so that other readers decode a shard a megabyte at a time.
+ */
+const PAGE_BYTES = 1 << 20;
 
 /** A leaf column of a flat schema, with what its pages need. */
 export interface LeafColumn {
   path: string[];
-  type: number;
+  type: ParquetType;
   /** bytes per PLAIN value */
   width: number;
   maxRep: number;
@@ -38,16 +57,14 @@ export function leafColumns(schema: readonly SchemaElement[]): LeafColumn[] {
       return;
     }
     const type = physicalType(e);
-    out.push({ path: p, type, width: type === PhysicalType.FIXED_LEN_BYTE_ARRAY ? e.type_length! : 4, maxRep: r, maxDef: dl });
+    out.push({ path: p, type, width: type === 'FIXED_LEN_BYTE_ARRAY' ? e.type_length! : 4, maxRep: r, maxDef: dl });
   };
   for (let c = 0; c < (schema[0]?.num_children ?? 0); c++) walk([], 0, 0);
   return out;
 }
 
-function physicalType(e: SchemaElement): number {
-  if (e.type === 'INT32') return PhysicalType.INT32;
-  if (e.type === 'FLOAT') return PhysicalType.FLOAT;
-  if (e.type === 'FIXED_LEN_BYTE_ARRAY' && e.type_length) return PhysicalType.FIXED_LEN_BYTE_ARRAY;
+function physicalType(e: SchemaElement): ParquetType {
+  if (e.type === 'INT32' || e.type === 'FLOAT' || (e.type === 'FIXED_LEN_BYTE_ARRAY' && e.type_length)) return e.type;
   throw new Error(`shard encoder: unsupported column type ${e.type} for ${e.name}`);
 }
 
@@ -59,7 +76,7 @@ interface ChunkMeta {
   values: number;
   compressed: number;
   uncompressed: number;
-  encodings: number[];
+  encodings: Encoding[];
 }
 
 interface GroupMeta {
@@ -82,7 +99,6 @@ export class ShardEncoder {
   private readonly groups: GroupMeta[] = [];
   /** repetition + definition levels of a page of k rows, which only depend on k */
   private readonly levelCache = new Map<number, { bytes: Uint8Array; repLen: number }>();
-  private readonly header = new CompactWriter();
 
   constructor(
     private readonly schema: readonly SchemaElement[],
@@ -131,9 +147,9 @@ export class ShardEncoder {
         values: c === 0 ? rows * d : rows,
         compressed: 0,
         uncompressed: 0,
-        encodings: c === 0 ? [Encoding.PLAIN, Encoding.RLE] : [Encoding.PLAIN],
+        encodings: c === 0 ? ['PLAIN', 'RLE'] : ['PLAIN'],
       };
-      const page = (type: number, values: Uint8Array, rowsIn: number, valuesIn: number, encoding: number, levels: { bytes: Uint8Array; repLen: number } | null): void => {
+      const page = (type: PageType, values: Uint8Array, rowsIn: number, valuesIn: number, encoding: Encoding, levels: { bytes: Uint8Array; repLen: number } | null): void => {
         const stored = this.codec === 'SNAPPY' ? snappyCompress(values) : values;
         const levelBytes = levels ? levels.bytes.length : 0;
         const h = this.pageHeader(type, rowsIn, valuesIn, encoding, levelBytes + values.length, levelBytes + stored.length, levels?.repLen ?? 0, levelBytes - (levels?.repLen ?? 0));
@@ -146,24 +162,24 @@ export class ShardEncoder {
       if (c === 0) {
         for (let r = 0; r < rows; r += pageRows) {
           const k = Math.min(pageRows, rows - r);
-          page(PageType.DATA_PAGE_V2, list.subarray(r * d * w, (r + k) * d * w), k, k * d, Encoding.PLAIN, this.levels(k));
+          page('DATA_PAGE_V2', list.subarray(r * d * w, (r + k) * d * w), k, k * d, 'PLAIN', this.levels(k));
         }
       } else {
         const col = scalars[c - 1];
         if (col.length < rows) throw new RangeError(`shard encoder: column ${leaf.path.join('.')} has ${col.length} values for ${rows} rows`);
         const data = col.subarray(0, rows);
-        const dict = leaf.type === PhysicalType.INT32 && data instanceof Int32Array ? dictionaryOf(data) : null;
+        const dict = leaf.type === 'INT32' && data instanceof Int32Array ? dictionaryOf(data) : null;
         if (dict) {
           chunk.dictionaryPageOffset = chunk.start;
-          chunk.encodings = [Encoding.PLAIN, Encoding.RLE_DICTIONARY];
-          page(PageType.DICTIONARY_PAGE, bytesOf(dict.values), 0, dict.values.length, Encoding.PLAIN, null);
+          chunk.encodings = ['PLAIN', 'RLE_DICTIONARY'];
+          page('DICTIONARY_PAGE', bytesOf(dict.values), 0, dict.values.length, 'PLAIN', null);
           chunk.dataPageOffset = this.offset + bytes;
-          page(PageType.DATA_PAGE_V2, dict.indices, rows, rows, Encoding.RLE_DICTIONARY, null);
+          page('DATA_PAGE_V2', dict.indices, rows, rows, 'RLE_DICTIONARY', null);
         } else {
           const perPage = Math.max(1, Math.floor(PAGE_BYTES / 4));
           for (let r = 0; r < rows; r += perPage) {
             const k = Math.min(perPage, rows - r);
-            page(PageType.DATA_PAGE_V2, bytesOf(data.subarray(r, r + k)), k, k, Encoding.PLAIN, null);
+            page('DATA_PAGE_V2', bytesOf(data.subarray(r, r + k)), k, k, 'PLAIN', null);
           }
         }
       }
@@ -184,28 +200,28 @@ export class ShardEncoder {
     const hit = this.levelCache.get(k);
     if (hit) return hit;
     const d = this.d;
-    const row = new CompactWriter();
-    row.varint(1 << 1);
-    row.byte(0);
+    const row = new ByteWriter(16);
+    row.appendVarInt(1 << 1);
+    row.appendUint8(0);
     if (d > 1) {
-      row.varint((d - 1) * 2);
-      row.byte(1);
+      row.appendVarInt((d - 1) * 2);
+      row.appendUint8(1);
     }
-    const pattern = row.bytes();
+    const pattern = row.getBytes();
     const n = k * d;
     const groups = Math.ceil(n / 8);
-    const packedHeader = new CompactWriter();
-    packedHeader.varint(groups * 2 + 1);
-    const packedLen = packedHeader.length + groups;
-    const def = new CompactWriter();
-    def.varint(n * 2);
-    def.byte(1);
-    const defBytes = def.bytes();
+    const packedHeader = new ByteWriter(16);
+    packedHeader.appendVarInt(groups * 2 + 1);
+    const packedLen = packedHeader.offset + groups;
+    const def = new ByteWriter(16);
+    def.appendVarInt(n * 2);
+    def.appendUint8(1);
+    const defBytes = def.getBytes();
     let rep: Uint8Array;
     if (packedLen < pattern.length * k) {
       rep = new Uint8Array(packedLen);
-      rep.set(packedHeader.bytes());
-      const o = packedHeader.length;
+      rep.set(packedHeader.getBytes());
+      const o = packedHeader.offset;
       // Bits are filled least significant first; a row's first bit (level 0) stays clear.
       for (let i = 0; i < n; i++) if (i % d !== 0) rep[o + (i >>> 3)] |= 1 << (i & 7);
     } else {
@@ -223,110 +239,87 @@ export class ShardEncoder {
     return out;
   }
 
-  private pageHeader(type: number, rows: number, values: number, encoding: number, uncompressed: number, compressed: number, repLen: number, defLen: number): Uint8Array {
-    const t = this.header;
-    t.reset();
-    t.begin();
-    t.i32(1, type);
-    t.i32(2, uncompressed);
-    t.i32(3, compressed);
-    if (type === PageType.DICTIONARY_PAGE) {
-      t.struct(7);
-      t.i32(1, values);
-      t.i32(2, encoding);
-      t.end();
-    } else {
-      t.struct(8);
-      t.i32(1, values);
-      t.i32(2, 0);
-      t.i32(3, rows);
-      t.i32(4, encoding);
-      t.i32(5, defLen);
-      t.i32(6, repLen);
-      // is_compressed defaults to true, which only matters when the column has a codec
-      if (this.codec !== 'UNCOMPRESSED') t.bool(7, true);
-      t.end();
-    }
-    t.end();
-    return t.bytes();
+  /** A page header (PageHeader in parquet.thrift), serialised on its own so it can be written as a piece. */
+  private pageHeader(type: PageType, rows: number, values: number, encoding: Encoding, uncompressed: number, compressed: number, repLen: number, defLen: number): Uint8Array {
+    const dictionary = type === 'DICTIONARY_PAGE';
+    const out = new ByteWriter(64);
+    serializeTCompactProtocol(out, {
+      field_1: PageTypes.indexOf(type),
+      field_2: uncompressed,
+      field_3: compressed,
+      field_7: dictionary ? { field_1: values, field_2: Encodings.indexOf(encoding) } : undefined,
+      field_8: dictionary
+        ? undefined
+        : {
+            field_1: values,
+            field_2: 0,
+            field_3: rows,
+            field_4: Encodings.indexOf(encoding),
+            field_5: defLen,
+            field_6: repLen,
+            // is_compressed defaults to true, which only matters when the column has a codec
+            field_7: this.codec !== 'UNCOMPRESSED' ? true : undefined,
+          },
+    });
+    return out.getBytes();
   }
 
   /** The FileMetaData, its length and the closing magic: the last bytes of the file. */
   footer(): Uint8Array {
-    const t = new CompactWriter();
+    const out = new ByteWriter();
     if (this.offset === 0) {
       // A shard with no row groups still needs its leading magic.
-      t.raw(new Uint8Array(new Uint32Array([PARQUET_MAGIC]).buffer));
+      out.appendUint32(PARQUET_MAGIC);
       this.offset = 4;
     }
-    const start = t.length;
-    t.begin();
-    t.i32(1, 2);
-    t.list(2, CType.Struct, this.schema.length);
-    for (const e of this.schema) writeSchemaElement(t, e);
-    t.i64(3, this.groups.reduce((a, g) => a + g.rows, 0));
-    t.list(4, CType.Struct, this.groups.length);
-    for (const g of this.groups) {
-      t.begin();
-      t.list(1, CType.Struct, g.chunks.length);
-      for (const c of g.chunks) {
-        t.begin();
-        t.i64(2, c.start);
-        t.struct(3);
-        t.i32(1, c.leaf.type);
-        t.list(2, CType.I32, c.encodings.length);
-        for (const e of c.encodings) t.zigzag(e);
-        t.list(3, CType.Binary, c.leaf.path.length);
-        for (const p of c.leaf.path) t.stringValue(p);
-        t.i32(4, Codec[this.codec]);
-        t.i64(5, c.values);
-        t.i64(6, c.uncompressed);
-        t.i64(7, c.compressed);
-        t.i64(9, c.dataPageOffset);
-        if (c.dictionaryPageOffset !== undefined) t.i64(11, c.dictionaryPageOffset);
-        t.end();
-        t.end();
-      }
-      t.i64(2, g.chunks.reduce((a, c) => a + c.uncompressed, 0));
-      t.i64(3, g.rows);
-      t.i64(5, g.start);
-      t.i64(6, g.bytes);
-      t.end();
-    }
-    t.list(5, CType.Struct, this.kv.length);
-    for (const { key, value } of this.kv) {
-      t.begin();
-      t.string(1, key);
-      if (value !== undefined) t.string(2, value);
-      t.end();
-    }
-    t.string(6, this.createdBy);
-    t.end();
-    const len = t.length - start;
-    t.raw(new Uint8Array(new Uint32Array([len, PARQUET_MAGIC]).buffer));
-    return t.bytes();
+    const start = out.offset;
+    // i64 fields go in as bigints: the serialiser picks the Thrift type from the JS type.
+    const i64 = BigInt;
+    const codec = CompressionCodecs.indexOf(this.codec);
+    serializeTCompactProtocol(out, {
+      field_1: 2,
+      field_2: this.schema.map(schemaElement),
+      field_3: i64(this.groups.reduce((a, g) => a + g.rows, 0)),
+      field_4: this.groups.map((g) => ({
+        field_1: g.chunks.map((c) => ({
+          field_2: i64(c.start),
+          field_3: {
+            field_1: ParquetTypes.indexOf(c.leaf.type),
+            field_2: c.encodings.map((e) => Encodings.indexOf(e)),
+            field_3: c.leaf.path,
+            field_4: codec,
+            field_5: i64(c.values),
+            field_6: i64(c.uncompressed),
+            field_7: i64(c.compressed),
+            field_9: i64(c.dataPageOffset),
+            field_11: c.dictionaryPageOffset === undefined ? undefined : i64(c.dictionaryPageOffset),
+          },
+        })),
+        field_2: i64(g.chunks.reduce((a, c) => a + c.uncompressed, 0)),
+        field_3: i64(g.rows),
+        field_5: i64(g.start),
+        field_6: i64(g.bytes),
+      })),
+      field_5: this.kv.map(({ key, value }) => ({ field_1: key, field_2: value })),
+      field_6: this.createdBy,
+    });
+    out.appendUint32(out.offset - start);
+    out.appendUint32(PARQUET_MAGIC);
+    return out.getBytes();
   }
 }
 
-function writeSchemaElement(t: CompactWriter, e: SchemaElement): void {
-  t.begin();
-  if (e.type) t.i32(1, physicalType(e));
-  if (e.type_length !== undefined) t.i32(2, e.type_length);
-  if (e.repetition_type) t.i32(3, Repetition[e.repetition_type]);
-  t.string(4, e.name);
-  if (e.num_children !== undefined) t.i32(5, e.num_children);
-  if (e.converted_type !== undefined) {
-    if (e.converted_type !== 'LIST') throw new Error(`shard encoder: unsupported converted type ${e.converted_type}`);
-    t.i32(6, ConvertedType.LIST);
-  }
-  if (e.logical_type !== undefined) {
-    if (e.logical_type.type !== 'FLOAT16') throw new Error(`shard encoder: unsupported logical type ${e.logical_type.type}`);
-    t.struct(10);
-    t.struct(LogicalTypeField.FLOAT16);
-    t.end();
-    t.end();
-  }
-  t.end();
+/** A SchemaElement as its Thrift struct (only the fields a shard schema uses). */
+function schemaElement(e: SchemaElement): Record<`field_${number}`, unknown> {
+  return {
+    field_1: e.type && ParquetTypes.indexOf(physicalType(e)),
+    field_2: e.type_length,
+    field_3: e.repetition_type && FieldRepetitionTypes.indexOf(e.repetition_type),
+    field_4: e.name,
+    field_5: e.num_children,
+    field_6: e.converted_type && ConvertedTypes.indexOf(e.converted_type),
+    field_10: logicalType(e.logical_type),
+  };
 }
 
 function bytesOf(a: Int32Array | Float32Array): Uint8Array {
@@ -361,8 +354,13 @@ function dictionaryOf(v: Int32Array): { values: Int32Array; indices: Uint8Array 
     }
     idx[i] = lo;
   }
-  const out = new CompactWriter();
-  out.byte(width);
-  encodeHybrid(idx, n, width, out);
-  return { values, indices: out.bytes() };
+  const out = new ByteWriter();
+  out.appendUint8(width);
+  writeRleBitPackedHybrid(out, idx, width);
+  return { values, indices: out.getBytes() };
+}
+
+/** Bits needed for indices 0..count−1 (at least 1: some readers mishandle width 0). */
+export function indexWidth(count: number): number {
+  return Math.max(1, 32 - Math.clz32(Math.max(1, count - 1)));
 }

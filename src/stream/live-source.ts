@@ -4,8 +4,9 @@ import type { HookedTransformer } from '../lm/model.js';
 import type { LmTokenizer } from '../lm/tokenizer.js';
 import { preprocessRows, type Preprocessing } from '../store/preprocess.js';
 import type { BatchSource } from './prefetch.js';
-import type { DataPosition } from '../store/reader.js';
+import type { DataPosition } from './batch-stream.js';
 import { ActivationRows, cursorAt, type ContextSpan, type RowCursor, type RowOptions, type RowSource } from '../harvest/rows.js';
+import { ShuffledWindow } from './window.js';
 
 /**
  * Training straight from the host LM, no disk (what sparsify does): the harvest's row stream fills
@@ -32,9 +33,7 @@ export interface LivePosition<P> {
 
 export class LiveBatchSource<P> implements BatchSource {
   private readonly d: number;
-  private readonly win: Float32Array;
-  private readonly perm: Uint32Array;
-  private winLen = 0;
+  private readonly win: ShuffledWindow;
   private pos: LivePosition<P>;
   /** the stream positioned at the end of the current window */
   private rows: ActivationRows<P> | null = null;
@@ -54,8 +53,7 @@ export class LiveBatchSource<P> implements BatchSource {
     if (opts.preprocessing === 'dataset_scale') throw new UserError('training from the model supports center_unit_norm or none preprocessing (dataset_scale needs a pass over the data first)');
     this.d = model.cfg.dModel;
     const W = Math.max(opts.windowRows, opts.batchSize);
-    this.win = new Float32Array(W * this.d);
-    this.perm = new Uint32Array(W);
+    this.win = new ShuffledWindow(W, this.d);
     if (position) {
       if (position.kind !== 'live' || position.seed !== opts.seed || position.windowRows !== W) throw new UserError('cannot resume the in-memory harvest exactly: the checkpoint was written with another seed or window');
       this.pos = { ...position };
@@ -76,7 +74,7 @@ export class LiveBatchSource<P> implements BatchSource {
     while (n < W) {
       const b = await this.rows.next(W - n);
       if (!b) break;
-      this.win.set(b.acts[hook], n * d);
+      this.win.rows.set(b.acts[hook], n * d);
       spans.push(...b.spans);
       n += b.n;
     }
@@ -87,10 +85,8 @@ export class LiveBatchSource<P> implements BatchSource {
     // a limited next() ends the stream: the next window restarts it from the cursor after row n
     this.nextStart = n > 0 && !this.epochEnded ? cursorAt(spans, base + n) : null;
     this.rows = null;
-    preprocessRows(this.win, n, d, this.opts.preprocessing);
-    for (let i = 0; i < n; i++) this.perm[i] = i;
-    Rng.derive(this.opts.seed, `live/${this.pos.epoch}/${this.pos.window}`).shuffle(this.perm.subarray(0, n));
-    this.winLen = n;
+    preprocessRows(this.win.rows, n, d, this.opts.preprocessing);
+    this.win.shuffle(n, Rng.derive(this.opts.seed, `live/${this.pos.epoch}/${this.pos.window}`));
     this.loaded = true;
   }
 
@@ -104,21 +100,16 @@ export class LiveBatchSource<P> implements BatchSource {
   }
 
   async next(out: Float32Array): Promise<boolean> {
-    const d = this.d;
     const B = this.opts.batchSize;
     if (!this.loaded) await this.loadWindow();
     let filled = 0;
     while (filled < B) {
-      if (this.pos.offset >= this.winLen) {
+      if (this.pos.offset >= this.win.length) {
         await this.advance();
-        if (this.winLen === 0) await this.advance(); // an empty tail window: start the next epoch
+        if (this.win.length === 0) await this.advance(); // an empty tail window: start the next epoch
         continue;
       }
-      const take = Math.min(B - filled, this.winLen - this.pos.offset);
-      for (let i = 0; i < take; i++) {
-        const src = this.perm[this.pos.offset + i] * d;
-        out.set(this.win.subarray(src, src + d), (filled + i) * d);
-      }
+      const take = this.win.serve(this.pos.offset, B - filled, out, filled);
       filled += take;
       this.pos.offset += take;
     }

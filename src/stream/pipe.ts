@@ -5,8 +5,10 @@ import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { UserError } from '../util/errors.js';
 import { Rng } from '../util/rng.js';
-import { MANIFEST, metaToKv, type ShardMeta } from '../store/shards.js';
-import { openShards, readRows, type DataPosition, type ShardFile, type ShardSet } from '../store/reader.js';
+import { MANIFEST, metaToKv, type ShardMeta } from '../store/shard-format.js';
+import { openShards, type ShardFile, type ShardSet } from '../store/shard-set.js';
+import { readRows } from '../store/row-reader.js';
+import type { DataPosition } from './batch-stream.js';
 import type { BatchSource } from './prefetch.js';
 
 /**

@@ -1,5 +1,6 @@
 import { parentPort, workerData } from 'node:worker_threads';
-import { BatchStream, type BatchStreamOptions, type DataPosition, type ShardSet } from '../store/reader.js';
+import { BatchStream, type BatchStreamOptions, type DataPosition } from './batch-stream.js';
+import type { ShardSet } from '../store/shard-set.js';
 import { UserError } from '../util/errors.js';
 
 // Runs a BatchStream off the main thread: Parquet decoding then overlaps the training step.

@@ -1,7 +1,8 @@
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
-import { BatchStream, type BatchStreamOptions, type DataPosition, type ShardSet } from '../store/reader.js';
+import { BatchStream, type BatchStreamOptions, type DataPosition } from './batch-stream.js';
+import type { ShardSet } from '../store/shard-set.js';
 import { UserError } from '../util/errors.js';
 
 /** What the trainer needs of a batch source. */

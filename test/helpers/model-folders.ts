@@ -1,6 +1,6 @@
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
-import { openSafetensors } from '../../src/lm/safetensors-reader.js';
+import { openSafetensors } from '../../src/util/safetensors.js';
 import type { RawTensor } from '../../src/lm/tensors.js';
 
 /** Write a safetensors file from raw tensors (any dtype), the way huggingface/safetensors lays it out. */

@@ -8,12 +8,7 @@ import { parseHook } from '../../lm/hooks.js';
 import { activationStats } from '../../lm/stats.js';
 import { loadTokenizer } from '../../lm/tokenizer.js';
 import { sharedFlags } from '../../cli/flags.js';
-import { checkOutFile, safetensorsWithMeta } from '../../eval/outfile.js';
-
-/** safetensors metadata that marks a file as written by `sae model run --save` */
-const WRITER_KEY = 'writer';
-const WRITER = 'sae model run';
-const OURS = safetensorsWithMeta(WRITER_KEY, WRITER);
+import { checkOutFile, MODEL_RUN_MARK } from '../../store/outputs.js';
 import { lmKernelFactory, type KernelName } from '../../kernels/index.js';
 
 /** --ids 5,17,42 → one sequence. */
@@ -73,7 +68,7 @@ export default class ModelRun extends SaeCommand {
     if (flags.ids !== undefined) rows = [parseIdList(flags.ids)];
     else if (flags['ids-file'] !== undefined) rows = await readIdsFile(flags['ids-file']);
     else if (flags.text === undefined) throw new UserError('give the input with --text, --ids or --ids-file');
-    if (flags.save) await checkOutFile(flags.save, '--save', OURS, flags.force);
+    if (flags.save) await checkOutFile(flags.save, '--save', 'model run', flags.force);
     const { model, dir } = await loadModel(args.model, { revision: flags.revision, kernels: lmKernelFactory(flags.kernels as KernelName) });
     if (flags.text !== undefined) {
       const tok = await loadTokenizer(dir);
@@ -113,8 +108,8 @@ export default class ModelRun extends SaeCommand {
         tensors[h] = { dtype: 'F32', shape: kind === 'pattern' ? [B, model.cfg.nHeads, T, T] : [B, T, d], data: r.captured[h] };
       }
       // the writer tag is how a rerun recognises its own file (anything else needs --force)
-      await checkOutFile(flags.save, '--save', OURS, flags.force);
-      await writeSafetensors(flags.save, tensors, { model: args.model, family: model.cfg.family, [WRITER_KEY]: WRITER });
+      await checkOutFile(flags.save, '--save', 'model run', flags.force);
+      await writeSafetensors(flags.save, tensors, { model: args.model, family: model.cfg.family, ...MODEL_RUN_MARK });
     }
     // stdout carries the report (data); where the tensors went is a log line on stderr
     if (flags.save) this.info(`saved ${hooks.length} hook${hooks.length === 1 ? '' : 's'}, logits${r.lossPerToken ? ' and loss_per_token' : ''} to ${flags.save}`);

@@ -3,9 +3,8 @@ import * as path from 'node:path';
 import { UserError } from '../../util/errors.js';
 import { describeFsError } from '../../util/atomic.js';
 import { isLockEntry } from '../../util/lock.js';
-import { openShards } from '../../store/reader.js';
-import { MANIFEST, metaToKv, type ShardManifest, type ShardMeta } from '../../store/shards.js';
-import { DICTIONARY_FILE, SYNTH_FILE } from '../synth.js';
+import { MANIFEST, metaToKv, type ShardManifest, type ShardMeta } from '../../store/shard-format.js';
+import { isShardName, otherWriter, otherWriterError } from '../../store/outputs.js';
 import { isScratchName, JOURNAL, jobDiff, readJournal, sameJob, WORK_DIR, type JobKey, type Journal } from './journal.js';
 
 /**
@@ -15,10 +14,6 @@ import { isScratchName, JOURNAL, jobDiff, readJournal, sameJob, WORK_DIR, type J
  * another command's folder is named and left alone, so that no journal (harvest.json, synth.json)
  * ever outlives the data it describes.
  */
-
-/** harvest's journal (src/pipeline/harvest.ts imports this module's folder, so it is named here) */
-const HARVEST_JOURNAL = 'harvest.json';
-const SHARD_RE = /^shard-\d+\.parquet$/;
 
 export type Claim =
   /** an unfinished run of this very job: continue it */
@@ -58,8 +53,7 @@ export async function claimOut(r: ClaimRequest): Promise<Claim> {
   }
   if (journal) return { kind: 'resume', journal };
 
-  const foreign = await foreignOutput(out, entries);
-  if (foreign) throw new UserError(`--out ${label} holds ${foreign.what} (${foreign.name}), which ${foreign.replace}; choose another --out`);
+  await refuseForeign(out, label);
   if (force) {
     await removeShuffleOutput(out, entries);
     return { kind: 'fresh' };
@@ -97,32 +91,17 @@ async function readManifest(file: string): Promise<ShardManifest | null> {
   }
 }
 
-function isShuffleMeta(meta: ShardMeta): boolean {
-  return typeof meta.extras?.['shuffle.seed'] === 'string';
-}
-
 /**
- * Another command's output, recognised by its journal or by shard metadata without the
- * `shuffle.*` record; null when the folder holds none that can be recognised.
+ * Refuse another command's output, whatever --force says: its marks (harvest.json, synth.json)
+ * name the command whose --force may replace it; shards whose metadata is not a shuffle's are
+ * named by what they hold. Shards of unknown origin are not refused here: they are only in the
+ * way of a rerun without --force.
  */
-async function foreignOutput(out: string, entries: string[]): Promise<{ what: string; name: string; replace: string } | null> {
-  if (entries.includes(HARVEST_JOURNAL)) return { what: 'a harvest', name: HARVEST_JOURNAL, replace: 'only sae harvest --force may replace' };
-  for (const name of [SYNTH_FILE, DICTIONARY_FILE]) {
-    if (entries.includes(name)) return { what: 'synthetic activations from sae synth', name, replace: 'only sae synth --force may replace' };
-  }
-  const manifest = entries.includes(MANIFEST) ? await readManifest(path.join(out, MANIFEST)) : null;
-  let meta = manifest?.meta ?? null;
-  let name = MANIFEST;
-  if (!manifest) {
-    const first = entries.find((n) => SHARD_RE.test(n));
-    if (first) {
-      // shards without a manifest: a run killed before its end; their own metadata says whose
-      meta = (await openShards(path.join(out, first)).catch(() => null))?.meta ?? null;
-      name = first;
-    }
-  }
-  if (!meta || isShuffleMeta(meta)) return null;
-  return { what: 'activation shards not written by sae shuffle', name: `${name}: ${meta.model} ${meta.hook}`, replace: 'sae shuffle --force does not replace' };
+async function refuseForeign(out: string, label: string): Promise<void> {
+  const w = await otherWriter(out, 'shuffle');
+  if (!w || w.writer === 'other') return;
+  if (!w.meta) throw otherWriterError(w, label);
+  throw new UserError(`--out ${label} holds activation shards not written by sae shuffle (${w.evidence}: ${w.meta.model} ${w.meta.hook}), which sae shuffle --force does not replace; choose another --out`);
 }
 
 /** Why a finished shuffle in `out` is not this job's output, or null when it is. */
@@ -156,7 +135,7 @@ async function finishedDiff(out: string, m: ShardManifest, r: ClaimRequest): Pro
 
 /** What a shuffle (through ShardWriter and writeFileAtomic) puts in its output folder. */
 function isShuffleOutput(name: string): boolean {
-  return name === MANIFEST || name === WORK_DIR || SHARD_RE.test(name) || /^\.(shard-\d+\.parquet|manifest\.json)\.tmp-/.test(name);
+  return name === MANIFEST || name === WORK_DIR || isShardName(name) || /^\.(shard-\d+\.parquet|manifest\.json)\.tmp-/.test(name);
 }
 
 /**

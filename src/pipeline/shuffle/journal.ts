@@ -10,7 +10,7 @@ import { formatBytes } from './plan.js';
  * resumable: what job it belongs to, which pass it is in, and how far pass 1 got.
  */
 
-export const WORK_DIR = 'shuffle-work';
+export { SHUFFLE_WORK as WORK_DIR } from '../../store/outputs.js';
 export const JOURNAL = 'journal.json';
 const JOURNAL_FORMAT = 'sae-shuffle-journal/1';
 

@@ -3,8 +3,11 @@ import * as path from 'node:path';
 import { UserError } from '../../util/errors.js';
 import { describeFsError } from '../../util/atomic.js';
 import { Rng } from '../../util/rng.js';
-import { openShards, readRows, type ShardSet } from '../../store/reader.js';
-import { metaToKv, MANIFEST, shardFileName, ShardWriter, type ShardFileEntry, type ShardManifest, type ShardMeta } from '../../store/shards.js';
+import { writeAll } from '../../util/write-all.js';
+import { openShards, type ShardSet } from '../../store/shard-set.js';
+import { readRows } from '../../store/row-reader.js';
+import { metaToKv, MANIFEST, shardFileName, type ShardFileEntry, type ShardManifest, type ShardMeta } from '../../store/shard-format.js';
+import { ShardWriter } from '../../store/shard-writer.js';
 import { decode16, encode16 } from '../../store/dtype.js';
 import { BucketSampler, type RecordLayout, type ShufflePlan } from './plan.js';
 import { bucketPath, JOURNAL, newJournal, writeJournal, type JobKey, type Journal } from './journal.js';
@@ -179,15 +182,6 @@ export async function scatter(c: PassContext, prior: Journal | null): Promise<Jo
   journal = { ...journal, phase: 'gather' };
   await writeJournal(work, journal);
   return journal;
-}
-
-async function writeAll(fh: fs.FileHandle, data: Uint8Array): Promise<void> {
-  const PIECE = 1 << 30;
-  for (let o = 0; o < data.length; o += PIECE) {
-    const part = data.subarray(o, Math.min(data.length, o + PIECE));
-    let done = 0;
-    while (done < part.length) done += (await fh.write(part, done, part.length - done)).bytesWritten;
-  }
 }
 
 async function readAll(file: string, dst: Uint8Array): Promise<void> {
