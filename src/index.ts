@@ -10,6 +10,7 @@ export { lossAndGrad, nfmLosses, allocWorkspace, type ObjectiveSpec, type LossTe
 export { resolveConfig, resolveWidth, defaultLr, learningRate, DEFAULTS, ACTIVATIONS, type TrainConfig, type Activation, type PhaseConfig } from './sae/config.js';
 export { Trainer, type StepReport, type TrainerSnapshot } from './sae/trainer.js';
 export { train, type TrainOptions, type TrainSummary } from './pipeline/train.js';
+export { openSae, saeFromCheckpoint, type Sae } from './sae/sae.js';
 export { saveCheckpoint, loadCheckpoint, type LoadedCheckpoint, type SaeCfgJson } from './sae/checkpoint.js';
 export { selectionForCheckpoint, calibrateThresholds } from './sae/inference.js';
 export { allocParams } from './kernels/params.js';

@@ -18,10 +18,6 @@ beforeAll(async () => {
   run = path.join(root, 'mc');
   await writeSynth({ out: data, d: 16, fTrue: 32, kTrue: 3, rows: 4096, seed: 2 });
   await train({ data, out: run, config: { activation: 'mutual', width: 160, k: 3, batchSize: 128, steps: 40, logEvery: 10, checkpointEvery: 100_000, lr: 3e-3 } });
-  // without training statistics the report fits the densities it measures on --data, as `sae eval` does
-  await fs.rm(path.join(run, 'final', 'state.json'));
-  await fs.rm(path.join(run, 'final', 'state.safetensors'));
-  await fs.rm(path.join(run, 'checkpoint'), { recursive: true, force: true });
 }, 60_000);
 
 afterAll(async () => {
@@ -29,9 +25,10 @@ afterAll(async () => {
 });
 
 describe('one Zipf fit (SPEC §9)', () => {
-  it('`sae eval` and `sae report` give one SAE the same α and β', async () => {
+  it('`sae eval` and `sae report --data` give one trained SAE the same α and β, training statistics present', async () => {
     const printed = await saveRunEval(run, await openShards(data), { data, maxRows: 2048 });
     const fits = printed.zipfFit as { all: { alpha: number; beta: number }; ranks100to20000: { alpha: number; beta: number } };
+    expect(await fs.stat(path.join(run, 'final', 'state.json'))).toBeTruthy();
     const [reported] = await loadRuns([run], { data, maxRows: 2048 });
     expect(reported.densitySource).toBe(`firing frequency on 2048 rows of ${data}`);
     expect(fits.all.alpha).toEqual(expect.any(Number));

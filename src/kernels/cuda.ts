@@ -13,18 +13,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-
-/** The package root: the nearest directory above this module with a package.json (src/ or dist/). */
-function packageRoot(): string {
-  let dir = path.dirname(fileURLToPath(import.meta.url));
-  for (;;) {
-    if (existsSync(path.join(dir, 'package.json'))) return dir;
-    const up = path.dirname(dir);
-    if (up === dir) throw new Error(`no package.json above ${fileURLToPath(import.meta.url)}`);
-    dir = up;
-  }
-}
+import { packageRoot } from '../util/package-root.js';
 
 /** Where the CUDA addon is expected (build/sae_cuda.node under the package root). */
 export function cudaAddonPath(): string {

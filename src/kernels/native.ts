@@ -11,11 +11,11 @@
 import { createRequire } from 'node:module';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import type { FloatArray } from '../util/arrays.js';
 import { ensureCapacity } from './selection.js';
 import { createReferenceKernels } from './reference.js';
 import { composedOptimizerStep } from './optimizer.js';
+import { packageRoot } from '../util/package-root.js';
 import type {
   AdamWHyper,
   AuxRequest,
@@ -67,17 +67,6 @@ const KIND = { none: 0, dense: 1, topk: 2, mutual: 3, feature: 4, relu: 5, jumpr
 let addon: Addon | null = null;
 let loadError: string | null = null;
 let loaded = false;
-
-/** The package root: the nearest directory above this module with a package.json (src/ or dist/). */
-function packageRoot(): string {
-  let dir = path.dirname(fileURLToPath(import.meta.url));
-  for (;;) {
-    if (existsSync(path.join(dir, 'package.json'))) return dir;
-    const up = path.dirname(dir);
-    if (up === dir) throw new Error(`no package.json above ${fileURLToPath(import.meta.url)}`);
-    dir = up;
-  }
-}
 
 /** Where the addon is expected (build/sae_kernels.node under the package root). */
 export function nativeAddonPath(): string {

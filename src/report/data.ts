@@ -205,7 +205,7 @@ function useSavedEval(run: RunData, saved: Record<string, unknown> | null): void
   }
 }
 
-/** Evaluate the run's checkpoint on --data: features per token and L0/FVU there, and densities when training kept none. */
+/** Evaluate the run's checkpoint on --data: features per token, L0/FVU and feature densities there. */
 async function evaluateRun(run: RunData, ckDir: string, data: string, opts: LoadOptions): Promise<void> {
   const sae = await openSae(ckDir);
   const set = await openShards(data, { allowNoManifest: opts.allowNoManifest });
@@ -217,10 +217,9 @@ async function evaluateRun(run: RunData, ckDir: string, data: string, opts: Load
   run.l0 = res.l0;
   run.fvu = res.fvu;
   run.measuredOn = `${res.rows} rows of ${data}`;
-  if (!run.density) {
-    run.density = Array.from(res.density).sort((a, b) => b - a);
-    run.densitySource = `firing frequency on ${res.rows} rows of ${data}`;
-  }
+  // measured on --data, as `sae eval --data` measures them: the two then print the same Zipf fit
+  run.density = Array.from(res.density).sort((a, b) => b - a);
+  run.densitySource = `firing frequency on ${res.rows} rows of ${data}`;
 }
 
 /** Loss recovered: splice.json from the splice evaluation, else the last metrics line that has it. */
