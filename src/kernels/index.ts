@@ -5,6 +5,7 @@ import { createNativeLmKernels } from './lm-native.js';
 import { createReferenceKernels } from './reference.js';
 import { createNativeKernels, nativeAvailable, nativeLoadError } from './native.js';
 import { cudaStatus } from './cuda.js';
+import type { Precision } from './bf16.js';
 import { UserError } from '../util/errors.js';
 
 export type KernelName = 'auto' | 'reference' | 'native' | 'cuda';
@@ -21,11 +22,14 @@ export function cudaUnavailable(): UserError {
  * addon (build/sae_kernels.node; float32, multithreaded), 'auto' = native when it was built and
  * loads, else reference. 'cuda' has no host kernels of its own yet: it fails with the reason the
  * CUDA backend is unavailable (issue 12 part 2 decides what evaluation runs on beside it).
+ * `precision` (docs/precision.md): 'fp32', the default, changes nothing; 'bf16' exists on the
+ * reference kernels only so far, so any other name fails with a line saying so.
  */
-export function kernelFactory(name: KernelName): KernelFactory {
+export function kernelFactory(name: KernelName, precision: Precision = 'fp32'): KernelFactory {
+  if (precision !== 'fp32' && name !== 'reference' && KERNEL_NAMES.includes(name)) throw precisionUnavailable(name, precision);
   switch (name) {
     case 'reference':
-      return createReferenceKernels;
+      return precision === 'fp32' ? createReferenceKernels : (shape) => createReferenceKernels(shape, { precision });
     case 'native':
       if (!nativeAvailable()) {
         throw new UserError(nativeUnavailableMessage());
@@ -43,12 +47,13 @@ export function kernelFactory(name: KernelName): KernelFactory {
 /**
  * The host LM's kernels for a name, with kernelFactory's semantics: 'reference' = the float64
  * TypeScript oracle, 'native' = the addon's LM ops (float32, multithreaded), 'auto' = native when
- * the addon was built and loads, else reference.
+ * the addon was built and loads, else reference. `precision` as for kernelFactory.
  */
-export function lmKernelFactory(name: KernelName): LmKernels {
+export function lmKernelFactory(name: KernelName, precision: Precision = 'fp32'): LmKernels {
+  if (precision !== 'fp32' && name !== 'reference' && KERNEL_NAMES.includes(name)) throw precisionUnavailable(name, precision);
   switch (name) {
     case 'reference':
-      return createReferenceLmKernels();
+      return createReferenceLmKernels({ precision });
     case 'native':
       if (!nativeAvailable()) {
         throw new UserError(nativeUnavailableMessage());
@@ -61,6 +66,11 @@ export function lmKernelFactory(name: KernelName): LmKernels {
     default:
       throw new UserError(`unknown kernels "${String(name)}" (auto, reference, native or cuda)`);
   }
+}
+
+/** Until the native bf16 kernels exist (issue 18), bf16 runs on the reference kernels only. */
+function precisionUnavailable(name: KernelName, precision: Precision): UserError {
+  return new UserError(`precision ${precision} has only reference kernels so far (not ${String(name)}); use --kernels reference or precision fp32`);
 }
 
 /** One line for a missing addon: why it did not load, and how to build it on this platform. */

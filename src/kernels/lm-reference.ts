@@ -1,14 +1,29 @@
 import type { LmKernels } from './lm-types.js';
+import { Bf16Scratch, bf16Gemm, type Precision } from './bf16.js';
 
 /**
  * The LM ops in plain TypeScript: the oracle every faster implementation is checked against.
  * Sums run in float64 so that this side's rounding is far below float32's.
+ *
+ * `precision: 'bf16'` (docs/precision.md) changes `linear` only — the q/k/v, attention-output and
+ * MLP projections and the unembedding: x and W rounded to bf16, products summed in float32 in
+ * `bf16Gemm`'s fixed order, the bias added in float32. Attention's QKᵀ and P·V products are
+ * activation × activation and stay float32 (PyTorch's autocast would round them; the rule does
+ * not), as do LayerNorm, GELU, rotary, the residual adds, softmax and the losses: they run exactly
+ * as under 'fp32', the default.
  */
-export function createReferenceLmKernels(): LmKernels {
+export function createReferenceLmKernels(opts: { precision?: Precision } = {}): LmKernels {
+  const precision = opts.precision ?? 'fp32';
+  const bf16 = precision === 'bf16' ? new Bf16Scratch() : null;
   return {
-    name: 'reference',
+    name: precision === 'fp32' ? 'reference' : `reference-${precision}`,
+    precision,
 
     linear(x, n, k, W, m, layout, bias, y) {
+      if (bf16) {
+        bf16Gemm(x, W, y, n, m, k, layout === 'in_out' ? 'kn' : 'nk', bias, bf16);
+        return;
+      }
       const acc = new Float64Array(m);
       for (let i = 0; i < n; i++) {
         if (bias) for (let j = 0; j < m; j++) acc[j] = bias[j];

@@ -1,3 +1,5 @@
+import type { Precision } from './bf16.js';
+
 /**
  * The host LM's hot ops (issue 8): the second seam beside `SaeKernels`. The transformer in src/lm
  * calls only these for its arithmetic, so a native or GPU implementation slots in without touching
@@ -6,6 +8,11 @@
  */
 export interface LmKernels {
   readonly name: string;
+  /**
+   * The precision rule these kernels follow (docs/precision.md); absent = 'fp32'. Under 'bf16'
+   * `linear` rounds x and W to bf16 and sums in float32; every other op is as under 'fp32'.
+   */
+  readonly precision?: Precision;
 
   /**
    * y[n×m] = x[n×k] · W + bias. `layout` says how W is stored: 'in_out' = [k×m] (Hugging Face's

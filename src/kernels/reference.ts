@@ -2,6 +2,7 @@ import type { FloatArray } from '../util/arrays.js';
 import { ctorOf } from '../util/arrays.js';
 import { maskedTopK, select } from './selection.js';
 import { composedOptimizerStep } from './optimizer.js';
+import { Bf16Scratch, bf16Gemm, type Precision } from './bf16.js';
 import type {
   AdamWHyper,
   AuxRequest,
@@ -19,9 +20,16 @@ import type {
  * faster implementation must compute (tests compare against them) and run the float64 gradient
  * checks. The dense B×F affinity matrix exists here (the selection needs it); the codes and every
  * gradient are sparse.
+ *
+ * `precision: 'bf16'` (docs/precision.md) changes one thing: the encoder GEMM (x − b_dec)·W_enc
+ * takes both operands rounded to bf16 and sums the products in float32 (`bf16Gemm`). x − b_dec, the
+ * bias b_enc, the selection, decode, every gradient (they read the float32 x − b_dec and weights)
+ * and the optimizer are as under 'fp32', which is the default and unchanged.
  */
-export function createReferenceKernels(shape: KernelShape): SaeKernels {
+export function createReferenceKernels(shape: KernelShape, opts: { precision?: Precision } = {}): SaeKernels {
   const { d, F, maxB } = shape;
+  const precision = opts.precision ?? 'fp32';
+  const bf16 = precision === 'bf16' ? new Bf16Scratch() : null;
   let pre: FloatArray | undefined;
 
   function affinities(p: SaeParams, x: FloatArray, B: number, xc: FloatArray): FloatArray {
@@ -32,6 +40,10 @@ export function createReferenceKernels(shape: KernelShape): SaeKernels {
     // SPEC §4: z' = (x − b_dec)·W_enc + b_enc
     for (let b = 0; b < B; b++) {
       for (let i = 0; i < d; i++) xc[b * d + i] = x[b * d + i] - p.bDec[i];
+    }
+    if (bf16) {
+      bf16Gemm(xc, p.WencT, z, B, F, d, 'nk', p.bEnc, bf16);
+      return z;
     }
     for (let b = 0; b < B; b++) {
       const xo = b * d;
@@ -46,7 +58,8 @@ export function createReferenceKernels(shape: KernelShape): SaeKernels {
   }
 
   return {
-    name: 'reference',
+    name: precision === 'fp32' ? 'reference' : `reference-${precision}`,
+    precision,
 
     encodeSelect(p: SaeParams, x: FloatArray, B: number, sel: Selection, aux: readonly AuxRequest[], out: EncodeOutput): void {
       const z = affinities(p, x, B, out.xc);

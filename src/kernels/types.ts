@@ -1,4 +1,5 @@
 import type { FloatArray } from '../util/arrays.js';
+import type { Precision } from './bf16.js';
 
 /**
  * SAE parameters (SPEC §4) in the layout the hot path wants. The encoder is stored transposed
@@ -90,6 +91,8 @@ export type OptimizerHyper = Omit<AdamWHyper, 'gradScale'> & {
  */
 export interface SaeKernels {
   readonly name: string;
+  /** The precision rule these kernels follow (docs/precision.md); absent = 'fp32'. */
+  readonly precision?: Precision;
   /** z' = (x − b_dec)·W_enc + b_enc, then the selection and the aux selections (SPEC §4–5). */
   encodeSelect(p: SaeParams, x: FloatArray, B: number, sel: Selection, aux: readonly AuxRequest[], out: EncodeOutput): void;
   /** out (B×d) = codes·W_dec (+ b_dec when withBias). */
