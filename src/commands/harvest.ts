@@ -6,7 +6,7 @@ import { sharedFlags } from '../cli/flags.js';
 import { loadModel } from '../lm/load.js';
 import { loadTokenizer } from '../lm/tokenizer.js';
 import { lmKernelFactory, type KernelName } from '../kernels/index.js';
-import { PREPROCESSINGS, type Preprocessing } from '../store/preprocess.js';
+import { DEFAULT_SCALE_ROWS, PREPROCESSINGS, type Preprocessing } from '../store/preprocess.js';
 import { announceEnd, announceShard, metaDigest } from '../stream/pipe.js';
 import { openShards } from '../store/shard-set.js';
 import { openCorpus, type CorpusSpec } from '../corpus/corpus.js';
@@ -53,7 +53,10 @@ export default class Harvest extends SaeCommand {
     'max-tokens': Flags.integer({ description: 'stop after this many harvested tokens (rows)' }),
     'shard-rows': Flags.integer({ description: 'rows per shard file', default: 65536 }),
     dtype: Flags.string({ description: 'stored activation type, widened to float32 on read', options: ['float32', 'float16', 'bfloat16'], default: 'float32' }),
-    preprocessing: Flags.string({ description: 'normalisation applied once before writing (SPEC §3)', options: [...PREPROCESSINGS], default: 'center_unit_norm' }),
+    preprocessing: Flags.string({ description: 'normalisation applied once before writing (SPEC §3); dataset_scale multiplies every row by one factor per hook, s = sqrt(d)/mean‖x‖ (SAELens expected_average_only_in), recorded in each shard', options: [...PREPROCESSINGS], default: 'center_unit_norm' }),
+    'scale-rows': Flags.integer({
+      description: `with --preprocessing dataset_scale: estimate s over the first N raw rows (default ${DEFAULT_SCALE_ROWS}), or all the rows when the harvest has fewer. SAELens averages over ~1000 batches; the mean norm settles far sooner, and these rows wait in memory (N·d·4 bytes per hook) since no shard is written before s is known. A resume reuses the s its shards record`,
+    }),
     batch: Flags.integer({ description: 'contexts per forward pass', default: 32 }),
     hub: Flags.string({ description: 'corpus: a Hub dataset id (e.g. HuggingFaceFW/fineweb), streamed with range requests' }),
     name: Flags.string({ description: 'corpus: the Hub dataset config (e.g. sample-10BT)' }),
@@ -74,6 +77,9 @@ export default class Harvest extends SaeCommand {
     if (flags['shard-rows'] < 1) throw new UserError('--shard-rows must be ≥ 1');
     if (flags.batch < 1) throw new UserError('--batch must be ≥ 1');
     if (flags['max-tokens'] !== undefined && flags['max-tokens'] < 1) throw new UserError('--max-tokens must be ≥ 1');
+    const datasetScale = flags.preprocessing === 'dataset_scale';
+    if (flags['scale-rows'] !== undefined && !datasetScale) throw new UserError('--scale-rows applies to --preprocessing dataset_scale');
+    if (flags['scale-rows'] !== undefined && flags['scale-rows'] < 1) throw new UserError('--scale-rows must be ≥ 1');
     const progress = new Progress('harvest', !flags.quiet);
     const spec = corpusSpec(inputs, flags);
     // the corpus first: a bad one fails before any model loads
@@ -91,6 +97,7 @@ export default class Harvest extends SaeCommand {
       shardRows: flags['shard-rows'],
       dtype: flags.dtype as HarvestConfig['dtype'],
       preprocessing: flags.preprocessing as Preprocessing,
+      ...(datasetScale ? { scaleRows: flags['scale-rows'] ?? DEFAULT_SCALE_ROWS } : {}),
       corpus: corpus.describe(),
       tokenizer: tokenizer.digest,
       batch: flags.batch,

@@ -24,9 +24,9 @@ import { sameModel } from '../lm/identity.js';
 async function saeFrom(p: string): Promise<{ sae: Sae; splice: SpliceSae; exported: boolean }> {
   const sae = await openSae(p);
   const exported = sae.threshold !== undefined;
-  const pre = sae.preprocessing;
-  if (pre === 'dataset_scale') throw new UserError(`checkpoint ${sae.dir}: dataset_scale preprocessing needs its scale, which checkpoints do not record; harvest with center_unit_norm`);
-  const splice: SpliceSae = { label: exported ? 'jumprelu' : 'batch', params: sae.params, selectionFor: sae.selection(), batchSize: sae.batchSize, preprocessing: pre };
+  // dataset_scale: the hook's raw activations are scaled by the SAE's recorded factor and its
+  // reconstruction divided by it (SPEC §3)
+  const splice: SpliceSae = { label: exported ? 'jumprelu' : 'batch', params: sae.params, selectionFor: sae.selection(), batchSize: sae.batchSize, preprocessing: sae.preprocessing, scale: sae.scale };
   return { sae, splice, exported };
 }
 

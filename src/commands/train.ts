@@ -9,7 +9,7 @@ import { openCorpus } from '../corpus/corpus.js';
 import { loadModel } from '../lm/load.js';
 import { loadTokenizer } from '../lm/tokenizer.js';
 import { parseHook } from '../lm/hooks.js';
-import type { Preprocessing } from '../store/preprocess.js';
+import { DEFAULT_SCALE_ROWS, type Preprocessing } from '../store/preprocess.js';
 import type { RowSource } from '../harvest/rows.js';
 import { checkTrainable, finetunePhase, type PhaseConfig } from '../sae/config.js';
 import { configFlags, flagsToConfig, sharedFlags } from '../cli/flags.js';
@@ -45,6 +45,9 @@ export default class Train extends SaeCommand {
     ctx: Flags.integer({ description: 'with --model: tokens per context, BOS first', default: 64 }),
     'skip-bos': Flags.boolean({ description: 'with --model: leave position 0 (BOS) out' }),
     'lm-batch': Flags.integer({ description: 'with --model: contexts per forward pass', default: 32 }),
+    'scale-rows': Flags.integer({
+      description: `with --model and --expect-preprocessing dataset_scale: estimate s = sqrt(d)/mean‖x‖ over the first N raw rows of the corpus (default ${DEFAULT_SCALE_ROWS}, as sae harvest), one extra forward pass over them; --resume and --init-from take the checkpoint's s instead`,
+    }),
     'eval-every': Flags.integer({ description: 'with --model: splice-eval (loss recovered, KL) every this many steps on the held-out Brown slice, logged to metrics.jsonl' }),
     'eval-tokens': Flags.integer({ description: 'with --eval-every: held-out tokens per measurement', default: 4096 }),
     follow: Flags.boolean({ description: 'with --data -: if the upstream stage dies, wait for its folder to be completed instead of failing' }),
@@ -95,6 +98,7 @@ export default class Train extends SaeCommand {
     if (flags['eval-every'] !== undefined && !flags.model) throw new UserError('--eval-every needs the host LM: give --model');
     if (flags['eval-every'] !== undefined && flags['eval-every'] < 1) throw new UserError('--eval-every must be ≥ 1');
     if (flags['eval-tokens'] < 1) throw new UserError('--eval-tokens must be ≥ 1');
+    if (flags['scale-rows'] !== undefined && !flags.model) throw new UserError('--scale-rows applies to training from the model (--model); shards record their own dataset scale');
     const spliceEvery = flags['eval-every'] !== undefined ? { steps: flags['eval-every'], maxTokens: flags['eval-tokens'], corpus: (await openCorpus({ brown: 'heldout' })) as unknown as RowSource<unknown> } : undefined;
     let live: LiveData | undefined;
     if (flags.model) {
@@ -108,12 +112,15 @@ export default class Train extends SaeCommand {
       const rows = { hooks: [flags.hook], ctx: flags.ctx, mode: 'concat' as const, skipBos: flags['skip-bos'], batch: flags['lm-batch'] };
       const name = resolved.repo ?? flags.model;
       const pre = (config.expectPreprocessing && config.expectPreprocessing !== 'any' ? config.expectPreprocessing : 'center_unit_norm') as Preprocessing;
+      if (flags['scale-rows'] !== undefined && pre !== 'dataset_scale') throw new UserError('--scale-rows applies to --expect-preprocessing dataset_scale');
+      if (flags['scale-rows'] !== undefined && flags['scale-rows'] < 1) throw new UserError('--scale-rows must be ≥ 1');
       live = {
         model,
         tokenizer,
         corpus: corpus as unknown as LiveData['corpus'],
         rows,
         preprocessing: pre,
+        ...(flags['scale-rows'] !== undefined ? { scaleRows: flags['scale-rows'] } : {}),
         modelName: name,
         description: `live:${name}@${resolved.commit ?? 'local'} ${flags.hook} ctx ${flags.ctx}${flags['skip-bos'] ? ' no-BOS' : ''} ${corpus.describe()}`,
       };

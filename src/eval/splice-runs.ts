@@ -13,6 +13,7 @@ export interface SpliceSae {
   batchSize: number;
   /** how the SAE's inputs were preprocessed (checkpoint normalize_activations) */
   preprocessing: Preprocessing;
+  /** dataset_scale's factor (cfg.json dataset_scale), required with it: x' = x · scale in, x̂ / scale out */
   scale?: number;
 }
 
@@ -132,7 +133,7 @@ function reconstructRows(
       for (let j = 0; j < d; j++) {
         const v = buf.xhat[r * d + j];
         // SPEC §3: x_raw_hat = x_hat · norm + mean (center_unit_norm); ÷ scale (dataset_scale)
-        xs[dst + j] = sae.preprocessing === 'center_unit_norm' ? v * buf.norm[r0 + r] + buf.mean[r0 + r] : sae.preprocessing === 'dataset_scale' ? v / (sae.scale ?? 1) : v;
+        xs[dst + j] = sae.preprocessing === 'center_unit_norm' ? v * buf.norm[r0 + r] + buf.mean[r0 + r] : sae.preprocessing === 'dataset_scale' ? v / sae.scale! : v;
       }
     }
   }

@@ -7,13 +7,14 @@ import { HARVEST_JOURNAL as JOURNAL, isShardName, marksOf, refuseOtherWriter } f
 import { lockOutDir, type OutDirLock } from '../util/lock.js';
 import { MANIFEST, shardFileName, type ShardFileEntry, type ShardMeta } from '../store/shard-format.js';
 import { ShardWriter } from '../store/shard-writer.js';
-import type { Preprocessing } from '../store/preprocess.js';
+import { DEFAULT_SCALE_ROWS, sameScale, type Preprocessing } from '../store/preprocess.js';
 import { openShards } from '../store/shard-set.js';
 import type { HookedTransformer } from '../lm/model.js';
 import type { LmTokenizer } from '../lm/tokenizer.js';
 import { parseHook } from '../lm/hooks.js';
 import type { PackMode } from '../harvest/contexts.js';
 import { ActivationRows, cursorAt, type ContextSpan, type RowCursor } from '../harvest/rows.js';
+import { HeldRows } from '../harvest/scale.js';
 
 /**
  * `sae harvest` (SPEC §1, §10): documents → tokens → contexts → the host LM up to the deepest
@@ -24,6 +25,11 @@ import { ActivationRows, cursorAt, type ContextSpan, type RowCursor } from '../h
  * and the rows of that context already written). A rerun of the same command re-tokenizes from
  * there and writes the same bytes an uninterrupted run would; shards past the record (written by
  * some hooks before a kill) are ours and are replaced.
+ *
+ * With dataset_scale preprocessing (SPEC §3), each hook's factor s = sqrt(d) / mean‖x‖ is estimated
+ * over the first `scaleRows` raw rows, held in memory until then (no shard is written before s is
+ * known, and every shard records it); a resume takes s from the shards it keeps, never estimating
+ * again, so that its bytes are those of an uninterrupted run.
  */
 export interface HarvestCorpus<P> {
   describe(): string;
@@ -41,6 +47,8 @@ export interface HarvestConfig {
   shardRows: number;
   dtype: ShardMeta['dtype'];
   preprocessing: Preprocessing;
+  /** dataset_scale only: raw rows the scale is estimated over (default DEFAULT_SCALE_ROWS); absent otherwise */
+  scaleRows?: number;
   corpus: string;
   tokenizer: string;
   /** contexts per forward pass */
@@ -206,21 +214,39 @@ async function harvestInto<P>(opts: HarvestOptions<P>, dirs: Record<string, stri
     dataset: `${cfg.corpus}; contexts ${cfg.mode}${cfg.skipBos ? ', BOS rows dropped' : ''}${cfg.maxTokens !== null ? `; first ${cfg.maxTokens} tokens` : ''}`,
   });
   const resumed: Record<string, ShardFileEntry[]> = {};
+  const recorded: Record<string, number | undefined> = {};
   for (const h of cfg.hooks) {
-    const resume = journal ? await adoptShards(dirs[h], doneCount) : [];
-    resumed[h] = resume;
-    if (h === cfg.hooks[0]) done.push(...resume);
-    completed.set(h, resume.length);
-    writers.set(
-      h,
-      await ShardWriter.create(dirs[h], metaFor(h), {
-        rowsPerShard: cfg.shardRows,
-        preprocess: true,
-        continueAfter: resume,
-        onShard: (entry, index) => shardDone(h, entry, index),
-      }),
-    );
+    const resume = journal ? await adoptShards(dirs[h], doneCount) : { entries: [], scale: undefined };
+    resumed[h] = resume.entries;
+    recorded[h] = resume.scale;
+    if (h === cfg.hooks[0]) done.push(...resume.entries);
+    completed.set(h, resume.entries.length);
   }
+  const openWriters = async (scales?: Record<string, number | undefined>) => {
+    for (const h of cfg.hooks) {
+      const scale = scales?.[h];
+      writers.set(
+        h,
+        await ShardWriter.create(dirs[h], { ...metaFor(h), ...(scale !== undefined ? { scale } : {}) }, {
+          rowsPerShard: cfg.shardRows,
+          preprocess: true,
+          continueAfter: resumed[h],
+          onShard: (entry, index) => shardDone(h, entry, index),
+        }),
+      );
+    }
+  };
+  // dataset_scale: a resume keeps the scale its shards record; a fresh harvest holds its first rows
+  // until the scale is estimated over them
+  let held: HeldRows | null = null;
+  if (cfg.preprocessing !== 'dataset_scale') await openWriters();
+  else if (doneCount > 0) await openWriters(recorded);
+  else held = new HeldRows(cfg.hooks, d, cfg.scaleRows ?? DEFAULT_SCALE_ROWS);
+  const release = async (h: HeldRows) => {
+    held = null;
+    await openWriters(h.scales());
+    for (const b of h.drain()) for (const hook of cfg.hooks) await writers.get(hook)!.append(b.acts[hook], b.n, b.tokenIds, b.contextIds, b.positions);
+  };
   rows = done.reduce((a, e) => a + e.rows, 0);
   // claim the folder for this harvest before the first shard, so another harvest cannot mix in
   if (!journal) await saveJournal(false);
@@ -241,7 +267,10 @@ async function harvestInto<P>(opts: HarvestOptions<P>, dirs: Record<string, stri
       const b = await stream.next(left);
       if (!b) break;
       live.push(...b.spans);
-      for (const h of cfg.hooks) await writers.get(h)!.append(b.acts[h], b.n, b.tokenIds, b.contextIds, b.positions);
+      if (held) {
+        held.hold(b);
+        if (held.full) await release(held);
+      } else for (const h of cfg.hooks) await writers.get(h)!.append(b.acts[h], b.n, b.tokenIds, b.contextIds, b.positions);
       rows += b.n;
       batches++;
       opts.onProgress?.({ rows, contexts: stream.contexts, shards: done.length });
@@ -255,12 +284,23 @@ async function harvestInto<P>(opts: HarvestOptions<P>, dirs: Record<string, stri
     throw err;
   }
   if (stopped) {
-    // what a kill leaves: completed shards and the journal; the shard in progress is dropped
+    // what a kill leaves: completed shards and the journal; the shard in progress (or the rows
+    // held for the dataset scale) is dropped
     for (const w of writers.values()) await w.abort();
     return { out: opts.out, dirs, rows: done.reduce((a, e) => a + e.rows, 0), contexts: stream.contexts, shards: done.length, complete: false };
   }
+  if (rows === 0) {
+    for (const w of writers.values()) await w.abort();
+    throw new UserError(noTokens(cfg, stream.tokensRead));
+  }
+  try {
+    // a corpus shorter than scaleRows: the scale is estimated over all of it
+    if (held) await release(held);
+  } catch (err) {
+    for (const w of writers.values()) await w.abort();
+    throw err;
+  }
   for (const w of writers.values()) await w.close();
-  if (rows === 0) throw new UserError(noTokens(cfg, stream.tokensRead));
   cursor = null;
   await saveJournal(true);
   return { out: opts.out, dirs, rows, contexts: stream.contexts, shards: done.length, complete: true };
@@ -312,15 +352,24 @@ function configDiff(a: HarvestConfig, b: HarvestConfig): string {
   return 'different settings';
 }
 
-/** Shards 0..n−1 of a hook folder, kept for a resume; later ones (and temp files) are ours to redo. */
-async function adoptShards(dir: string, n: number): Promise<ShardFileEntry[]> {
-  const keep: ShardFileEntry[] = [];
+/**
+ * Shards 0..n−1 of a hook folder, kept for a resume, and the dataset scale they record (one for
+ * all); later ones (and temp files) are ours to redo.
+ */
+async function adoptShards(dir: string, n: number): Promise<{ entries: ShardFileEntry[]; scale: number | undefined }> {
+  const entries: ShardFileEntry[] = [];
+  let scale: number | undefined;
   for (let i = 0; i < n; i++) {
     const file = shardFileName(i);
     const set = await openShards(path.join(dir, file));
-    keep.push({ file, rows: set.rows });
+    const s = set.meta.scale;
+    if (i === 0) scale = s;
+    else if ((s === undefined) !== (scale === undefined) || (s !== undefined && !sameScale(s, scale!))) {
+      throw new UserError(`${path.join(dir, file)} records dataset scale ${s ?? 'none'} but ${shardFileName(0)} ${scale ?? 'none'}; --force to redo the harvest`);
+    }
+    entries.push({ file, rows: set.rows });
   }
-  return keep;
+  return { entries, scale };
 }
 
 /** Start afresh: remove only what a harvest writes (journal, shards, manifests, temp files). */

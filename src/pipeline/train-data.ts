@@ -3,10 +3,11 @@ import { UserError } from '../util/errors.js';
 import type { ShardMeta } from '../store/shard-format.js';
 import { openShards } from '../store/shard-set.js';
 import { shardSetDigest } from '../store/digest.js';
-import type { Preprocessing } from '../store/preprocess.js';
+import { DEFAULT_SCALE_ROWS, type Preprocessing } from '../store/preprocess.js';
 import type { HookedTransformer } from '../lm/model.js';
 import type { LmTokenizer } from '../lm/tokenizer.js';
 import type { RowOptions, RowSource } from '../harvest/rows.js';
+import { estimateScales } from '../harvest/scale.js';
 import type { SaeCfgJson } from '../sae/checkpoint.js';
 import type { DataPosition } from '../stream/batch-stream.js';
 import { openBatchSource, type BatchSource } from '../stream/prefetch.js';
@@ -22,7 +23,11 @@ import { LiveBatchSource, type LivePosition } from '../stream/live-source.js';
 export interface TrainDataSource {
   /** why a run on this data cannot be resumed exactly, if it cannot (refused before anything is opened) */
   readonly notResumable?: string;
-  open(): Promise<TrainData>;
+  /**
+   * from.scale: the dataset scale of the checkpoint the run continues or starts from, which data
+   * harvested live on dataset_scale takes instead of estimating its own (shards record theirs).
+   */
+  open(from?: { scale?: number }): Promise<TrainData>;
 }
 
 /** Opened training data: what it is, what a checkpoint records of it, and its batch stream. */
@@ -48,6 +53,8 @@ export interface LiveData {
   corpus: RowSource<unknown>;
   rows: RowOptions;
   preprocessing: Preprocessing;
+  /** dataset_scale: raw rows from the start of the corpus its factor is estimated over (default DEFAULT_SCALE_ROWS) */
+  scaleRows?: number;
   /** recorded in the checkpoint; a resume must name the same model, hook and corpus */
   description: string;
   modelName: string;
@@ -100,7 +107,12 @@ export function pipedData(input: Readable, opts: { follow?: boolean; prefetch?: 
 /** The host LM harvested into the trainer's window in memory, no disk. */
 export function liveData(live: LiveData): TrainDataSource {
   return {
-    async open() {
+    async open(from) {
+      // dataset_scale (SPEC §3): the checkpoint's factor, or one estimated over the corpus's first rows
+      const scale =
+        live.preprocessing !== 'dataset_scale'
+          ? undefined
+          : (from?.scale ?? (await estimateScales(live.model, live.tokenizer, live.corpus, live.rows, live.scaleRows ?? DEFAULT_SCALE_ROWS))[live.rows.hooks[0]]);
       const meta: ShardMeta = {
         model: live.modelName,
         revision: '',
@@ -109,6 +121,7 @@ export function liveData(live: LiveData): TrainDataSource {
         ctx: live.rows.ctx,
         dtype: 'float32',
         preprocessing: live.preprocessing,
+        ...(scale !== undefined ? { scale } : {}),
         tokenizer: live.tokenizer.digest,
         dataset: live.description,
       };
@@ -120,7 +133,7 @@ export function liveData(live: LiveData): TrainDataSource {
           if (recorded?.shards !== live.description) throw new UserError(`the checkpoint was trained on ${recorded?.shards}; this command harvests ${live.description}`);
         },
         batches: ({ batchSize, windowRows, seed }, position) =>
-          new LiveBatchSource(live.model, live.tokenizer, live.corpus, live.rows, { batchSize, windowRows, seed, preprocessing: live.preprocessing }, position as unknown as LivePosition<unknown> | undefined),
+          new LiveBatchSource(live.model, live.tokenizer, live.corpus, live.rows, { batchSize, windowRows, seed, preprocessing: live.preprocessing, scale }, position as unknown as LivePosition<unknown> | undefined),
       };
     },
   };

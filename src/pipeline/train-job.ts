@@ -6,7 +6,7 @@ import { writeFileAtomic } from '../util/atomic.js';
 import type { DataPosition } from '../stream/batch-stream.js';
 import { shuffleWindowRows, allPhases } from '../sae/config.js';
 import { Trainer, type StepReport } from '../sae/trainer.js';
-import { saveCheckpoint } from '../sae/checkpoint.js';
+import { checkpointScale, saveCheckpoint } from '../sae/checkpoint.js';
 import type { TrainingEvaluator } from '../eval/periodic.js';
 import { clearOrRefuse, hasCheckpoint, openRunDir, recoverRunDir, type RunDir } from './run-dir.js';
 import type { TrainDataSource } from './train-data.js';
@@ -78,7 +78,9 @@ export async function runTraining(source: TrainDataSource, opts: TrainJobOptions
 
 async function trainIn(run: RunDir, source: TrainDataSource, opts: TrainJobOptions, evaluator: TrainingEvaluator | undefined, note: (msg: string) => void): Promise<TrainSummary> {
   const resume = await checkpointToContinue(run, opts, note);
-  const data = await source.open();
+  // training from the model on dataset_scale continues at the scale its checkpoint records
+  const from = resume ?? opts.initFrom;
+  const data = await source.open({ scale: from ? await checkpointScale(from) : undefined });
   const plan = await planRun(data, { ...opts, resume });
   if (!resume) {
     const before = await clearOrRefuse(opts.out, !!opts.force);

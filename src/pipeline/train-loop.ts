@@ -92,5 +92,5 @@ function saeAsItStands({ trainer, plan, data, out }: StepLoop): SpliceSae {
   const activation = trainer.phaseAt(Math.max(0, trainer.step - 1)).phase.activation;
   // the ranking is all the selection reads from the state: no Adam moments off the backend for this
   const ckLike = { dir: out, cfg: checkpointCfgJson(plan, data, trainer.step, activation), params: trainer.params, state: { snapshot: trainer.snapshot({ moments: false }), dataPosition: null } };
-  return { label: activation, params: trainer.params, selectionFor: selectionForCheckpoint(ckLike), batchSize: plan.cfg.batchSize, preprocessing: data.meta.preprocessing };
+  return { label: activation, params: trainer.params, selectionFor: selectionForCheckpoint(ckLike), batchSize: plan.cfg.batchSize, preprocessing: data.meta.preprocessing, scale: data.meta.scale };
 }

@@ -1,8 +1,7 @@
 import { UserError } from '../util/errors.js';
 import { checkCompatible } from '../store/compat.js';
-import type { Preprocessing } from '../store/preprocess.js';
 import { resolveConfig, resolveWidth, totalSteps, type TrainConfig, type PhaseConfig } from '../sae/config.js';
-import { architectureName, checkpointConfig, findCheckpoint, loadCheckpoint, type LoadedCheckpoint, type SaeCfgJson } from '../sae/checkpoint.js';
+import { architectureName, checkpointConfig, checkpointPreprocessing, findCheckpoint, loadCheckpoint, type LoadedCheckpoint, type SaeCfgJson } from '../sae/checkpoint.js';
 import { autoDeadWindow, resumeConfig } from '../sae/resume.js';
 import type { TrainData } from './train-data.js';
 
@@ -46,8 +45,8 @@ export async function planRun(data: TrainData, req: PlanRequest): Promise<TrainP
   }
   const d = data.meta.d;
   checkCompatible(data.meta, { d: ck ? ck.cfg.d_in : undefined, preprocessing: cfg.expectPreprocessing === 'any' ? undefined : cfg.expectPreprocessing });
-  // a checkpoint continues on activations of the kind it was trained on
-  if (ck) checkCompatible(data.meta, { hook: ck.cfg.hook_name, preprocessing: ck.cfg.normalize_activations as Preprocessing });
+  // a checkpoint continues on activations of the kind it was trained on, at the same dataset scale
+  if (ck) checkCompatible(data.meta, { hook: ck.cfg.hook_name, ...checkpointPreprocessing(ck) });
   const F = resolveWidth(cfg, d);
   if (ck && ck.cfg.d_sae !== F && (req.resume || cfg.width !== 'auto'))
     throw new UserError(`checkpoint ${ck.dir} has width ${ck.cfg.d_sae} but the run asks for ${F}`);
@@ -72,6 +71,7 @@ export function checkpointCfgJson(plan: TrainPlan, data: TrainData, step: number
     hook_name: data.meta.hook,
     model_name: data.meta.model,
     normalize_activations: data.meta.preprocessing,
+    ...(data.meta.scale !== undefined ? { dataset_scale: data.meta.scale } : {}),
     apply_b_dec_to_input: true,
     activation_fn_kwargs: activation === 'relu' ? {} : { k: cfg.k },
     format: 'sae-checkpoint/1',

@@ -5,6 +5,7 @@ import { UserError } from '../util/errors.js';
 import { publishDirAtomic, tmpSibling, writeFileAtomic, describeFsError } from '../util/atomic.js';
 import { readSafetensors, writeSafetensors, type Tensor } from '../util/safetensors.js';
 import { allocParams } from '../kernels/params.js';
+import { isPreprocessing, PREPROCESSINGS, type Preprocessing } from '../store/preprocess.js';
 import { resolveConfig, type TrainConfig } from './config.js';
 import type { TrainerSnapshot } from './trainer.js';
 
@@ -28,6 +29,11 @@ export interface SaeCfgJson {
   hook_name: string;
   model_name: string;
   normalize_activations: string;
+  /**
+   * With normalize_activations 'dataset_scale' (SAELens' expected_average_only_in), and only then:
+   * the factor s the inputs were multiplied by, x' = x · s (recorded in the shards trained on).
+   */
+  dataset_scale?: number;
   apply_b_dec_to_input: boolean;
   activation_fn_kwargs: Record<string, number>;
   format: string;
@@ -228,6 +234,34 @@ export async function loadCheckpoint(dir: string, opts: { withState: boolean | '
     dataPosition: state.dataPosition,
   };
   return out;
+}
+
+/**
+ * How a checkpoint's inputs are preprocessed (SPEC §3), validated: normalize_activations is one of
+ * ours, and dataset_scale comes with its positive factor (recorded iff dataset_scale).
+ */
+export function checkpointPreprocessing(ck: { dir: string; cfg: SaeCfgJson }): { preprocessing: Preprocessing; scale?: number } {
+  const { normalize_activations: pre, dataset_scale: scale } = ck.cfg;
+  if (!isPreprocessing(pre)) throw new UserError(`checkpoint ${ck.dir}: cfg.json has normalize_activations ${JSON.stringify(pre)}, not one of ${PREPROCESSINGS.join(', ')}`);
+  if (pre !== 'dataset_scale') {
+    if (scale !== undefined) throw new UserError(`checkpoint ${ck.dir}: cfg.json has a dataset_scale but normalize_activations ${pre}`);
+    return { preprocessing: pre };
+  }
+  if (typeof scale !== 'number' || !Number.isFinite(scale) || scale <= 0) {
+    throw new UserError(`checkpoint ${ck.dir}: normalize_activations is dataset_scale but cfg.json records no positive dataset_scale (got ${JSON.stringify(scale)}); add the sae.scale of the shards it was trained on as dataset_scale`);
+  }
+  return { preprocessing: pre, scale };
+}
+
+/**
+ * The dataset scale the checkpoint at a folder or run directory records (undefined unless it was
+ * trained on dataset_scale), from its cfg.json alone.
+ */
+export async function checkpointScale(pathOrRunDir: string): Promise<number | undefined> {
+  const dir = await findCheckpoint(pathOrRunDir);
+  const cfg = (await readJson(path.join(dir, 'cfg.json'), `checkpoint ${dir}`)) as SaeCfgJson;
+  if (typeof cfg !== 'object' || !cfg) throw new UserError(`checkpoint ${dir}: cfg.json is not an object`);
+  return checkpointPreprocessing({ dir, cfg }).scale;
 }
 
 /** The TrainConfig a training checkpoint was made with, re-validated. */

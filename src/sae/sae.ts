@@ -11,7 +11,7 @@ import type { SaeParams, Selection } from '../kernels/types.js';
 import { checkCompatible } from '../store/compat.js';
 import type { ShardMeta } from '../store/shard-format.js';
 import type { Preprocessing } from '../store/preprocess.js';
-import { checkpointConfig, findCheckpoint, loadCheckpoint, type LoadedCheckpoint, type SaeCfgJson } from './checkpoint.js';
+import { checkpointConfig, checkpointPreprocessing, findCheckpoint, loadCheckpoint, type LoadedCheckpoint, type SaeCfgJson } from './checkpoint.js';
 import { DEFAULTS, type TrainConfig } from './config.js';
 import { selectionForCheckpoint } from './inference.js';
 
@@ -27,6 +27,8 @@ export interface Sae {
   model: string;
   /** how inputs were preprocessed in training (SPEC §3): data must have had the same */
   preprocessing: Preprocessing;
+  /** dataset_scale's factor (x' = x · scale), defined iff preprocessing is dataset_scale */
+  scale?: number;
   /** the training config, re-validated; null for an SAE that carries none */
   trainConfig: TrainConfig | null;
   /** a JumpReLU export: per-feature thresholds select, per token */
@@ -40,7 +42,7 @@ export interface Sae {
   batchSize: number;
   /** a fresh selection source, B → Selection, for one pass over data */
   selection(): (B: number) => Selection;
-  /** refuse activations of another width, hook, model or preprocessing than the SAE's */
+  /** refuse activations of another width, hook, model, preprocessing or dataset scale than the SAE's */
   checkData(meta: ShardMeta): void;
 }
 
@@ -58,8 +60,7 @@ export async function openSae(pathOrRunDir: string, opts: { withState?: boolean 
 export function saeFromCheckpoint(ck: LoadedCheckpoint): Sae {
   const { cfg } = ck;
   const trainConfig = cfg.sae_train ? checkpointConfig(ck) : null;
-  // checked against the shards' own (validated) preprocessing before any use
-  const preprocessing = cfg.normalize_activations as Preprocessing;
+  const { preprocessing, scale } = checkpointPreprocessing(ck);
   return {
     dir: ck.dir,
     cfg,
@@ -69,6 +70,7 @@ export function saeFromCheckpoint(ck: LoadedCheckpoint): Sae {
     hook: cfg.hook_name,
     model: cfg.model_name,
     preprocessing,
+    ...(scale !== undefined ? { scale } : {}),
     trainConfig,
     threshold: ck.threshold,
     state: ck.state,
@@ -76,6 +78,6 @@ export function saeFromCheckpoint(ck: LoadedCheckpoint): Sae {
     selection: () => selectionForCheckpoint(ck),
     // the SAE only means something on inputs preprocessed as in training (raw activations give
     // FVU > 1 and, for export, thresholds calibrated on the wrong scale)
-    checkData: (meta) => checkCompatible(meta, { d: cfg.d_in, hook: cfg.hook_name, model: cfg.model_name, preprocessing }),
+    checkData: (meta) => checkCompatible(meta, { d: cfg.d_in, hook: cfg.hook_name, model: cfg.model_name, preprocessing, scale }),
   };
 }

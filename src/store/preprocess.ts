@@ -113,21 +113,75 @@ export function unpreprocessRows(
 }
 
 /**
+ * Rows the dataset scale is estimated over unless told otherwise (harvest and live training,
+ * `--scale-rows`). SAELens averages over ~1000 batches (about 4M tokens); the mean row norm
+ * settles long before that (its relative error falls as 1/√contexts), and a harvest holds these
+ * rows in memory until the estimate is made: 32768 rows are 100 MB per hook at d = 768.
+ */
+export const DEFAULT_SCALE_ROWS = 32768;
+
+/**
+ * Relative tolerance within which two dataset scales are one: a scale is recorded exactly
+ * (String(number) in shard metadata, JSON in cfg.json), so this forgives only a float32 round trip.
+ */
+export const SCALE_RTOL = 1e-6;
+
+export function sameScale(a: number, b: number): boolean {
+  return Math.abs(a - b) <= SCALE_RTOL * Math.max(Math.abs(a), Math.abs(b));
+}
+
+/**
+ * The dataset scale over the first `limit` raw rows offered (SAELens'
+ * `estimated_norm_scaling_factor` convention): sqrt(d) / mean‖x‖. Rows arrive in pieces; those
+ * past the limit are ignored, so the estimate depends only on the first `limit` rows of the stream.
+ */
+export class ScaleEstimator {
+  private total = 0;
+  /** rows taken so far (at most the limit) */
+  rows = 0;
+
+  constructor(
+    readonly d: number,
+    readonly limit: number,
+  ) {
+    if (!Number.isSafeInteger(limit) || limit < 1) throw new UserError(`the dataset scale needs at least one row to be estimated over, got ${limit}`);
+  }
+
+  get full(): boolean {
+    return this.rows >= this.limit;
+  }
+
+  /** Take rows of x (n×d) up to the limit; returns how many were taken. */
+  add(x: Float32Array, n: number): number {
+    const d = this.d;
+    const take = Math.min(n, this.limit - this.rows);
+    for (let r = 0; r < take; r++) {
+      let ss = 0;
+      const o = r * d;
+      for (let j = 0; j < d; j++) ss += x[o + j] * x[o + j];
+      this.total += Math.sqrt(ss);
+    }
+    this.rows += take;
+    return take;
+  }
+
+  scale(): number {
+    if (this.rows < 1) throw new UserError('cannot estimate the dataset scale from an empty sample');
+    const meanNorm = this.total / this.rows;
+    if (!(meanNorm > 0) || !Number.isFinite(meanNorm)) {
+      throw new UserError(`cannot estimate the dataset scale: mean row norm of the sample is ${meanNorm}`);
+    }
+    return Math.sqrt(this.d) / meanNorm;
+  }
+}
+
+/**
  * The constant that makes E‖x‖ = sqrt(d) over a sample of raw rows (SAELens'
  * `estimated_norm_scaling_factor` convention): sqrt(d) / mean‖x‖.
  */
 export function datasetScale(sample: Float32Array, n: number, d: number): number {
   if (n < 1) throw new UserError('cannot estimate the dataset scale from an empty sample');
-  let total = 0;
-  for (let r = 0; r < n; r++) {
-    let ss = 0;
-    const o = r * d;
-    for (let j = 0; j < d; j++) ss += sample[o + j] * sample[o + j];
-    total += Math.sqrt(ss);
-  }
-  const meanNorm = total / n;
-  if (!(meanNorm > 0) || !Number.isFinite(meanNorm)) {
-    throw new UserError(`cannot estimate the dataset scale: mean row norm of the sample is ${meanNorm}`);
-  }
-  return Math.sqrt(d) / meanNorm;
+  const e = new ScaleEstimator(d, n);
+  e.add(sample, n);
+  return e.scale();
 }

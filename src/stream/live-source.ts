@@ -10,7 +10,8 @@ import { ShuffledWindow } from './window.js';
 
 /**
  * Training straight from the host LM, no disk (what sparsify does): the harvest's row stream fills
- * a window of `windowRows` rows in memory, preprocessed as harvest would (SPEC §3), shuffled by a
+ * a window of `windowRows` rows in memory, preprocessed as harvest would (SPEC §3; dataset_scale's
+ * factor is the caller's: estimated once, or the checkpoint's), shuffled by a
  * permutation seeded by (seed, epoch, window), and batches are cut from the shuffled windows.
  *
  * Exactly resumable like the shard stream: a window's rows depend only on where it starts in the
@@ -46,11 +47,12 @@ export class LiveBatchSource<P> implements BatchSource {
     private readonly tokenizer: LmTokenizer,
     private readonly corpus: RowSource<P>,
     private readonly rowOpts: RowOptions,
-    private readonly opts: { batchSize: number; windowRows: number; seed: number; preprocessing: Preprocessing },
+    /** scale: dataset_scale's factor (required with it) */
+    private readonly opts: { batchSize: number; windowRows: number; seed: number; preprocessing: Preprocessing; scale?: number },
     position?: LivePosition<P>,
   ) {
     if (rowOpts.hooks.length !== 1) throw new Error('LiveBatchSource: one hook');
-    if (opts.preprocessing === 'dataset_scale') throw new UserError('training from the model supports center_unit_norm or none preprocessing (dataset_scale needs a pass over the data first)');
+    if (opts.preprocessing === 'dataset_scale' && opts.scale === undefined) throw new Error('LiveBatchSource: dataset_scale needs its scale');
     this.d = model.cfg.dModel;
     const W = Math.max(opts.windowRows, opts.batchSize);
     this.win = new ShuffledWindow(W, this.d);
@@ -85,7 +87,7 @@ export class LiveBatchSource<P> implements BatchSource {
     // a limited next() ends the stream: the next window restarts it from the cursor after row n
     this.nextStart = n > 0 && !this.epochEnded ? cursorAt(spans, base + n) : null;
     this.rows = null;
-    preprocessRows(this.win.rows, n, d, this.opts.preprocessing);
+    preprocessRows(this.win.rows, n, d, this.opts.preprocessing, this.opts.scale);
     this.win.shuffle(n, Rng.derive(this.opts.seed, `live/${this.pos.epoch}/${this.pos.window}`));
     this.loaded = true;
   }
