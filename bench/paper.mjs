@@ -12,7 +12,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const load = (p) => import(pathToFileURL(path.join(root, 'dist', p)).href);
 const { writeSynth, loadDictionary } = await load('pipeline/synth.js');
-const { train } = await load('pipeline/train.js');
+const { train } = await load('pipeline/train/train.js');
 const { finetunePhase } = await load('sae/config.js');
 const { loadCheckpoint } = await load('sae/checkpoint.js');
 const { selectionForCheckpoint } = await load('sae/inference.js');

@@ -9,7 +9,7 @@ export { FeatureStats } from './sae/density.js';
 export { lossAndGrad, nfmLosses, allocWorkspace, type ObjectiveSpec, type LossTerms, type AuxLossSpec } from './sae/objective.js';
 export { resolveConfig, resolveWidth, defaultLr, learningRate, DEFAULTS, ACTIVATIONS, type TrainConfig, type Activation, type PhaseConfig } from './sae/config.js';
 export { Trainer, type StepReport, type TrainerSnapshot } from './sae/trainer.js';
-export { train, type TrainOptions, type TrainSummary } from './pipeline/train.js';
+export { train, type TrainOptions, type TrainSummary } from './pipeline/train/train.js';
 export { openSae, saeFromCheckpoint, type Sae } from './sae/sae.js';
 export { saveCheckpoint, loadCheckpoint, type LoadedCheckpoint, type SaeCfgJson } from './sae/checkpoint.js';
 export { selectionForCheckpoint, calibrateThresholds } from './sae/inference.js';

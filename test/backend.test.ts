@@ -18,7 +18,7 @@ import { Trainer } from '../src/sae/trainer.js';
 import { resolveConfig } from '../src/sae/config.js';
 import { UserError } from '../src/util/errors.js';
 import { writeSynth } from '../src/pipeline/synth.js';
-import { train } from '../src/pipeline/train.js';
+import { train } from '../src/pipeline/train/train.js';
 import { batches, DIMS, recordTrace, trainer } from './helpers/trainer-trace.js';
 import { isolating, logging, type Crossing } from './helpers/backends.js';
 

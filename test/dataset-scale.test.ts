@@ -4,7 +4,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { harvest, type HarvestConfig, type HarvestCorpus } from '../src/pipeline/harvest.js';
-import { train, type LiveData } from '../src/pipeline/train.js';
+import { train, type LiveData } from '../src/pipeline/train/train.js';
 import { shuffleShards } from '../src/pipeline/shuffle/shuffle.js';
 import { writeSynth } from '../src/pipeline/synth.js';
 import { HookedTransformer } from '../src/lm/model.js';

@@ -3,7 +3,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { writeSynth } from '../src/pipeline/synth.js';
-import { train } from '../src/pipeline/train.js';
+import { train } from '../src/pipeline/train/train.js';
 import { kernelFactory } from '../src/kernels/index.js';
 import { checkpointConfig, loadCheckpoint } from '../src/sae/checkpoint.js';
 import { readSafetensors } from '../src/util/safetensors.js';

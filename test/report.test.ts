@@ -6,7 +6,7 @@ import { promisify } from 'node:util';
 import { pathToFileURL } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { writeSynth } from '../src/pipeline/synth.js';
-import { train } from '../src/pipeline/train.js';
+import { train } from '../src/pipeline/train/train.js';
 import { loadRuns, parseMetrics } from '../src/report/data.js';
 import { buildFigures } from '../src/report/figures.js';
 import { writeReport } from '../src/report/render.js';

@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { writeSynth } from '../src/pipeline/synth.js';
 import { lockOutDir, LOCK_FILE } from '../src/util/lock.js';
 import { DEFAULTS } from '../src/sae/config.js';
-import { formatStepLog, LOG_LINE_MAX } from '../src/pipeline/log-line.js';
+import { formatStepLog, LOG_LINE_MAX } from '../src/pipeline/train/log-line.js';
 import type { StepReport } from '../src/sae/trainer.js';
 
 // `sae train` as a user runs it: bin/run.js on the compiled dist/ (npm run build:ts first).

@@ -3,7 +3,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { writeSynth, loadDictionary, type SynthDictionary } from '../src/pipeline/synth.js';
-import { train } from '../src/pipeline/train.js';
+import { train } from '../src/pipeline/train/train.js';
 import { finetunePhase } from '../src/sae/config.js';
 import { featureRecovery } from '../src/eval/recovery.js';
 import { loadCheckpoint } from '../src/sae/checkpoint.js';

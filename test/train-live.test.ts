@@ -2,7 +2,7 @@ import { promises as fs } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { train, type LiveData } from '../src/pipeline/train.js';
+import { train, type LiveData } from '../src/pipeline/train/train.js';
 import { HookedTransformer } from '../src/lm/model.js';
 import { loadTokenizer } from '../src/lm/tokenizer.js';
 import { harvest } from '../src/pipeline/harvest.js';

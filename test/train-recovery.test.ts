@@ -5,7 +5,7 @@ import * as path from 'node:path';
 import { Readable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { writeSynth } from '../src/pipeline/synth.js';
-import { train } from '../src/pipeline/train.js';
+import { train } from '../src/pipeline/train/train.js';
 import { readSafetensors } from '../src/util/safetensors.js';
 import { ShardWriter } from '../src/store/shard-writer.js';
 import type { ShardMeta } from '../src/store/shard-format.js';

@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createReferenceKernels } from '../src/kernels/reference.js';
 import { nativeAddonPath, nativeAvailable, nativeInfo, nativeKernelsFor } from '../src/kernels/native.js';
 import { writeSynth } from '../src/pipeline/synth.js';
-import { train } from '../src/pipeline/train.js';
+import { train } from '../src/pipeline/train/train.js';
 import { recordTrace, type Trace } from './helpers/trainer-trace.js';
 
 // Bit-identity across the training-backend refactor (issue 12 part 1). The expected values in

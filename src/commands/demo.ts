@@ -9,7 +9,7 @@ import { finetunePhase } from '../sae/config.js';
 import { sharedFlags } from '../cli/flags.js';
 import { UserError } from '../util/errors.js';
 import { writeSynth, loadDictionary } from '../pipeline/synth.js';
-import { train } from '../pipeline/train.js';
+import { train } from '../pipeline/train/train.js';
 import { loadCheckpoint } from '../sae/checkpoint.js';
 import { selectionForCheckpoint } from '../sae/inference.js';
 import { openShards } from '../store/shard-set.js';

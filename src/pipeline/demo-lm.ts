@@ -7,7 +7,7 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { writeFileAtomic } from '../util/atomic.js';
 import { Progress } from '../util/progress.js';
-import { train } from './train.js';
+import { train } from './train/train.js';
 import { loadCheckpoint } from '../sae/checkpoint.js';
 import { selectionForCheckpoint } from '../sae/inference.js';
 import { openShards } from '../store/shard-set.js';

@@ -1,11 +1,11 @@
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
-import { UserError } from '../util/errors.js';
-import { describeFsError } from '../util/atomic.js';
-import { ensureOutDir, pathKind } from '../util/outdir.js';
-import { lockOutDir, type OutDirLock } from '../util/lock.js';
-import { CHECKPOINT_DIRS, ownsFile, RUN_FILES } from '../store/outputs.js';
-import { loadCheckpoint } from '../sae/checkpoint.js';
+import { UserError } from '../../util/errors.js';
+import { describeFsError } from '../../util/atomic.js';
+import { ensureOutDir, pathKind } from '../../util/outdir.js';
+import { lockOutDir, type OutDirLock } from '../../util/lock.js';
+import { CHECKPOINT_DIRS, ownsFile, RUN_FILES } from '../../store/outputs.js';
+import { loadCheckpoint } from '../../sae/checkpoint.js';
 
 /**
  * A training run's --out folder: what it holds (checkpoint/, final/, metrics.jsonl, summary.json),

@@ -1,11 +1,11 @@
 import type { Readable } from 'node:stream';
-import type { RowSource } from '../harvest/rows.js';
-import { spliceEvaluator, type TrainingEvaluator } from '../eval/periodic.js';
-import { trainDataFor, type LiveData } from './train-data.js';
-import { runTraining, type TrainJobOptions, type TrainSummary } from './train-job.js';
+import type { RowSource } from '../../harvest/rows.js';
+import { spliceEvaluator, type TrainingEvaluator } from '../../eval/periodic.js';
+import { trainDataFor, type LiveData } from './data.js';
+import { runTraining, type TrainJobOptions, type TrainSummary } from './job.js';
 
-export type { LiveData } from './train-data.js';
-export type { TrainSummary } from './train-job.js';
+export type { LiveData } from './data.js';
+export type { TrainSummary } from './job.js';
 
 /** `sae train` as options: the data and the evaluation named rather than built. */
 export interface TrainOptions extends TrainJobOptions {

@@ -1,18 +1,18 @@
 import type { Readable } from 'node:stream';
-import { UserError } from '../util/errors.js';
-import type { ShardMeta } from '../store/shard-format.js';
-import { openShards } from '../store/shard-set.js';
-import { shardSetDigest } from '../store/digest.js';
-import { DEFAULT_SCALE_ROWS, type Preprocessing } from '../store/preprocess.js';
-import type { HookedTransformer } from '../lm/model.js';
-import type { LmTokenizer } from '../lm/tokenizer.js';
-import type { RowOptions, RowSource } from '../harvest/rows.js';
-import { estimateScales } from '../harvest/scale.js';
-import type { SaeCfgJson } from '../sae/checkpoint.js';
-import type { DataPosition } from '../stream/batch-stream.js';
-import { openBatchSource, type BatchSource } from '../stream/prefetch.js';
-import { PipeBatchSource, firstShard, readAnnouncements } from '../stream/pipe.js';
-import { LiveBatchSource, type LivePosition } from '../stream/live-source.js';
+import { UserError } from '../../util/errors.js';
+import type { ShardMeta } from '../../store/shard-format.js';
+import { openShards } from '../../store/shard-set.js';
+import { shardSetDigest } from '../../store/digest.js';
+import { DEFAULT_SCALE_ROWS, type Preprocessing } from '../../store/preprocess.js';
+import type { HookedTransformer } from '../../lm/model.js';
+import type { LmTokenizer } from '../../lm/tokenizer.js';
+import type { RowOptions, RowSource } from '../../harvest/rows.js';
+import { estimateScales } from '../../harvest/scale.js';
+import type { SaeCfgJson } from '../../sae/checkpoint.js';
+import type { DataPosition } from '../../stream/batch-stream.js';
+import { openBatchSource, type BatchSource } from '../../stream/prefetch.js';
+import { PipeBatchSource, firstShard, readAnnouncements } from '../../stream/pipe.js';
+import { LiveBatchSource, type LivePosition } from '../../stream/live-source.js';
 
 /**
  * Where a training run's batches come from (SPEC §8), chosen by the caller and handed to the job,

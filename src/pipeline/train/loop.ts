@@ -1,14 +1,14 @@
 import * as path from 'node:path';
-import { UserError } from '../util/errors.js';
-import type { Trainer, StepReport } from '../sae/trainer.js';
-import { selectionForCheckpoint } from '../sae/inference.js';
-import type { SpliceSae } from '../eval/splice.js';
-import type { TrainingEvaluator } from '../eval/periodic.js';
-import type { BatchSource } from '../stream/prefetch.js';
-import type { TrainData } from './train-data.js';
-import { checkpointCfgJson, type TrainPlan } from './train-plan.js';
+import { UserError } from '../../util/errors.js';
+import type { Trainer, StepReport } from '../../sae/trainer.js';
+import { selectionForCheckpoint } from '../../sae/inference.js';
+import type { SpliceSae } from '../../eval/splice.js';
+import type { TrainingEvaluator } from '../../eval/periodic.js';
+import type { BatchSource } from '../../stream/prefetch.js';
+import type { TrainData } from './data.js';
+import { checkpointCfgJson, type TrainPlan } from './plan.js';
 import type { MetricsLog } from './metrics-log.js';
-import type { TrainJobOptions } from './train-job.js';
+import type { TrainJobOptions } from './job.js';
 
 /** What the step loop runs on: the job's pieces, opened and restored. */
 export interface StepLoop {

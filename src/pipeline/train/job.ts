@@ -1,18 +1,18 @@
 import * as path from 'node:path';
-import type { KernelFactory } from '../kernels/types.js';
-import type { TrainingBackendFactory } from '../sae/backend.js';
-import { UserError } from '../util/errors.js';
-import { writeFileAtomic } from '../util/atomic.js';
-import type { DataPosition } from '../stream/batch-stream.js';
-import { shuffleWindowRows, allPhases } from '../sae/config.js';
-import { Trainer, type StepReport } from '../sae/trainer.js';
-import { checkpointScale, saveCheckpoint } from '../sae/checkpoint.js';
-import type { TrainingEvaluator } from '../eval/periodic.js';
+import type { KernelFactory } from '../../kernels/types.js';
+import type { TrainingBackendFactory } from '../../sae/backend.js';
+import { UserError } from '../../util/errors.js';
+import { writeFileAtomic } from '../../util/atomic.js';
+import type { DataPosition } from '../../stream/batch-stream.js';
+import { shuffleWindowRows, allPhases } from '../../sae/config.js';
+import { Trainer, type StepReport } from '../../sae/trainer.js';
+import { checkpointScale, saveCheckpoint } from '../../sae/checkpoint.js';
+import type { TrainingEvaluator } from '../../eval/periodic.js';
 import { clearOrRefuse, hasCheckpoint, openRunDir, recoverRunDir, type RunDir } from './run-dir.js';
-import type { TrainDataSource } from './train-data.js';
-import { checkpointCfgJson, planRun, type PlanRequest, type TrainPlan } from './train-plan.js';
+import type { TrainDataSource } from './data.js';
+import { checkpointCfgJson, planRun, type PlanRequest, type TrainPlan } from './plan.js';
 import { MetricsLog } from './metrics-log.js';
-import { stepLoop, type StepLoopResult } from './train-loop.js';
+import { stepLoop, type StepLoopResult } from './loop.js';
 
 /** The training job's options, besides where its batches come from and what evaluates it. */
 export interface TrainJobOptions extends PlanRequest {

@@ -1,9 +1,9 @@
-import { UserError } from '../util/errors.js';
-import { checkCompatible } from '../store/compat.js';
-import { resolveConfig, resolveWidth, totalSteps, type TrainConfig, type PhaseConfig } from '../sae/config.js';
-import { architectureName, checkpointConfig, checkpointPreprocessing, findCheckpoint, loadCheckpoint, type LoadedCheckpoint, type SaeCfgJson } from '../sae/checkpoint.js';
-import { autoDeadWindow, resumeConfig } from '../sae/resume.js';
-import type { TrainData } from './train-data.js';
+import { UserError } from '../../util/errors.js';
+import { checkCompatible } from '../../store/compat.js';
+import { resolveConfig, resolveWidth, totalSteps, type TrainConfig, type PhaseConfig } from '../../sae/config.js';
+import { architectureName, checkpointConfig, checkpointPreprocessing, findCheckpoint, loadCheckpoint, type LoadedCheckpoint, type SaeCfgJson } from '../../sae/checkpoint.js';
+import { autoDeadWindow, resumeConfig } from '../../sae/resume.js';
+import type { TrainData } from './data.js';
 
 /** What a training run will do, settled before its folder is touched: config, shapes, the checkpoint it starts from. */
 export interface TrainPlan {

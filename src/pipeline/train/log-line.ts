@@ -1,5 +1,5 @@
-import type { StepReport } from '../sae/trainer.js';
-import { fmtTokens } from '../util/progress.js';
+import type { StepReport } from '../../sae/trainer.js';
+import { fmtTokens } from '../../util/progress.js';
 
 /** Widest a periodic log line may get: it sits above the progress bar in a 100-column terminal. */
 export const LOG_LINE_MAX = 100;

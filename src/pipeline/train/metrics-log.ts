@@ -1,5 +1,5 @@
 import { promises as fs } from 'node:fs';
-import { describeFsError, writeFileAtomic } from '../util/atomic.js';
+import { describeFsError, writeFileAtomic } from '../../util/atomic.js';
 
 /**
  * A run's metrics.jsonl: one JSON record per line, each with the step it was taken at. Records are
