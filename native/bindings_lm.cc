@@ -1,6 +1,7 @@
 // Node-API bindings of the host LM's ops (src/kernels/lm-native.ts). Every length is checked
 // against the shapes before any kernel runs, so no op can read or write out of bounds.
 #include <cmath>
+#include <cstring>
 
 #include "lm_ops.h"
 #include "napi.h"
@@ -27,13 +28,15 @@ static bool flag(napi_env env, napi_value v) {
 
 static void finalizeLm(napi_env, void* data, void*) { delete static_cast<LmInstance*>(data); }
 
-// lmCreate(isa) → handle
+// lmCreate(isa, bf16Unit|null) → handle
 static napi_value jsLmCreate(napi_env env, napi_callback_info info) {
   return guard(env, [&]() -> napi_value {
-    napi_value a[1];
-    args(env, info, 1, a);
+    napi_value a[2];
+    args(env, info, 2, a);
     const IsaOps* ops = isaArg(env, a[0]);
-    LmInstance* in = new LmInstance(ops);
+    bool bf16 = false;
+    const Bf16Ops* unit = bf16Arg(env, a[1], ops, bf16);
+    LmInstance* in = new LmInstance(ops, bf16, unit);
     napi_value ext;
     if (napi_create_external(env, in, finalizeLm, nullptr, &ext) != napi_ok) {
       delete in;
@@ -57,6 +60,80 @@ static napi_value jsLmLinear(napi_env env, napi_callback_info info) {
     atLeast(y.len, (int64_t)n * m, "y");
     if (n > 0 && m > 0 && x.data < y.data + (size_t)n * m && y.data < x.data + (size_t)n * k) fail("linear: y must not alias x");
     in->linear(x.data, n, k, W.data, m, flag(env, a[6]), bias.data, y.data);
+    return nullptr;
+  });
+}
+
+// lmBf16Unit(h) → "amx" | "avx512bf16" | "emulated" | null (fp32)
+static napi_value jsLmBf16Unit(napi_env env, napi_callback_info info) {
+  return guard(env, [&]() -> napi_value {
+    napi_value a[1];
+    args(env, info, 1, a);
+    LmInstance* in = lmInst(env, a[0]);
+    if (!in->bf16()) return nullptr;
+    return mkStr(env, in->unit() ? in->unit()->name : "emulated");
+  });
+}
+
+// lmPackedWLength(h, K, m) → the length of lmPackBf16's output: Uint16Array elements on a bf16
+// unit, Float32Array elements (K·m, W rounded in its own layout) when emulated
+static napi_value jsLmPackedWLength(napi_env env, napi_callback_info info) {
+  return guard(env, [&]() -> napi_value {
+    napi_value a[3];
+    args(env, info, 3, a);
+    LmInstance* in = lmInst(env, a[0]);
+    const int k = dim(env, a[1], "k"), m = dim(env, a[2], "m");
+    if (!in->bf16()) failRange("lmPackedWLength: the instance computes in fp32");
+    return mkNum(env, in->unit() ? (double)LmInstance::packedWElems(k, m) : (double)k * m);
+  });
+}
+
+// lmPackBf16(h, W, k, m, inOut, out): W as the bf16 GEMM reads it, once per weight matrix
+static napi_value jsLmPackBf16(napi_env env, napi_callback_info info) {
+  return guard(env, [&]() -> napi_value {
+    napi_value a[6];
+    args(env, info, 6, a);
+    LmInstance* in = lmInst(env, a[0]);
+    Arr<float> W = f32(env, a[1], "W");
+    const int k = dim(env, a[2], "k"), m = dim(env, a[3], "m");
+    atLeast(W.len, (int64_t)k * m, "W");
+    if (!in->bf16()) failRange("lmPackBf16: the instance computes in fp32");
+    if (in->unit()) {
+      Arr<uint16_t> out = u16(env, a[5], "out");
+      atLeast(out.len, (int64_t)LmInstance::packedWElems(k, m), "out");
+      in->packLinearW(W.data, flag(env, a[4]), k, m, out.data);
+    } else {
+      Arr<float> out = f32(env, a[5], "out");
+      atLeast(out.len, (int64_t)k * m, "out");
+      std::memcpy(out.data, W.data, sizeof(float) * (size_t)k * m);
+      in->ops()->gemm->roundBf16(out.data, (size_t)k * m);
+    }
+    return nullptr;
+  });
+}
+
+// lmLinearBf16(h, x, n, k, Wpacked, m, inOut, bias|null, y): linear under bf16 with lmPackBf16's W
+static napi_value jsLmLinearBf16(napi_env env, napi_callback_info info) {
+  return guard(env, [&]() -> napi_value {
+    napi_value a[9];
+    args(env, info, 9, a);
+    LmInstance* in = lmInst(env, a[0]);
+    if (!in->bf16()) failRange("lmLinearBf16: the instance computes in fp32");
+    Arr<float> x = f32(env, a[1], "x"), bias = f32(env, a[7], "bias", true), y = f32(env, a[8], "y");
+    const int n = dim(env, a[2], "n"), k = dim(env, a[3], "k"), m = dim(env, a[5], "m");
+    atLeast(x.len, (int64_t)n * k, "x");
+    if (bias.data) atLeast(bias.len, m, "bias");
+    atLeast(y.len, (int64_t)n * m, "y");
+    if (n > 0 && m > 0 && x.data < y.data + (size_t)n * m && y.data < x.data + (size_t)n * k) fail("linear: y must not alias x");
+    if (in->unit()) {
+      Arr<uint16_t> Wb = u16(env, a[4], "W");
+      atLeast(Wb.len, (int64_t)LmInstance::packedWElems(k, m), "W");
+      in->linearBf16(x.data, n, k, Wb.data, m, bias.data, y.data);
+    } else {
+      Arr<float> W = f32(env, a[4], "W");
+      atLeast(W.len, (int64_t)k * m, "W");
+      in->linear(x.data, n, k, W.data, m, flag(env, a[6]), bias.data, y.data, true);
+    }
     return nullptr;
   });
 }
@@ -186,6 +263,10 @@ napi_status defineLmBindings(napi_env env, napi_value exports) {
   const napi_property_descriptor props[] = {
       {"lmCreate", nullptr, jsLmCreate, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"lmLinear", nullptr, jsLmLinear, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
+      {"lmBf16Unit", nullptr, jsLmBf16Unit, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
+      {"lmPackedWLength", nullptr, jsLmPackedWLength, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
+      {"lmPackBf16", nullptr, jsLmPackBf16, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
+      {"lmLinearBf16", nullptr, jsLmLinearBf16, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"lmLayerNorm", nullptr, jsLmLayerNorm, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"lmGelu", nullptr, jsLmGelu, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"lmAdd", nullptr, jsLmAdd, nullptr, nullptr, nullptr, napi_enumerable, nullptr},

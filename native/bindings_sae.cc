@@ -10,7 +10,7 @@ namespace sae {
 
 // Bumped whenever the JS-facing signatures change, so that a stale build is detected
 // (API_VERSION in src/kernels/native.ts).
-constexpr int kApiVersion = 3;
+constexpr int kApiVersion = 4;
 
 napi_status defineLmBindings(napi_env env, napi_value exports);  // bindings_lm.cc
 
@@ -53,16 +53,18 @@ static CodesArg codesArg(napi_env env, napi_value* a, int F, int maxB, bool need
 
 static void finalizeInstance(napi_env, void* data, void*) { delete static_cast<Instance*>(data); }
 
-// create(d, F, maxB, isa) → handle
+// create(d, F, maxB, isa, bf16Unit|null) → handle
 static napi_value jsCreate(napi_env env, napi_callback_info info) {
   return guard(env, [&]() -> napi_value {
-    napi_value a[4];
-    args(env, info, 4, a);
+    napi_value a[5];
+    args(env, info, 5, a);
     const int64_t d = count(env, a[0], "d", INT32_MAX), F = count(env, a[1], "F", INT32_MAX),
                   maxB = count(env, a[2], "maxB", INT32_MAX);
     if (d < 1 || F < 1 || maxB < 1) failRange("d, F and maxB must be ≥ 1");
     const IsaOps* ops = isaArg(env, a[3]);
-    Instance* in = new Instance((int)d, (int)F, (int)maxB, ops);
+    bool bf16 = false;
+    const Bf16Ops* unit = bf16Arg(env, a[4], ops, bf16);
+    Instance* in = new Instance((int)d, (int)F, (int)maxB, ops, bf16, unit);
     napi_value ext;
     if (napi_create_external(env, in, finalizeInstance, nullptr, &ext) != napi_ok) {
       delete in;
@@ -72,7 +74,17 @@ static napi_value jsCreate(napi_env env, napi_callback_info info) {
   });
 }
 
-// info() → { apiVersion, threads, isa, isas }
+// bf16Unit(h) → "amx" | "avx512bf16" | "emulated" under bf16, null under fp32
+static napi_value jsBf16Unit(napi_env env, napi_callback_info info) {
+  return guard(env, [&]() -> napi_value {
+    napi_value a[1];
+    args(env, info, 1, a);
+    const char* u = inst(env, a[0])->bf16Unit();
+    return u ? mkStr(env, u) : nullptr;
+  });
+}
+
+// info() → { apiVersion, threads, isa, isas, bf16Units, bf16Unit, amxWhyNot }
 static napi_value jsInfo(napi_env env, napi_callback_info) {
   return guard(env, [&]() -> napi_value {
     napi_value o, list;
@@ -85,6 +97,18 @@ static napi_value jsInfo(napi_env env, napi_callback_info) {
     const int n = availableIsas(names);
     for (int i = 0; i < n; i++) CHECK_NAPI(napi_set_element(env, list, (uint32_t)i, mkStr(env, names[i])));
     CHECK_NAPI(napi_set_named_property(env, o, "isas", list));
+    // bf16 with the best tables: the units this process can run, best first, and why AMX is not one
+    napi_value units;
+    CHECK_NAPI(napi_create_array(env, &units));
+    const char* un[4];
+    const int nu = availableBf16Units(bestIsa(), un);
+    for (int i = 0; i < nu; i++) CHECK_NAPI(napi_set_element(env, units, (uint32_t)i, mkStr(env, un[i])));
+    CHECK_NAPI(napi_set_named_property(env, o, "bf16Units", units));
+    const Bf16Ops* best = bestBf16Unit(bestIsa());
+    CHECK_NAPI(napi_set_named_property(env, o, "bf16Unit", mkStr(env, best ? best->name : "emulated")));
+    std::string why;
+    bf16UnitByName(bestIsa(), "amx", &why);
+    CHECK_NAPI(napi_set_named_property(env, o, "amxWhyNot", mkStr(env, why.c_str())));
     return o;
   });
 }
@@ -364,6 +388,7 @@ NAPI_MODULE_INIT() {
   using namespace sae;
   const napi_property_descriptor props[] = {
       {"info", nullptr, jsInfo, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
+      {"bf16Unit", nullptr, jsBf16Unit, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"create", nullptr, jsCreate, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"encode", nullptr, jsEncode, nullptr, nullptr, nullptr, napi_enumerable, nullptr},
       {"selectDense", nullptr, jsSelectDense, nullptr, nullptr, nullptr, napi_enumerable, nullptr},

@@ -41,11 +41,14 @@ void Instance::encode(const float* W, const float* bEnc, const float* bDec, cons
     h.tok0 = (int)((int64_t)B * t / T);
     h.ntok = (int)((int64_t)B * (t + 1) / T) - h.tok0;
     const size_t padded = (size_t)((h.ntok + NR - 1) / NR) * NR + NR;
-    if (gemm) {
+    if (gemm && unit_) {
+      need(h.Xb.reserve((size_t)(h.ntok + 31) / 32 * 32 * bf16Kp(d) + 1));
+    } else if (gemm) {
       need(h.Xp.reserve(ops_->gemm->packedXFloats(h.ntok, d)));
       need(h.Wp.reserve(ops_->gemm->packedWFloats(nb_, d)));
     }
-    need(h.tile.reserve((size_t)ops_->gemm->MR * NR));
+    // a bf16 unit's tiles are 32 features × 32 tokens
+    need(h.tile.reserve((size_t)std::max(ops_->gemm->MR, unit_ ? 32 : 0) * NR));
     Consumer& c = h.cons;
     c = Consumer();
     c.st = &h;
@@ -139,6 +142,17 @@ void Instance::encode(const float* W, const float* bEnc, const float* bDec, cons
     need(h.tmpV.reserve(tmpV));
   }
 
+  // ---- a bf16 unit reads W_enc rounded and packed: once per call, shared by every thread (O(F·d)
+  // against the GEMM's O(B·F·d); the weights change at every optimizer step)
+  const int wTiles = unit_ ? (F + unit_->rows - 1) / unit_->rows : 0;
+  if (gemm && unit_) {
+    need(Wb_.reserve((size_t)wTiles * unit_->rows * bf16Kp(d)));
+    pool().run([&](int t) {
+      const int t0 = (int)((int64_t)wTiles * t / T), t1 = (int)((int64_t)wTiles * (t + 1) / T);
+      if (t1 > t0) unit_->packRows(W, d, F, t0, t1, Wb_.data());
+    });
+  }
+
   // ---- the encoder pass
   const double tSetup = now();
   pool().run([&](int t) {
@@ -159,10 +173,21 @@ void Instance::encode(const float* W, const float* bEnc, const float* bDec, cons
     job.nb = nb_;
     job.tile = h.tile.data();
     job.c = &h.cons;
+    if (gemm && unit_) {
+      unit_->packX(x, bDec, xc, h.tok0, h.ntok, d, h.Xb.data());
+      job.Xb = h.Xb.data();
+      job.Wb = Wb_.data();
+      unit_->scan(job);
+      return;
+    }
     if (gemm) {
       ops_->gemm->packX(x, bDec, xc, h.tok0, h.ntok, d, h.Xp.data());
       job.Xp = h.Xp.data();
       job.Wp = h.Wp.data();
+      if (bf16_) {
+        ops_->gemm->roundBf16(h.Xp.data(), ops_->gemm->packedXFloats(h.ntok, d));
+        job.roundW = true;
+      }
     }
     ops_->gemm->scan(job);
   });

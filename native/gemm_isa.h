@@ -114,6 +114,17 @@ static void packW(const float* W, const float* bEnc, int f0, int nf, int d, floa
   }
 }
 
+// bf16 emulated on these kernels (docs/precision.md): p[i] rounded in place by the reference's
+// integer rule (RNE on the dropped 16 bits; NaN made quiet), bit-identical to src/kernels/bf16.ts.
+static void roundBf16(float* p, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    uint32_t b;
+    __builtin_memcpy(&b, p + i, 4);
+    const uint32_t r = (b & 0x7fffffffu) > 0x7f800000u ? (b | 0x00400000u) & 0xffff0000u : (b + 0x7fffu + ((b >> 16) & 1u)) & 0xffff0000u;
+    __builtin_memcpy(p + i, &r, 4);
+  }
+}
+
 // ------------------------------------------------------------------------------ micro-kernel
 
 #if SAE_NEON
@@ -214,6 +225,8 @@ static void scan(const ScanJob& s) {
     const int nf = imin(Nc, F - f0);
     const int nmp = (nf + MR - 1) / MR;
     if (s.W) packW(s.W, s.bEnc, f0, nf, d, s.Wp);
+    if (s.W && s.roundW)
+      for (int mp = 0; mp < nmp; mp++) roundBf16(s.Wp + (size_t)mp * ((size_t)MR * d + MR), (size_t)MR * d);
     // While this block computes, pull the next block of WencT (one contiguous range) into L2.
     const char* pf = nullptr;
     const char* pfEnd = nullptr;
@@ -483,4 +496,8 @@ static void linear(const LinearJob& J) {
 }
 
 extern const GemmOps kGemm;
-const GemmOps kGemm = {MR, NR, packedXFloats, packedWFloats, packX, scan, denseAccum, packTokens, linear};
+const GemmOps kGemm = {MR, NR, packedXFloats, packedWFloats, packX, scan, denseAccum, packTokens, linear, roundBf16};
+
+#if SAE_ISA_LEVEL == 512 && !defined(SAE_NO_BF16_UNITS)
+#include "bf16_isa.h"
+#endif

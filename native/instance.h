@@ -38,6 +38,7 @@ struct Thread {
   int tok0 = 0;
   int ntok = 0;
   Buf<float> Xp, Wp, tile;
+  Buf<uint16_t> Xb;  // precision bf16 on a bf16 unit: this thread's tokens
   TokLists main;
   TokLists aux[kMaxAux];
   Buf<float> tmpV;
@@ -123,13 +124,19 @@ struct AuxSpec {
 
 class Instance {
  public:
-  Instance(int d, int F, int maxB, const IsaOps* ops) : d_(d), F_(F), maxB_(maxB), ops_(ops), T_(pool().size()) {
+  // bf16: precision bf16 (docs/precision.md); unit = the bf16 GEMM it runs on, null = emulated
+  // (the fp32 kernels on rounded operands)
+  Instance(int d, int F, int maxB, const IsaOps* ops, bool bf16 = false, const Bf16Ops* unit = nullptr)
+      : d_(d), F_(F), maxB_(maxB), ops_(ops), T_(pool().size()), bf16_(bf16), unit_(bf16 ? unit : nullptr) {
     th_.resize(T_);
     // L2-resident feature blocks of about 384 KiB
     nb_ = (int)std::max<int64_t>(1, std::min<int64_t>(64, (384 * 1024) / ((int64_t)ops_->gemm->MR * d_ * 4)));
   }
 
   const IsaOps* ops() const { return ops_; }
+  bool bf16() const { return bf16_; }
+  // "amx", "avx512bf16", "emulated" under bf16; null under fp32
+  const char* bf16Unit() const { return !bf16_ ? nullptr : unit_ ? unit_->name : "emulated"; }
   int d() const { return d_; }
   int F() const { return F_; }
   int maxB() const { return maxB_; }
@@ -213,10 +220,13 @@ class Instance {
   const int d_, F_, maxB_;
   const IsaOps* ops_;
   const int T_;
+  const bool bf16_;
+  const Bf16Ops* const unit_;
   int nb_ = 1;
   std::vector<Thread> th_;
   Result res_[1 + kMaxAux];
   Buf<float> cut_;
+  Buf<uint16_t> Wb_;  // precision bf16 on a bf16 unit: W_enc as row tiles, packed once per encode
   Buf<EntM> mtmp_;
   Buf<float> mval_;
   Buf<EntB> ftmp_;

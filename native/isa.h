@@ -100,9 +100,15 @@ struct ScanJob {
   int ntok = 0;
   const float* Xp = nullptr;  // packed (x − b_dec) panels of this thread's tokens
   float* Wp = nullptr;        // packing scratch for one feature block
-  float* tile = nullptr;      // MR×NR scratch
+  float* tile = nullptr;      // MR×NR scratch (32×NR under a bf16 unit)
   int nb = 1;                 // micro-panels per feature block
   Consumer* c = nullptr;
+  // precision bf16 (docs/precision.md), emulated on the fp32 kernel: Xp was rounded by the caller
+  // and each packed block of W is rounded here (its biases are not)
+  bool roundW = false;
+  // precision bf16 on a bf16 unit (Bf16Ops): x panels and one W block as bf16, d padded to kBf16K
+  const uint16_t* Xb = nullptr;
+  const uint16_t* Wb = nullptr;
 };
 
 // One thread's share of causal attention: query blocks [u0, u1) of the B·H·⌈T/QB⌉ units
@@ -139,6 +145,47 @@ struct LinearJob {
   float* y = nullptr;
 };
 
+// ------------------------------------------------------------------------------------- bf16
+// The bf16 GEMMs (bf16_isa.h; docs/precision.md): operands rounded to bf16 (RNE, bit-identical to
+// src/kernels/bf16.ts), products summed in fp32, C[r][c] = Σ_k A[r][k]·B[k][c]. k is padded with
+// zeros to a multiple of kBf16K. The layouts:
+//   A, rows: tiles of `rows` rows (Bf16Ops.rows), tile t at t·rows·Kp — AMX: the tile's rows
+//           row-major (A tiles load 16 rows at a stride); AVX512-BF16: [k/2][rows] pairs (one
+//           broadcast stream). Rows past the end are zero.
+//   B, columns: groups of 16 columns, group = [k/2][16][2] (the VNNI pair layout that TDPBF16PS's
+//           B tile and VDPBF16PS's vector operand read); missing columns zero.
+// The SAE encoder puts features in A and tokens in B, so a tile of C is the [feature][token] tile
+// consume() reads; the LM's linear layers put tokens in A and outputs in B.
+constexpr int kBf16K = 32;
+inline int bf16Kp(int K) { return (K + kBf16K - 1) / kBf16K * kBf16K; }
+
+// One thread's share of y[n×m] = x·W + bias (see linearBf16).
+struct Bf16LinearJob {
+  const uint16_t* Xb = nullptr;  // x as row tiles
+  const uint16_t* Wb = nullptr;  // W as column groups (packLinearW)
+  const float* bias = nullptr;
+  int n = 0, K = 0, m = 0;
+  int o0 = 0, o1 = 0;  // outputs (multiples of 32 except at m)
+  int r0 = 0, r1 = 0;  // token rows (multiples of `rows` except at n)
+  float* tile = nullptr;  // 32×32 scratch
+  float* y = nullptr;
+};
+
+struct Bf16Ops {
+  const char* name;  // "amx" | "avx512bf16"
+  int rows;          // rows of A per tile of C (32 | 14); C tiles are rows × 32
+  // (x − b_dec) of tokens [tok0, tok0+ntok): fp32 rows to xcOut (may be null), bf16 column groups
+  // of 16 tokens to Xb (ceil(ntok/32)·2 groups; the last padded with zeros)
+  void (*packX)(const float* x, const float* bDec, float* xcOut, int tok0, int ntok, int d, uint16_t* Xb);
+  // row tiles [t0, t1) of x [n×K] (rows ≥ n zero)
+  void (*packRows)(const float* x, int K, int n, int t0, int t1, uint16_t* Ab);
+  // the encoder scan of gemm_isa.h on bf16 tiles: W_enc packed by packRows into job.Wb (all F rows)
+  void (*scan)(const ScanJob& job);
+  // W [K×m] (inOut) or [m×K] as column groups [g0, g1) of 16 outputs
+  void (*packLinearW)(const float* W, bool inOut, int K, int m, int g0, int g1, uint16_t* Wb);
+  void (*linear)(const Bf16LinearJob& job);
+};
+
 // The host LM's elementwise and per-row ops (lm_isa.h).
 struct LmOps {
   void (*layerNorm)(const float* x, int r0, int r1, int d, const float* w, const float* b, float eps, float* y);
@@ -164,6 +211,7 @@ struct GemmOps {
   void (*denseAccum)(const AccumJob& job);
   void (*packTokens)(const float* x, int n, int K, int p0, int p1, float* Ap);  // panels [p0, p1) of MR tokens
   void (*linear)(const LinearJob& job);
+  void (*roundBf16)(float* p, size_t n);  // in place, RNE (bf16 emulated on these fp32 kernels)
 };
 
 // The selections' vectorised search (select_isa.h).
@@ -202,6 +250,8 @@ struct IsaOps {
   const SparseOps* sparse;
   const OptimizerOps* opt;
   const LmOps* lm;
+  const Bf16Ops* amx;         // null where not compiled for this instruction set
+  const Bf16Ops* avx512bf16;  // likewise
 };
 
 bool cpuHas512();
@@ -214,5 +264,14 @@ constexpr int kMaxIsas = 4;
 int availableIsas(const char** names);
 // SAE_ISA when set and available, else the best the CPU has.
 const IsaOps* bestIsa();
+
+// The bf16 unit of an instruction set's tables by name ("amx", "avx512bf16"), or null when the CPU
+// (or, for AMX, the operating system) does not offer it; "emulated" also gives null (the fp32
+// kernels on rounded operands). why, when given, receives the reason a unit is unavailable.
+const Bf16Ops* bf16UnitByName(const IsaOps* ops, const std::string& name, std::string* why = nullptr);
+// The units this process can run with ops, best first, always ending with "emulated"; their count.
+int availableBf16Units(const IsaOps* ops, const char** names);
+// SAE_BF16 when set and available, else the best unit; null = emulated.
+const Bf16Ops* bestBf16Unit(const IsaOps* ops);
 
 }  // namespace sae

@@ -17,12 +17,14 @@ static void need(bool ok) {
   if (!ok) fail("out of memory (native LM scratch)");
 }
 
-LmInstance::LmInstance(const IsaOps* ops) : ops_(ops), T_(pool().size()), th_(T_) {}
+LmInstance::LmInstance(const IsaOps* ops, bool bf16, const Bf16Ops* unit)
+    : ops_(ops), bf16_(bf16), unit_(bf16 ? unit : nullptr), T_(pool().size()), th_(T_) {}
 
 // Elementwise work below this size stays on the calling thread: waking the pool costs more.
 constexpr size_t kSerialElems = 1 << 14;
 
-void LmInstance::linear(const float* x, int n, int K, const float* W, int m, bool inOut, const float* bias, float* y) {
+void LmInstance::linear(const float* x, int n, int K, const float* W, int m, bool inOut, const float* bias, float* y,
+                        bool roundX) {
   if (n == 0 || m == 0) return;
   const GemmOps& g = *ops_->gemm;
   const int T = T_;
@@ -39,6 +41,7 @@ void LmInstance::linear(const float* x, int n, int K, const float* W, int m, boo
   pool().run([&](int t) {
     const int p0 = (int)((int64_t)np * t / T), p1 = (int)((int64_t)np * (t + 1) / T);
     if (p1 > p0) g.packTokens(x, n, K, p0, p1, Xp);
+    if (p1 > p0 && roundX) g.roundBf16(Xp + (size_t)p0 * g.MR * K, (size_t)(p1 - p0) * g.MR * K);
   });
   // Pieces of work: blocks of nb·NR outputs × chunks of token panels, claimed in any order by
   // whichever thread is free (the machine may be shared); a piece's results do not depend on
@@ -69,6 +72,60 @@ void LmInstance::linear(const float* x, int n, int K, const float* W, int m, boo
       J.p0 = c * chunk;
       J.p1 = std::min(np, J.p0 + chunk);
       g.linear(J);
+    }
+  });
+}
+
+void LmInstance::packLinearW(const float* W, bool inOut, int K, int m, uint16_t* Wb) {
+  const int groups = (m + 31) / 32 * 2;
+  const int T = T_;
+  const Bf16Ops* u = unit_;
+  pool().run([&](int t) {
+    const int g0 = (int)((int64_t)groups * t / T), g1 = (int)((int64_t)groups * (t + 1) / T);
+    if (g1 > g0) u->packLinearW(W, inOut, K, m, g0, g1, Wb);
+  });
+}
+
+// As linear, on a bf16 unit: x rounded to bf16 rows once (all threads), then pieces of 128
+// outputs × 256 token rows claimed by whichever thread is free; every output is one tile's sum
+// plus its bias, so the result does not depend on the partition.
+void LmInstance::linearBf16(const float* x, int n, int K, const uint16_t* Wb, int m, const float* bias, float* y) {
+  if (n == 0 || m == 0) return;
+  const Bf16Ops* u = unit_;
+  const int T = T_;
+  const int R = u->rows;
+  const int nTiles = (n + R - 1) / R;
+  need(Xb_.reserve((size_t)nTiles * R * bf16Kp(K) + 1));
+  for (auto& h : th_) need(h.tile.reserve(32 * 32));
+  uint16_t* Xb = Xb_.data();
+  pool().run([&](int t) {
+    const int t0 = (int)((int64_t)nTiles * t / T), t1 = (int)((int64_t)nTiles * (t + 1) / T);
+    if (t1 > t0) u->packRows(x, K, n, t0, t1, Xb);
+  });
+  // pieces of 128 outputs × about 256 token rows
+  constexpr int kOut = 128;
+  const int chunk = std::max(1, 256 / R) * R;
+  const int nBlocks = (m + kOut - 1) / kOut;
+  const int nChunks = (n + chunk - 1) / chunk;
+  const int units = nBlocks * nChunks;
+  std::atomic<int> next{0};
+  pool().run([&](int t) {
+    Bf16LinearJob J;
+    J.Xb = Xb;
+    J.Wb = Wb;
+    J.bias = bias;
+    J.n = n;
+    J.K = K;
+    J.m = m;
+    J.tile = th_[t].tile.data();
+    J.y = y;
+    for (int w = next.fetch_add(1, std::memory_order_relaxed); w < units; w = next.fetch_add(1, std::memory_order_relaxed)) {
+      const int blk = w / nChunks, c = w % nChunks;
+      J.o0 = blk * kOut;
+      J.o1 = std::min(m, J.o0 + kOut);
+      J.r0 = c * chunk;
+      J.r1 = std::min(n, J.r0 + chunk);
+      u->linear(J);
     }
   });
 }

@@ -56,6 +56,9 @@ inline Arr<float> f32(napi_env env, napi_value v, const char* name, bool optiona
 inline Arr<int32_t> i32(napi_env env, napi_value v, const char* name, bool optional = false) {
   return typed<int32_t>(env, v, napi_int32_array, "Int32Array", name, optional);
 }
+inline Arr<uint16_t> u16(napi_env env, napi_value v, const char* name) {
+  return typed<uint16_t>(env, v, napi_uint16_array, "Uint16Array", name, false);
+}
 inline Arr<uint8_t> u8(napi_env env, napi_value v, const char* name) {
   return typed<uint8_t>(env, v, napi_uint8_array, "Uint8Array", name);
 }

@@ -3,7 +3,7 @@ import type { LmKernels } from './lm-types.js';
 import { createReferenceLmKernels } from './lm-reference.js';
 import { createNativeLmKernels } from './lm-native.js';
 import { createReferenceKernels } from './reference.js';
-import { createNativeKernels, nativeAvailable, nativeLoadError } from './native.js';
+import { createNativeKernels, nativeAvailable, nativeKernelsFor, nativeLoadError } from './native.js';
 import { cudaStatus } from './cuda.js';
 import type { Precision } from './bf16.js';
 import { UserError } from '../util/errors.js';
@@ -22,21 +22,23 @@ export function cudaUnavailable(): UserError {
  * addon (build/sae_kernels.node; float32, multithreaded), 'auto' = native when it was built and
  * loads, else reference. 'cuda' has no host kernels of its own yet: it fails with the reason the
  * CUDA backend is unavailable (issue 12 part 2 decides what evaluation runs on beside it).
- * `precision` (docs/precision.md): 'fp32', the default, changes nothing; 'bf16' exists on the
- * reference kernels only so far, so any other name fails with a line saying so.
+ * `precision` (docs/precision.md): 'fp32', the default, changes nothing; 'bf16' rounds the encoder
+ * GEMM's operands to bf16 and sums in fp32 — natively on AMX or AVX512-BF16 where the CPU has them
+ * (SAE_BF16 picks), elsewhere on the fp32 kernels with rounded operands (said once on stderr).
  */
 export function kernelFactory(name: KernelName, precision: Precision = 'fp32'): KernelFactory {
-  if (precision !== 'fp32' && name !== 'reference' && KERNEL_NAMES.includes(name)) throw precisionUnavailable(name, precision);
+  const reference: KernelFactory = precision === 'fp32' ? createReferenceKernels : (shape) => createReferenceKernels(shape, { precision });
+  const native: KernelFactory = precision === 'fp32' ? createNativeKernels : nativeKernelsFor(null, { precision });
   switch (name) {
     case 'reference':
-      return precision === 'fp32' ? createReferenceKernels : (shape) => createReferenceKernels(shape, { precision });
+      return reference;
     case 'native':
       if (!nativeAvailable()) {
         throw new UserError(nativeUnavailableMessage());
       }
-      return createNativeKernels;
+      return native;
     case 'auto':
-      return nativeAvailable() ? createNativeKernels : createReferenceKernels;
+      return nativeAvailable() ? native : reference;
     case 'cuda':
       throw cudaUnavailable();
     default:
@@ -50,7 +52,6 @@ export function kernelFactory(name: KernelName, precision: Precision = 'fp32'): 
  * the addon was built and loads, else reference. `precision` as for kernelFactory.
  */
 export function lmKernelFactory(name: KernelName, precision: Precision = 'fp32'): LmKernels {
-  if (precision !== 'fp32' && name !== 'reference' && KERNEL_NAMES.includes(name)) throw precisionUnavailable(name, precision);
   switch (name) {
     case 'reference':
       return createReferenceLmKernels({ precision });
@@ -58,19 +59,14 @@ export function lmKernelFactory(name: KernelName, precision: Precision = 'fp32')
       if (!nativeAvailable()) {
         throw new UserError(nativeUnavailableMessage());
       }
-      return createNativeLmKernels();
+      return createNativeLmKernels({ precision });
     case 'auto':
-      return nativeAvailable() ? createNativeLmKernels() : createReferenceLmKernels();
+      return nativeAvailable() ? createNativeLmKernels({ precision }) : createReferenceLmKernels({ precision });
     case 'cuda':
       throw cudaUnavailable();
     default:
       throw new UserError(`unknown kernels "${String(name)}" (auto, reference, native or cuda)`);
   }
-}
-
-/** Until the native bf16 kernels exist (issue 18), bf16 runs on the reference kernels only. */
-function precisionUnavailable(name: KernelName, precision: Precision): UserError {
-  return new UserError(`precision ${precision} has only reference kernels so far (not ${String(name)}); use --kernels reference or precision fp32`);
 }
 
 /** One line for a missing addon: why it did not load, and how to build it on this platform. */

@@ -5,13 +5,15 @@
  * instead, so the two implementations are interchangeable everywhere.
  *
  * Environment: SAE_THREADS (worker threads, default: the CPUs this process may use), SAE_ISA
- * (avx512 | avx2 | sse2, default: the best the CPU has), SAE_NATIVE_DISABLE=1 (behave as if the
- * addon were not built).
+ * (avx512 | avx2 | sse2, default: the best the CPU has), SAE_BF16 (amx | avx512bf16 | emulated:
+ * the unit precision bf16 runs on, default: the best this process can run), SAE_NATIVE_DISABLE=1
+ * (behave as if the addon were not built).
  */
 import { createRequire } from 'node:module';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import type { FloatArray } from '../util/arrays.js';
+import type { Precision } from './bf16.js';
 import { ensureCapacity } from './selection.js';
 import { createReferenceKernels } from './reference.js';
 import { composedOptimizerStep } from './optimizer.js';
@@ -30,14 +32,34 @@ import type {
 } from './types.js';
 
 /** Must equal kApiVersion in native/bindings_sae.cc. */
-const API_VERSION = 3;
+const API_VERSION = 4;
 
 type Handle = object & { readonly __native: unique symbol };
 
+/**
+ * Where precision bf16 runs (docs/precision.md): 'amx' (TDPBF16PS tiles), 'avx512bf16'
+ * (VDPBF16PS) or 'emulated' (operands rounded for the fp32 kernels: the same results class, fp32
+ * speed); 'auto' = the best this process can run.
+ */
+export type Bf16Unit = 'auto' | 'amx' | 'avx512bf16' | 'emulated';
+
+interface AddonInfo {
+  apiVersion: number;
+  threads: number;
+  isa: string;
+  isas: string[];
+  /** bf16 units this process can run with the best instruction set, best first (ends with 'emulated') */
+  bf16Units: string[];
+  bf16Unit: string;
+  /** why AMX is not among them ('' when it is) */
+  amxWhyNot: string;
+}
+
 /** The addon's surface (see native/bindings_sae.cc and native/bindings_lm.cc). */
 interface Addon {
-  info(): { apiVersion: number; threads: number; isa: string; isas: string[] };
-  create(d: number, F: number, maxB: number, isa: string | null): Handle;
+  info(): AddonInfo;
+  create(d: number, F: number, maxB: number, isa: string | null, bf16Unit: string | null): Handle;
+  bf16Unit(h: Handle): string | null;
   encode(
     h: Handle, WencT: Float32Array, bEnc: Float32Array, bDec: Float32Array, x: Float32Array, B: number, xc: Float32Array,
     kind: number, num: number, arr: Float32Array | Int32Array | null, auxMasks: Uint8Array[], auxKs: number[],
@@ -105,9 +127,11 @@ function load(): Addon | null {
  * this CPU lacks, a count that is not 1..256); say so once on stderr rather than let a benchmark
  * or a test believe it ran what it asked for.
  */
-function warnIgnoredEnv(info: { threads: number; isa: string; isas: string[] }): void {
+function warnIgnoredEnv(info: AddonInfo): void {
   const isa = process.env.SAE_ISA;
   if (isa && isa !== info.isa) process.stderr.write(`sae: warning: SAE_ISA=${isa} ignored (this CPU offers ${info.isas.join(', ')}); using ${info.isa}\n`);
+  const bf = process.env.SAE_BF16;
+  if (bf && bf !== info.bf16Unit) process.stderr.write(`sae: warning: SAE_BF16=${bf} ignored (this process can run ${info.bf16Units.join(', ')}); bf16 uses ${info.bf16Unit}\n`);
   const t = process.env.SAE_THREADS;
   if (t && !(/^\d+$/.test(t) && Number(t) >= 1 && Number(t) <= 256)) process.stderr.write(`sae: warning: SAE_THREADS=${t} ignored (want 1..256); using ${info.threads} threads\n`);
 }
@@ -123,12 +147,31 @@ export function nativeLoadError(): string | null {
   return loadError;
 }
 
-/** Threads, instruction set in use and those available (null when the addon is unavailable). */
-export function nativeInfo(): { threads: number; isa: string; isas: string[] } | null {
+/**
+ * Threads, instruction set in use and those available, and the bf16 units (best first; the one
+ * `auto` picks) with the reason AMX is not usable here (null when the addon is unavailable).
+ */
+export function nativeInfo(): { threads: number; isa: string; isas: string[]; bf16Unit: string; bf16Units: string[]; amxWhyNot: string } | null {
   const a = load();
   if (!a) return null;
-  const { threads, isa, isas } = a.info();
-  return { threads, isa, isas };
+  const { threads, isa, isas, bf16Unit, bf16Units, amxWhyNot } = a.info();
+  return { threads, isa, isas, bf16Unit, bf16Units, amxWhyNot };
+}
+
+let bf16Noted = false;
+/**
+ * Once per process, on stderr, where bf16 does not run on a bf16 unit: no speed-up to expect
+ * (emulated), or AMX refused by the operating system.
+ */
+export function noteBf16Unit(unit: string): void {
+  if (bf16Noted) return;
+  bf16Noted = true;
+  const info = nativeInfo();
+  if (unit === 'emulated') {
+    process.stderr.write(`sae: bf16 runs emulated (${info?.amxWhyNot || 'no bf16 unit'}, and no AVX512-BF16 in use): operands are rounded for the fp32 kernels, bf16 results at fp32 speed\n`);
+  } else if (unit !== 'amx' && info && /refused/.test(info.amxWhyNot)) {
+    process.stderr.write(`sae: bf16: ${info.amxWhyNot}; using ${unit}\n`);
+  }
 }
 
 function required(): Addon {
@@ -152,20 +195,33 @@ function prepareRows(codes: SparseCodes, B: number): void {
   if (codes.rowPtr.length < B + 1) codes.rowPtr = new Int32Array(B + 1);
 }
 
-/** Native kernels with the default instruction set. */
-export const createNativeKernels: KernelFactory = (shape: KernelShape) => createNativeKernelsWith(shape, null);
+/** Native kernels with the default instruction set, in fp32. */
+export const createNativeKernels: KernelFactory = (shape: KernelShape) => createNativeKernelsWith(shape, null, 'fp32', 'auto');
 
-/** A factory pinned to one instruction set ('avx512' | 'avx2' | 'sse2'; tests check each one). */
-export function nativeKernelsFor(isa: string): KernelFactory {
-  return (shape) => createNativeKernelsWith(shape, isa);
+/** Options of nativeKernelsFor: the precision (default fp32) and, under bf16, its unit (default auto). */
+export interface NativeOptions {
+  precision?: Precision;
+  bf16Unit?: Bf16Unit;
 }
 
-function createNativeKernelsWith(shape: KernelShape, isa: string | null): SaeKernels {
+/**
+ * A factory pinned to one instruction set ('avx512' | 'avx2' | 'sse2'; null = the best; tests
+ * check each one), optionally in bf16 on a given unit.
+ */
+export function nativeKernelsFor(isa: string | null, opts: NativeOptions = {}): KernelFactory {
+  return (shape) => createNativeKernelsWith(shape, isa, opts.precision ?? 'fp32', opts.bf16Unit ?? 'auto');
+}
+
+function createNativeKernelsWith(shape: KernelShape, isa: string | null, precision: Precision, unit: Bf16Unit): SaeKernels {
   const A = required();
   const { d, F, maxB } = shape;
-  const h = A.create(d, F, maxB, isa);
+  const bf16 = precision === 'bf16';
+  const h = A.create(d, F, maxB, isa, bf16 ? unit : null);
+  const unitName = A.bf16Unit(h);
+  if (unitName) noteBf16Unit(unitName);
   let ref: SaeKernels | null = null;
-  const reference = (): SaeKernels => (ref ??= createReferenceKernels(shape));
+  // the reference follows the same precision rule, so a float64 or odd call gets the same class of result
+  const reference = (): SaeKernels => (ref ??= createReferenceKernels(shape, { precision }));
 
   function selectionArgs(sel: Selection): [number, number, Float32Array | Int32Array | null] | null {
     switch (sel.kind) {
@@ -207,7 +263,8 @@ function createNativeKernelsWith(shape: KernelShape, isa: string | null): SaeKer
   }
 
   const kernels: SaeKernels & NativeExtras = {
-    name: isa ? `native-${isa}` : 'native',
+    name: (isa ? `native-${isa}` : 'native') + (unitName ? `-bf16-${unitName}` : ''),
+    precision,
 
     encodeSelect(p: SaeParams, x: FloatArray, B: number, sel: Selection, aux: readonly AuxRequest[], out: EncodeOutput): void {
       const args = selectionArgs(sel);
