@@ -5,10 +5,13 @@
 // splice-eval's full pass (every block, final LayerNorm, unembedding, mean next-token
 // cross-entropy). Reports effective GFLOP/s of the linear layers against the measured peak of the
 // same GEMM, and memory after every batch. Optionally runs the PyTorch reference
-// (../shared/tools/torch_lm_bench.py) in the same session. Needs `npm run build`. See
-// bench/README.md.
+// (../shared/tools/torch_lm_bench.py) in the same session. `--precision bf16` (issue 18) runs the
+// linear layers in bf16 (docs/precision.md) on the best bf16 unit (SAE_BF16 picks one), passes
+// the same precision to PyTorch, and reports % of the unit's peak (AMX: 1,024 FLOP/cycle/core;
+// AVX512-BF16: 128; the emulated path's and fp32's: 64, two 16-lane FMA ports) at --ghz.
+// Needs `npm run build`. See bench/README.md.
 import { spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 
@@ -23,7 +26,7 @@ const ARCHS = {
 };
 
 function parseArgs(argv) {
-  const o = { archs: 'gpt2,pythia-70m', workloads: 'hook,full', ctx: 64, batch: 32, reps: 5, warmup: 2, kernels: 'native', torch: null, json: false };
+  const o = { archs: 'gpt2,pythia-70m', workloads: 'hook,full', ctx: 64, batch: 32, reps: 5, warmup: 2, kernels: 'native', precision: 'fp32', ghz: null, torch: null, json: false };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const next = () => {
@@ -37,10 +40,12 @@ function parseArgs(argv) {
     else if (a === '--reps') o.reps = Number(next());
     else if (a === '--warmup') o.warmup = Number(next());
     else if (a === '--kernels') o.kernels = next();
+    else if (a === '--precision') o.precision = next();
+    else if (a === '--ghz') o.ghz = Number(next());
     else if (a === '--torch') o.torch = next();
     else if (a === '--json') o.json = true;
     else if (a === '--help' || a === '-h') {
-      console.log('usage: node bench/lm.mjs [--archs gpt2,pythia-70m] [--workloads hook,full] [--ctx 64] [--batch 32] [--reps 5] [--warmup 2] [--kernels native|auto|reference] [--torch path/to/torch_lm_bench.py] [--json]');
+      console.log('usage: node bench/lm.mjs [--archs gpt2,pythia-70m] [--workloads hook,full] [--ctx 64] [--batch 32] [--reps 5] [--warmup 2] [--kernels native|auto|reference] [--precision fp32|bf16] [--ghz CLOCK] [--torch path/to/torch_lm_bench.py] [--json]');
       process.exit(0);
     } else throw new Error(`unknown argument ${a}`);
   }
@@ -207,12 +212,33 @@ function gemmPeak(K) {
   return (2 * n * k * m) / best / 1e9;
 }
 
+/**
+ * The arithmetic peak of the unit the linear layers run on: FLOP/cycle/core × threads × GHz (--ghz,
+ * else /proc/cpuinfo's "cpu MHz", a nominal clock: turbo may run above it).
+ */
+function unitPeakGflops(K, info, o) {
+  const unit = K.name.match(/bf16-(\w+)/)?.[1] ?? 'fp32';
+  const perCycle = unit === 'amx' ? 1024 : unit === 'avx512bf16' ? 128 : info?.isa === 'avx512' ? 64 : 32;
+  let ghz = o.ghz;
+  if (!ghz) {
+    try {
+      const mhz = readFileSync('/proc/cpuinfo', 'utf8').match(/cpu MHz\s*:\s*([\d.]+)/);
+      ghz = mhz ? Number(mhz[1]) / 1000 : NaN;
+    } catch {
+      ghz = NaN;
+    }
+  }
+  const threads = info?.threads ?? 1;
+  const gflops = perCycle * threads * ghz;
+  return { gflops, what: `${gflops.toFixed(0)} GFLOP/s (${unit}: ${perCycle} FLOP/cycle/core × ${threads} × ${ghz.toFixed(2)} GHz)` };
+}
+
 function runTorch(script, arch, workload, o) {
   const env = { ...process.env };
   delete env.OPENBLAS_CORETYPE;
   const tc = '/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4';
   if (existsSync(tc)) env.LD_PRELOAD = tc;
-  const args = [script, '--arch', arch, '--layer', String(ARCHS[arch].hook), '--ctx', String(o.ctx), '--batch', String(o.batch), '--threads', '2'];
+  const args = [script, '--arch', arch, '--layer', String(ARCHS[arch].hook), '--ctx', String(o.ctx), '--batch', String(o.batch), '--threads', '2', '--precision', o.precision];
   if (workload === 'full') args.push('--full');
   const r = spawnSync('/usr/bin/python3', args, { encoding: 'utf8', env });
   if (r.status !== 0) return { error: (r.stderr || r.stdout).trim().split('\n').pop() };
@@ -225,8 +251,9 @@ async function main() {
   if (!existsSync(entry)) throw new Error(`${entry} missing: run \`npm run build\` first`);
   const { lmKernelFactory } = await import(pathToFileURL(entry).href);
   const { nativeInfo } = await import(pathToFileURL(path.join(dist, 'kernels', 'native.js')).href);
-  const K = lmKernelFactory(o.kernels);
+  const K = lmKernelFactory(o.kernels, o.precision);
   const info = nativeInfo();
+  const unitPeak = unitPeakGflops(K, info, o);
   // measured before and after the runs, the better kept: on a shared machine one of them may be disturbed
   let peak = K.name.startsWith('native') ? gemmPeak(K) : NaN;
   const rows = [];
@@ -239,19 +266,19 @@ async function main() {
   }
   if (K.name.startsWith('native')) peak = Math.max(peak, gemmPeak(K));
   if (o.json) {
-    console.log(JSON.stringify({ kernels: K.name, native: info, gemm_peak_gflops: peak, rows }, null, 2));
+    console.log(JSON.stringify({ kernels: K.name, precision: o.precision, native: info, gemm_peak_gflops: peak, unit_peak: unitPeak, rows }, null, 2));
     return;
   }
   const f1 = (x) => x.toLocaleString('en-US', { maximumFractionDigits: 0 });
-  console.log(`kernels: ${K.name}${info ? ` (${info.isa}, ${info.threads} threads)` : ''}; GEMM peak (linear 2048×768 by 768×3072, best of 8, before and after): ${peak.toFixed(0)} GFLOP/s; B=${o.batch} contexts of T=${o.ctx}, median of ${o.reps} after ${o.warmup} warm-up\n`);
-  console.log('| model | workload | MFLOP/token (linear) | s/batch (min–max) | tokens/s (best) | GFLOP/s (best) | % of GEMM peak (best) | RSS after first / last batch MiB |' + (o.torch ? ' torch tokens/s (best) | ours / torch (best / best) |' : ''));
-  console.log('|---|---|---|---|---|---|---|---|' + (o.torch ? '---|---|' : ''));
+  console.log(`kernels: ${K.name}${info ? ` (${info.isa}, ${info.threads} threads)` : ''}, precision ${o.precision}; GEMM peak (linear 2048×768 by 768×3072, best of 8, before and after): ${peak.toFixed(0)} GFLOP/s; unit peak ${unitPeak.what}; B=${o.batch} contexts of T=${o.ctx}, median of ${o.reps} after ${o.warmup} warm-up\n`);
+  console.log('| model | workload | MFLOP/token (linear) | s/batch (min–max) | tokens/s (best) | GFLOP/s (best) | % of GEMM peak (best) | % of unit peak (best) | RSS after first / last batch MiB |' + (o.torch ? ` torch ${o.precision} tokens/s (best) | ours / torch (best / best) |` : ''));
+  console.log('|---|---|---|---|---|---|---|---|---|' + (o.torch ? '---|---|' : ''));
   for (const r of rows) {
     const wl = r.workload === 'hook' ? `hook (blocks.${ARCHS[r.arch].hook}.hook_resid_pre)` : 'full (logits + mean CE)';
     const n = r.B * r.T;
     const best = n / r.s_min;
     const bestG = (r.mflop_per_token * best) / 1e3;
-    let line = `| ${r.arch} | ${wl} | ${r.mflop_per_token.toFixed(1)} | ${r.s_per_batch.toFixed(3)} (${r.s_min.toFixed(3)}–${r.s_max.toFixed(3)}) | ${f1(r.tokens_per_s)} (${f1(best)}) | ${r.gflops.toFixed(0)} (${bestG.toFixed(0)}) | ${((100 * r.gflops) / peak).toFixed(0)}% (${((100 * bestG) / peak).toFixed(0)}%) | ${r.rss_first_mib.toFixed(0)} / ${r.rss_last_mib.toFixed(0)} |`;
+    let line = `| ${r.arch} | ${wl} | ${r.mflop_per_token.toFixed(1)} | ${r.s_per_batch.toFixed(3)} (${r.s_min.toFixed(3)}–${r.s_max.toFixed(3)}) | ${f1(r.tokens_per_s)} (${f1(best)}) | ${r.gflops.toFixed(0)} (${bestG.toFixed(0)}) | ${((100 * r.gflops) / peak).toFixed(0)}% (${((100 * bestG) / peak).toFixed(0)}%) | ${((100 * r.gflops) / unitPeak.gflops).toFixed(0)}% (${((100 * bestG) / unitPeak.gflops).toFixed(0)}%) | ${r.rss_first_mib.toFixed(0)} / ${r.rss_last_mib.toFixed(0)} |`;
     if (o.torch) {
       const tb = n / r.torch.s_min;
       line += r.torch.error ? ` ${r.torch.error} | – |` : ` ${f1(r.torch.tokens_per_s)} (${f1(tb)}) | ${(r.tokens_per_s / r.torch.tokens_per_s).toFixed(2)}× (${(best / tb).toFixed(2)}×) |`;

@@ -5,7 +5,10 @@
 // Prints a markdown table to stdout. Needs the compiled package (`npm run build`) and the addon
 // (build/sae_kernels.node). Every configuration runs in its own child process so that its peak RSS
 // is its own. See bench/README.md. `--platform-report` prints what a user on a new platform (arm64
-// Linux, macOS) should send back: bench/platform-report.mjs.
+// Linux, macOS) should send back: bench/platform-report.mjs. `--precision bf16` (issue 18) runs the
+// encoder GEMM in bf16 (docs/precision.md) on the best bf16 unit (SAE_BF16 picks one) and adds the
+// fp32 step of the same shape for the speed-up; `--torch PATH` runs ../shared/tools/torch_sae_bench.py
+// on the same shapes (bf16-autocast under --precision bf16) in the same session.
 import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import os from 'node:os';
@@ -31,6 +34,8 @@ function parseArgs(argv) {
     platformReport: false,
     ghz: null,
     peak: null,
+    precision: 'fp32',
+    torch: null,
   };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
@@ -51,10 +56,12 @@ function parseArgs(argv) {
     } else if (a === '--json') o.json = true;
     else if (a === '--platform-report') o.platformReport = true;
     else if (a === '--ghz') o.ghz = Number(next());
+    else if (a === '--precision') o.precision = next();
+    else if (a === '--torch') o.torch = next();
     else if (a === '--peak') o.peak = Number(next());
     else if (a === '--child') o.child = JSON.parse(next());
     else if (a === '--help' || a === '-h') {
-      console.log('usage: node bench/train.mjs [--shapes FxB,...] [--acts topk,mutual,mutual+aux,feature,feature-uniform,relu] [--steps N] [--warmup N] [--no-reference] [--quick] [--json]');
+      console.log('usage: node bench/train.mjs [--shapes FxB,...] [--acts topk,mutual,mutual+aux,feature,feature-uniform,relu] [--steps N] [--warmup N] [--no-reference] [--quick] [--precision fp32|bf16] [--torch path/to/torch_sae_bench.py] [--json]');
       console.log('       node bench/train.mjs --platform-report [--ghz CLOCK] [--peak FLOP_PER_CYCLE_PER_CORE] [--json]   (the figures to send back from a new platform)');
       process.exit(0);
     } else throw new Error(`unknown argument ${a}`);
@@ -111,11 +118,11 @@ function timed(kernels, acc) {
 
 async function child(c) {
   const imp = (p) => import(pathToFileURL(path.join(dist, p)).href);
-  const { createNativeKernels, nativeExtras, nativeInfo } = await imp('kernels/native.js');
+  const { createNativeKernels, nativeKernelsFor, nativeExtras, nativeInfo } = await imp('kernels/native.js');
   const { createReferenceKernels } = await imp('kernels/reference.js');
   const { resolveConfig } = await imp('sae/config.js');
   const { Trainer } = await imp('sae/trainer.js');
-  const { F, B, act, steps, warmup, kernels } = c;
+  const { F, B, act, steps, warmup, kernels, precision = 'fp32' } = c;
   const aux = act === 'mutual+aux';
   const uniform = act === 'feature-uniform';
   const activation = aux ? 'mutual' : uniform ? 'feature' : act;
@@ -136,7 +143,7 @@ async function child(c) {
     capacities: uniform ? 'uniform' : 'zipf',
   });
   const acc = {};
-  const base = kernels === 'reference' ? createReferenceKernels : createNativeKernels;
+  const base = kernels === 'reference' ? createReferenceKernels : precision === 'bf16' ? nativeKernelsFor(null, { precision }) : createNativeKernels;
   const trainer = new Trainer({ cfg, d, F, deadWindow: aux ? B : 1e12, kernels: (shape) => timed(base(shape), acc) });
   const xs = [batch(1, B), batch(2, B), batch(3, B)];
   trainer.init(xs[0]);
@@ -157,7 +164,7 @@ async function child(c) {
   }
   // aux sizes of the last step (the workspace is the trainer's; read it for the report only)
   auxNnz = (trainer.ws?.enc?.aux ?? []).map((a) => a.nnz);
-  const res = { F, B, act, kernels, steps: stepMs.length, stepMs, l0, auxNnz };
+  const res = { F, B, act, kernels, precision, name: trainer.kernels.name, steps: stepMs.length, stepMs, l0, auxNnz };
   const mid = stepMs.indexOf(median(stepMs)) >= 0 ? stepMs.indexOf(median(stepMs)) : 0;
   const p = parts[mid] ?? parts[0];
   const kernelMs = (names) => names.reduce((s, n) => s + (p[n] ?? 0), 0);
@@ -191,6 +198,42 @@ async function child(c) {
 }
 
 // ----------------------------------------------------------------------------------- parent
+
+/**
+ * ../shared/tools/torch_sae_bench.py on the same shapes and activations, same precision
+ * (bf16-autocast for bf16), OpenBLAS forced to SkylakeX where it misdetects the CPU: its fastest
+ * implementation's median step per configuration.
+ */
+function runTorch(o, shapes, acts) {
+  const precision = o.precision === 'bf16' ? 'bf16-autocast' : 'fp32';
+  const out = path.join(os.tmpdir(), `sae-torch-bench-${process.pid}.json`);
+  const only = [...new Set(acts.map((a) => TORCH_ACT[a]).filter(Boolean))].join(',');
+  const args = [o.torch, '--shapes', shapes.map(([F, B]) => `${F}:${B}`).join(','), '--only', only, '--precision', precision, '--no-numpy', '--openblas-core', 'SkylakeX', '--out', out];
+  const r = spawnSync('/usr/bin/python3', args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] });
+  if (r.status !== 0) {
+    console.error(`bench: torch reference failed (exit ${r.status})`);
+    return null;
+  }
+  return { precision, rows: parseTorchRows(r.stdout, acts) };
+}
+
+// torch_sae_bench.py's names: BatchTopK is Mutual Choice (one top-M over the batch)
+const TORCH_ACT = { topk: 'topk', mutual: 'batchtopk', 'mutual+aux': null, feature: 'featurechoice', 'feature-uniform': null, relu: 'relu' };
+
+/** Its progress lines ("topk fused F=24576 B=1536:  787.1 ms/step …"): the fastest implementation per configuration. */
+function parseTorchRows(stdout, acts) {
+  const best = new Map();
+  for (const m of stdout.matchAll(/^(\w+)\s+(\w+)\s+F=\s*(\d+)\s+B=\s*(\d+):\s+([\d.]+) ms\/step/gm)) {
+    const key = `${m[1]} ${m[3]} ${m[4]}`;
+    const ms = Number(m[5]);
+    if (!best.has(key) || best.get(key).ms > ms) best.set(key, { torchAct: m[1], impl: m[2], F: Number(m[3]), B: Number(m[4]), ms });
+  }
+  const rows = [];
+  for (const act of acts) {
+    for (const r of best.values()) if (TORCH_ACT[act] === r.torchAct) rows.push({ ...r, act });
+  }
+  return rows;
+}
 
 function runChild(c) {
   const r = spawnSync(process.execPath, [fileURLToPath(import.meta.url), '--child', JSON.stringify(c)], {
@@ -226,23 +269,26 @@ async function main() {
   const started = new Date();
   for (const [F, B] of shapes) {
     for (const act of acts) {
-      const r = runChild({ F, B, act, steps: o.steps, warmup: o.warmup, kernels: 'native' });
+      const r = runChild({ F, B, act, steps: o.steps, warmup: o.warmup, kernels: 'native', precision: o.precision });
+      if (o.precision !== 'fp32') r.fp32 = runChild({ F, B, act, steps: o.steps, warmup: o.warmup, kernels: 'native' });
       rows.push(r);
-      console.error(`bench: ${act} F=${F} B=${B}: ${fmt(median(r.stepMs))} ms/step, floor ${fmt(r.floorMs)} ms`);
+      console.error(`bench: ${act} F=${F} B=${B} ${r.name}: ${fmt(median(r.stepMs))} ms/step, floor ${fmt(r.floorMs)} ms` + (r.fp32 ? `; fp32 ${fmt(median(r.fp32.stepMs))} ms/step` : ''));
     }
   }
+  let torch = null;
+  if (o.torch) torch = runTorch(o, shapes, acts);
   let ref = null;
   if (o.reference) {
     ref = runChild({ F: 24576, B: 1536, act: 'topk', steps: 1, warmup: 0, kernels: 'reference' });
     console.error(`bench: reference topk F=24576 B=1536: ${fmt(ref.stepMs[0])} ms/step`);
   }
   if (o.json) {
-    console.log(JSON.stringify({ rows, ref }, null, 2));
+    console.log(JSON.stringify({ rows, ref, torch }, null, 2));
     return;
   }
   const cpu = os.cpus()[0]?.model ?? 'unknown CPU';
   console.log(`# sae training-step benchmark (native kernels)\n`);
-  console.log(`${started.toISOString()} · ${cpu}, ${os.cpus().length} CPUs · node ${process.version} · ${info.threads} threads · ${info.isa} kernels · d=${d}, k=${K}, float32`);
+  console.log(`${started.toISOString()} · ${cpu}, ${os.cpus().length} CPUs · node ${process.version} · ${info.threads} threads · ${info.isa} kernels · d=${d}, k=${K}, ${o.precision === 'fp32' ? 'float32' : `precision ${o.precision} (${rows[0]?.name})`}`);
   console.log(`median of ${o.steps} steps after ${o.warmup} warm-up steps; floor = one encoder GEMM (B×d by d×F) with the same SGEMM, median of 5\n`);
   console.log('| activation | F | B | floor ms | GFLOP/s | step ms (min–max) | step / floor | tokens/s | encode | sparse fwd+bwd | optimizer | rest (JS) | L0 | aux nnz | peak RSS MiB | state + batch MiB | RSS / (state + batch) |');
   console.log('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|');
@@ -253,6 +299,15 @@ async function main() {
     console.log(
       `| ${r.act} | ${r.F} | ${r.B} | ${fmt(r.floorMs)} | ${fmt(gf, 0)} | ${fmt(med)} (${fmt(Math.min(...r.stepMs))}–${fmt(Math.max(...r.stepMs))}) | ${fmt(med / r.floorMs, 2)} | ${int(r.B / (med / 1000))} | ${fmt(r.parts.encode)} | ${fmt(r.parts.sparse)} | ${fmt(r.parts.optimizer)} | ${fmt(r.parts.rest)} | ${fmt(r.l0, 1)} | ${r.auxNnz.length ? r.auxNnz.join(' + ') : '–'} | ${int(r.maxRssMiB)} | ${int(need)} | ${fmt(r.maxRssMiB / need, 2)} |`,
     );
+  }
+  if (o.precision !== 'fp32') {
+    console.log(`\n| activation | F | B | fp32 step ms | ${o.precision} step ms | speed-up | fp32 floor ms | ${o.precision} floor ms | floor speed-up |` + (torch ? ` torch ${torch.precision} step ms | ours / torch |` : ''));
+    console.log('|---|---|---|---|---|---|---|---|---|' + (torch ? '---|---|' : ''));
+    for (const r of rows) {
+      const a = median(r.fp32.stepMs), b = median(r.stepMs);
+      const t = torch?.rows.find((x) => x.act === r.act && x.F === r.F && x.B === r.B);
+      console.log(`| ${r.act} | ${r.F} | ${r.B} | ${fmt(a)} | ${fmt(b)} | ${fmt(a / b, 2)}× | ${fmt(r.fp32.floorMs)} | ${fmt(r.floorMs)} | ${fmt(r.fp32.floorMs / r.floorMs, 2)}× |` + (torch ? (t ? ` ${fmt(t.ms)} | ${fmt(t.ms / b, 2)}× |` : ' – | – |') : ''));
+    }
   }
   if (ref) {
     const nat = rows.find((r) => r.act === 'topk' && r.F === 24576 && r.B === 1536);
