@@ -66,6 +66,30 @@ export function defineLmKernelChecks(t, m, isas, size) {
     expectWithin(got, want, 1e-6, (i) => Math.sqrt(xn[Math.floor(i / mm)] * wn[i % mm]) + (bias ? Math.abs(bias[i % mm]) : 0), 0, `linear ${n}×${K}×${mm} ${layout}`);
   }
 
+  /**
+   * Linear under precision bf16 vs the reference bf16 linear (docs/precision.md): the same rounded
+   * operands, summed in another order, so within 2·(K−1)·2^-24·Σ_p|x̃_p·w̃_p| + 2^-24·|bias| per
+   * element; Σ_p|x̃_p·w̃_p| ≤ ‖x̃_i‖·‖w̃_j‖ ≤ (1 + 2^-8)²·‖x_i‖·‖w_j‖.
+   */
+  function bf16Case(refBf16, rng, n, K, mm, layout) {
+    const x = normal(rng, n * K);
+    const W = normal(rng, K * mm, 1 / Math.sqrt(K));
+    const bias = normal(rng, mm, 0.1);
+    const want = new Float32Array(n * mm);
+    refBf16.linear(x, n, K, W, mm, layout, bias, want);
+    return { x, W, bias, want, n, K, mm, layout };
+  }
+  function checkLinearBf16(k, c) {
+    const { x, W, bias, want, n, K, mm, layout } = c;
+    const got = new Float32Array(n * mm).fill(NaN);
+    k.linear(x, n, K, W, mm, layout, bias, got);
+    const xn = new Float64Array(n), wn = new Float64Array(mm);
+    for (let i = 0; i < n; i++) for (let p = 0; p < K; p++) xn[i] += x[i * K + p] ** 2;
+    for (let p = 0; p < K; p++) for (let j = 0; j < mm; j++) wn[j] += W[layout === 'in_out' ? p * mm + j : j * K + p] ** 2;
+    const U = 2 ** -24;
+    expectWithin(got, want, 2 * Math.max(K - 1, 0) * U * 1.01, (i) => Math.sqrt(xn[Math.floor(i / mm)] * wn[i % mm]), U * 0.5, `bf16 linear ${n}×${K}×${mm} ${layout} on ${k.name}`);
+  }
+
   function attentionInputs(rng, B, T, H, hd) {
     const size = B * T * H * hd;
     return { q: normal(rng, size), k: normal(rng, size), v: normal(rng, size) };
@@ -229,6 +253,29 @@ export function defineLmKernelChecks(t, m, isas, size) {
         }
       });
     }
+
+    it('linear in bf16 on every bf16 unit of every instruction set (emulated where there is none) agrees with the reference bf16 linear', () => {
+      const refBf16 = m.createReferenceLmKernels({ precision: 'bf16' });
+      const rng = new Rng(12);
+      const cases = [];
+      for (const [n, K, mm] of S.linear) for (const layout of ['in_out', 'out_in']) cases.push(bf16Case(refBf16, rng, n, K, mm, layout));
+      for (const [n, K, mm, layout] of S.gpt2Linear.slice(0, 2)) cases.push(bf16Case(refBf16, rng, n, K, mm, layout));
+      let ran = 0;
+      for (const isa of isas) {
+        for (const unit of ['amx', 'avx512bf16', 'emulated']) {
+          let nat;
+          try {
+            nat = nativeLmKernelsFor(isa, { precision: 'bf16', bf16Unit: unit });
+          } catch (e) {
+            if (/not available/.test(String(e))) continue; // a unit this CPU or table lacks
+            throw e;
+          }
+          for (const c of cases) checkLinearBf16(nat, c);
+          ran++;
+        }
+      }
+      assert.ok(ran >= isas.length, 'every instruction set runs bf16 at least emulated');
+    });
 
     it('linear at GPT-2-small shapes: QKV, MLP in/out (K 3072), and the unembedding (out_in)', () => {
       const rng = new Rng(8);
