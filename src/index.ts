@@ -1,7 +1,9 @@
 // Library entry: every stage is usable without the CLI.
 export * from './kernels/types.js';
 export { createReferenceKernels } from './kernels/reference.js';
-export { kernelFactory, type KernelName } from './kernels/index.js';
+export { kernelFactory, lmKernelFactory, type KernelName } from './kernels/index.js';
+// precision (docs/precision.md) is chosen by the kernels: kernelFactory / lmKernelFactory(name, precision)
+export { PRECISIONS, isPrecision, parsePrecision, type Precision } from './kernels/bf16.js';
 export * from './kernels/selection.js';
 export * from './sae/zipf.js';
 export * from './sae/capacities.js';

@@ -2,13 +2,18 @@ import { Flags } from '@oclif/core';
 import { isAutoKey, type TrainConfig } from '../sae/config.js';
 import { UserError } from '../util/errors.js';
 import { KERNEL_NAMES } from '../kernels/index.js';
+import { PRECISIONS } from '../kernels/bf16.js';
+
+/** One wording of --precision for every command that has it (the shared flag and train's config flag). */
+const PRECISION = 'fp32 | bf16: bf16 = operands of the big GEMMs (the LM’s linear layers and unembedding, the SAE encoder) rounded to bf16, fp32 accumulation; see docs/precision.md';
 
 /**
  * CLI flags for the training config, generated from one table so that every config key has
- * exactly one flag, named in kebab-case. Values are validated by resolveConfig, not here.
+ * exactly one flag, named in kebab-case. Values are validated by resolveConfig, not here; a key with
+ * a fixed set of values also lists them, so that --help shows them and a typo fails as for any flag.
  */
 type Kind = 'int' | 'num' | 'str';
-const TABLE: Array<[keyof TrainConfig, Kind, string]> = [
+const TABLE: Array<[keyof TrainConfig, Kind, string, options?: readonly string[]]> = [
   ['activation', 'str', 'relu | topk | batchtopk | mutual | feature (default topk; jumprelu is inference-only)'],
   ['width', 'int', 'number of SAE features F (default auto: expansion × d)'],
   ['expansion', 'num', 'F = expansion × d when --width is not given (default 8)'],
@@ -45,6 +50,9 @@ const TABLE: Array<[keyof TrainConfig, Kind, string]> = [
   ['checkpointEvery', 'int', 'steps between checkpoints (default 1000)'],
   ['logEvery', 'int', 'steps between metrics lines (default 10)'],
   ['expectPreprocessing', 'str', 'require shards with this preprocessing: center_unit_norm | none | dataset_scale | any'],
+  // one key of the config (a --config file may set it, --resume compares it), so no default here:
+  // an absent flag must leave a resumed run's recorded precision in force
+  ['precision', 'str', `${PRECISION}; with --model the LM computes at it too (default fp32; with --resume the run's)`, PRECISIONS],
 ];
 
 /** Flags that several commands share, described once. */
@@ -57,6 +65,7 @@ export const sharedFlags = {
     default: 'auto',
     options: [...KERNEL_NAMES],
   }),
+  precision: Flags.string({ description: PRECISION, default: 'fp32', options: [...PRECISIONS] }),
 };
 
 export const flagName = (key: string): string => key.replace(/[A-Z]/g, (c) => '-' + c.toLowerCase());
@@ -64,10 +73,10 @@ export const flagName = (key: string): string => key.replace(/[A-Z]/g, (c) => '-
 // Numbers are parsed here and range-checked by resolveConfig, so a flag and a config-file key
 // are held to the same rules.
 export const configFlags = Object.fromEntries(
-  TABLE.map(([key, kind, description]) => [
+  TABLE.map(([key, kind, description, options]) => [
     flagName(key),
     kind === 'str'
-      ? Flags.string({ description })
+      ? Flags.string({ description, ...(options ? { options: [...options] } : {}) })
       : Flags.custom<number | 'auto'>({ description, parse: async (s) => parseNumber(s, flagName(key), kind === 'int', isAutoKey(key)) })(),
   ]),
 );

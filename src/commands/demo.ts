@@ -16,6 +16,7 @@ import { openShards } from '../store/shard-set.js';
 import { evaluateSae } from '../eval/evaluate.js';
 import { featureRecovery } from '../eval/recovery.js';
 import { kernelFactory, type KernelName } from '../kernels/index.js';
+import { parsePrecision, type Precision } from '../kernels/bf16.js';
 import { lmDemo, DEMO_MODEL_NAME } from '../pipeline/demo-lm.js';
 import { isLockEntry, lockOutDir, type OutDirLock } from '../util/lock.js';
 import { Progress } from '../util/progress.js';
@@ -57,24 +58,26 @@ export default class Demo extends SaeCommand {
     seed: Flags.integer({ description: 'random seed', default: 0 }),
     json: Flags.boolean({ description: 'print the results as JSON on stdout' }),
     kernels: sharedFlags.kernels,
+    precision: sharedFlags.precision,
   };
 
   async run(): Promise<void> {
     const { flags } = await this.parse(Demo);
     if (flags.steps < 10) throw new UserError('--steps must be ≥ 10');
-    const kernels = kernelFactory(flags.kernels as KernelName);
+    const precision = parsePrecision(flags.precision);
+    const kernels = kernelFactory(flags.kernels as KernelName, precision);
     const lock = await claimDemoDir(flags.out);
     try {
-      await this.demo(flags, kernels);
+      await this.demo({ ...flags, precision }, kernels);
     } finally {
       await lock.release();
     }
   }
 
-  private async demo(flags: { out: string; steps: number; seed: number; json: boolean; kernels: string }, kernels: ReturnType<typeof kernelFactory>): Promise<void> {
+  private async demo(flags: { out: string; steps: number; seed: number; json: boolean; kernels: string; precision: Precision }, kernels: ReturnType<typeof kernelFactory>): Promise<void> {
     const data = path.join(flags.out, 'synth');
     const t0 = Date.now();
-    const lm = await lmDemo({ out: flags.out, steps: Math.max(10, Math.round(flags.steps / 4)), seed: flags.seed, kernels: flags.kernels as KernelName, info: (l) => this.info(l) });
+    const lm = await lmDemo({ out: flags.out, steps: Math.max(10, Math.round(flags.steps / 4)), seed: flags.seed, kernels: flags.kernels as KernelName, precision: flags.precision, info: (l) => this.info(l) });
     const synth = await writeSynth({ out: data, d: 48, fTrue: 96, kTrue: 3, rows: 65536, seed: flags.seed, overwrite: true });
     this.info(`synth: ${synth.rows} rows, d=48, 96 true features (Zipf firing, mean ${synth.meanActive.toFixed(2)} active, difficulty σ=0.5) → ${data}`);
     const dict = await loadDictionary(data);
@@ -83,7 +86,7 @@ export default class Demo extends SaeCommand {
     for (const run of RUNS) {
       const progress = new Progress(run.name.padEnd(15));
       const scale = flags.steps / 2000;
-      const config: Record<string, unknown> = { width: 192, k: 3, batchSize: 256, lr: 3e-3, steps: flags.steps, seed: flags.seed, logEvery: 100, checkpointEvery: 100_000, ...run.config };
+      const config: Record<string, unknown> = { width: 192, k: 3, batchSize: 256, lr: 3e-3, steps: flags.steps, seed: flags.seed, logEvery: 100, checkpointEvery: 100_000, precision: flags.precision, ...run.config };
       if (run.config.phases) {
         config.steps = Math.round(1500 * scale);
         config.phases = [finetunePhase(Math.max(1, Math.round(500 * scale)))];

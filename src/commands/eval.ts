@@ -10,6 +10,7 @@ import { loadDictionary, DICTIONARY_FILE } from '../pipeline/synth.js';
 import { pathKind } from '../util/outdir.js';
 import * as path from 'node:path';
 import { kernelFactory, type KernelName } from '../kernels/index.js';
+import { parsePrecision } from '../kernels/bf16.js';
 import { checkFeaturesOut, writeFeatures } from '../eval/features.js';
 import { evalSummary } from '../eval/summary.js';
 
@@ -42,6 +43,7 @@ export default class Eval extends SaeCommand {
     json: Flags.boolean({ description: 'print the result as one JSON object on stdout (schema sae-eval/1; this is also what eval prints without the flag)' }),
     'allow-no-manifest': sharedFlags['allow-no-manifest'],
     kernels: sharedFlags.kernels,
+    precision: sharedFlags.precision,
   };
 
   async run(): Promise<void> {
@@ -61,7 +63,7 @@ export default class Eval extends SaeCommand {
     const res = await evaluateSae(sae.params, set, sae.selection(), {
       batchSize,
       maxRows: flags['max-rows'],
-      kernels: kernelFactory(flags.kernels as KernelName),
+      kernels: kernelFactory(flags.kernels as KernelName, parsePrecision(flags.precision)),
     });
     const { json: out, table } = evalSummary(sae, res, { data: flags.data, batchSize, featuresOut: flags['features-out'] });
     const F = sae.F;

@@ -7,6 +7,7 @@ import { openSae } from '../sae/sae.js';
 import { calibrateThresholds } from '../sae/inference.js';
 import { openShards } from '../store/shard-set.js';
 import { kernelFactory, type KernelName } from '../kernels/index.js';
+import { parsePrecision } from '../kernels/bf16.js';
 import { promises as fs } from 'node:fs';
 import { pathKind } from '../util/outdir.js';
 import { ownsFolder } from '../store/outputs.js';
@@ -47,6 +48,7 @@ export default class Export extends SaeCommand {
     }),
     'allow-no-manifest': sharedFlags['allow-no-manifest'],
     kernels: sharedFlags.kernels,
+    precision: sharedFlags.precision,
   };
 
   async run(): Promise<void> {
@@ -63,10 +65,13 @@ export default class Export extends SaeCommand {
     sae.checkData(set.meta);
     const batchSize = flags['batch-size'] ?? sae.batchSize;
     if (batchSize < 1) throw new UserError('--batch-size must be ≥ 1');
+    // thresholds are calibrated on the affinities the encoder computes at this precision; the
+    // checkpoint's own `precision` (how it was trained) is carried over unchanged
+    const precision = parsePrecision(flags.precision);
     const cal = await calibrateThresholds(sae.params, set, sae.selection(), {
       batchSize,
       batches: flags.batches,
-      kernels: kernelFactory(flags.kernels as KernelName),
+      kernels: kernelFactory(flags.kernels as KernelName, precision),
     });
     const global = flags.thresholds === 'global' || (flags.thresholds === 'auto' && (sae.cfg.architecture === 'mutual' || sae.cfg.architecture === 'batchtopk'));
     const threshold = global ? new Float32Array(sae.F).fill(cal.globalThreshold) : cal.threshold;
@@ -74,7 +79,7 @@ export default class Export extends SaeCommand {
       ...sae.cfg,
       architecture: 'jumprelu',
       activation_fn_kwargs: {},
-      calibration: { from: sae.dir, data: flags.data, batches: cal.batches, batchSize, global, globalThreshold: cal.globalThreshold, batchL0: cal.batchL0 },
+      calibration: { from: sae.dir, data: flags.data, batches: cal.batches, batchSize, precision, global, globalThreshold: cal.globalThreshold, batchL0: cal.batchL0 },
     };
     await saveCheckpoint(flags.out, cfg, sae.params, { threshold });
     this.info(`exported JumpReLU SAE (${global ? 'global' : 'per-feature'} thresholds from ${cal.batches} batch${cal.batches === 1 ? "" : "es"}; batch L0 ${cal.batchL0.toFixed(2)})`);

@@ -6,6 +6,7 @@ import { sharedFlags } from '../cli/flags.js';
 import { loadModel } from '../lm/load.js';
 import { loadTokenizer } from '../lm/tokenizer.js';
 import { lmKernelFactory, type KernelName } from '../kernels/index.js';
+import { parsePrecision } from '../kernels/bf16.js';
 import { DEFAULT_SCALE_ROWS, PREPROCESSINGS, type Preprocessing } from '../store/preprocess.js';
 import { announceEnd, announceShard, metaDigest } from '../stream/pipe.js';
 import { openShards } from '../store/shard-set.js';
@@ -68,6 +69,7 @@ export default class Harvest extends SaeCommand {
     force: Flags.boolean({ description: 'replace another (or a finished) harvest in --out; only files a harvest writes are removed' }),
     quiet: Flags.boolean({ description: 'no progress on stderr' }),
     kernels: sharedFlags.kernels,
+    precision: sharedFlags.precision,
   };
 
   async run(): Promise<void> {
@@ -84,7 +86,8 @@ export default class Harvest extends SaeCommand {
     const spec = corpusSpec(inputs, flags);
     // the corpus first: a bad one fails before any model loads
     const corpus = await openCorpus(spec);
-    const { model, dir, resolved } = await loadModel(flags.model, { revision: flags.revision, kernels: lmKernelFactory(flags.kernels as KernelName), onProgress: (m) => progress.line(m) });
+    const precision = parsePrecision(flags.precision);
+    const { model, dir, resolved } = await loadModel(flags.model, { revision: flags.revision, kernels: lmKernelFactory(flags.kernels as KernelName, precision), onProgress: (m) => progress.line(m) });
     const tokenizer = await loadTokenizer(dir);
     const config: HarvestConfig = {
       model: resolved.repo ?? flags.model,
@@ -101,6 +104,7 @@ export default class Harvest extends SaeCommand {
       corpus: corpus.describe(),
       tokenizer: tokenizer.digest,
       batch: flags.batch,
+      precision,
     };
     const controller = new AbortController();
     const onSigint = () => {

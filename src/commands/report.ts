@@ -3,6 +3,7 @@ import { SaeCommand } from '../util/command.js';
 import { UserError } from '../util/errors.js';
 import { sharedFlags } from '../cli/flags.js';
 import { kernelFactory, type KernelName } from '../kernels/index.js';
+import { parsePrecision } from '../kernels/bf16.js';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { describeFsError } from '../util/atomic.js';
@@ -64,6 +65,8 @@ export default class Report extends SaeCommand {
     force: Flags.boolean({ description: 'replace report.html and <figure>.svg files in --out that an earlier `sae report` did not write (its own are replaced without it)' }),
     'allow-no-manifest': sharedFlags['allow-no-manifest'],
     kernels: sharedFlags.kernels,
+    // with --data: the arithmetic of that evaluation
+    precision: sharedFlags.precision,
   };
 
   async run(): Promise<void> {
@@ -78,7 +81,7 @@ export default class Report extends SaeCommand {
       data: flags.data,
       maxRows: flags['max-rows'],
       allowNoManifest: flags['allow-no-manifest'],
-      kernels: kernelFactory(flags.kernels as KernelName),
+      kernels: kernelFactory(flags.kernels as KernelName, parsePrecision(flags.precision)),
     });
     const created = await makeOutDir(flags.out);
     let lock;

@@ -7,6 +7,7 @@ import { UserError } from '../util/errors.js';
 import { Progress } from '../util/progress.js';
 import { sharedFlags } from '../cli/flags.js';
 import { kernelFactory, lmKernelFactory, type KernelName } from '../kernels/index.js';
+import { parsePrecision } from '../kernels/bf16.js';
 import { loadModel } from '../lm/load.js';
 import { checkModelSpec } from '../lm/hub.js';
 import { SYNTHETIC_MODEL } from '../pipeline/synth.js';
@@ -62,6 +63,7 @@ export default class SpliceEval extends SaeCommand {
     force: Flags.boolean({ description: 'let --out replace an existing file that is not an earlier splice-eval result' }),
     quiet: Flags.boolean({ description: 'no progress on stderr' }),
     kernels: sharedFlags.kernels,
+    precision: sharedFlags.precision,
   };
 
   async run(): Promise<void> {
@@ -93,7 +95,9 @@ export default class SpliceEval extends SaeCommand {
       saes.push(ex.splice);
     }
     const progress = new Progress('splice-eval', !flags.quiet);
-    const { model, dir } = await loadModel(flags.model, { revision: flags.revision, kernels: lmKernelFactory(flags.kernels as KernelName), onProgress: (m) => progress.line(m) });
+    // one precision for the LM and the SAE, whatever the SAE was trained at (its weights are fp32)
+    const precision = parsePrecision(flags.precision);
+    const { model, dir } = await loadModel(flags.model, { revision: flags.revision, kernels: lmKernelFactory(flags.kernels as KernelName, precision), onProgress: (m) => progress.line(m) });
     if (main.sae.d !== model.cfg.dModel) throw new UserError(`the SAE has d_in ${main.sae.d} but ${flags.model} has d_model ${model.cfg.dModel}`);
     const tokenizer = await loadTokenizer(dir);
     const r = await spliceEval({
@@ -107,7 +111,7 @@ export default class SpliceEval extends SaeCommand {
       maxTokens: flags['max-tokens'],
       includeSpecial: flags['include-special'],
       meanAblation: flags['mean-ablation'],
-      kernels: kernelFactory(flags.kernels as KernelName),
+      kernels: kernelFactory(flags.kernels as KernelName, precision),
       onProgress: (n) => progress.tick(Math.min(n, flags['max-tokens']), flags['max-tokens']),
     });
     progress.done();
@@ -116,6 +120,7 @@ export default class SpliceEval extends SaeCommand {
       checkpoint: flags.checkpoint,
       model: flags.model,
       corpus: corpus.describe(),
+      trainedPrecision: main.sae.trainedPrecision,
       ...r,
       gap: r.spliced.length > 1 ? { lossRecovered: r.spliced[1].lossRecovered - r.spliced[0].lossRecovered, loss: r.spliced[1].loss - r.spliced[0].loss } : undefined,
     };
@@ -127,7 +132,7 @@ export default class SpliceEval extends SaeCommand {
     for (const s of r.spliced) {
       this.info(
         `${s.label}: loss recovered ${s.lossRecovered.toFixed(2)}% (clean ${r.cleanLoss.toFixed(4)}, spliced ${s.loss.toFixed(4)}, zero ${r.zeroLoss.toFixed(4)}), ` +
-          `KL ${s.kl.toFixed(4)}, KL score ${s.klScore.toFixed(4)} over ${r.tokens} tokens (special tokens ${r.specialTokens})`,
+          `KL ${s.kl.toFixed(4)}, KL score ${s.klScore.toFixed(4)} over ${r.tokens} tokens (special tokens ${r.specialTokens}${r.precision !== 'fp32' ? `, precision ${r.precision}` : ''})`,
       );
     }
     // stdout carries the result: the JSON, or one line per SAE "<label> <loss recovered>%" (README)

@@ -14,7 +14,9 @@ import type { RowSource } from '../harvest/rows.js';
 import { checkTrainable, finetunePhase, type PhaseConfig } from '../sae/config.js';
 import { configFlags, flagsToConfig, sharedFlags } from '../cli/flags.js';
 import { kernelFactory, lmKernelFactory, type KernelName } from '../kernels/index.js';
+import { parsePrecision } from '../kernels/bf16.js';
 import { backendFactory } from '../sae/backend.js';
+import { checkpointPrecisionAt } from '../sae/checkpoint.js';
 
 /** --append-phase feature:800 → a phase like the paper's phase 2 (no auxiliary losses). */
 function parsePhase(spec: string): PhaseConfig {
@@ -93,6 +95,10 @@ export default class Train extends SaeCommand {
     }
     const appendPhases = (flags['append-phase'] ?? []).map(parsePhase);
     const config = { ...fileCfg, ...flagCfg };
+    // the kernels (and the LM, training from it) are built before the job settles the config: the
+    // precision asked for, else a resumed run's own (the job refuses a resume that changes it)
+    const recorded = flags.resume && config.precision === undefined ? await checkpointPrecisionAt(flags.resume) : undefined;
+    const precision = parsePrecision(config.precision ?? recorded ?? 'fp32');
 
     const progress = new Progress('train', !flags.quiet);
     if (flags['eval-every'] !== undefined && !flags.model) throw new UserError('--eval-every needs the host LM: give --model');
@@ -105,7 +111,7 @@ export default class Train extends SaeCommand {
       if (flags.ctx < 2) throw new UserError(`--ctx must be at least 2, got ${flags.ctx}`);
       if (flags['lm-batch'] < 1) throw new UserError('--lm-batch must be ≥ 1');
       const corpus = await openCorpus({ inputs: flags.corpus, textField: flags['text-field'] });
-      const { model, dir, resolved } = await loadModel(flags.model, { revision: flags.revision, kernels: lmKernelFactory(flags.kernels as KernelName), onProgress: (m) => progress.line(m) });
+      const { model, dir, resolved } = await loadModel(flags.model, { revision: flags.revision, kernels: lmKernelFactory(flags.kernels as KernelName, precision), onProgress: (m) => progress.line(m) });
       parseHook(flags.hook, model.cfg);
       if (flags.ctx > model.cfg.nPositions) throw new UserError(`--ctx ${flags.ctx} is longer than the model's ${model.cfg.nPositions} positions`);
       const tokenizer = await loadTokenizer(dir);
@@ -145,8 +151,8 @@ export default class Train extends SaeCommand {
         appendPhases,
         initFrom: flags['init-from'],
         force: flags.force,
-        kernels: kernelFactory(flags.kernels as KernelName),
-        backend: backendFactory(flags.kernels as KernelName),
+        kernels: kernelFactory(flags.kernels as KernelName, precision),
+        backend: backendFactory(flags.kernels as KernelName, precision),
         prefetch: flags.prefetch,
         signal: controller.signal,
         onNote: (m) => progress.line(`note: ${m}`),
@@ -161,7 +167,7 @@ export default class Train extends SaeCommand {
           this.info(
             summary.interrupted
               ? `interrupted at step ${summary.steps}/${summary.totalSteps}; resume with --resume ${summary.out}`
-              : `trained ${summary.activations.join('→')} d=${summary.d} F=${summary.width} for ${summary.steps} steps in ${summary.seconds.toFixed(1)}s` +
+              : `trained ${summary.activations.join('→')} d=${summary.d} F=${summary.width}${precision !== 'fp32' ? ` at ${precision}` : ''} for ${summary.steps} steps in ${summary.seconds.toFixed(1)}s` +
                   (l ? `: fvu ${l.fvu.toFixed(4)}, L0 ${l.l0.toFixed(1)}, dead ${(100 * summary.deadFraction).toFixed(2)}% (no firing in the last ${fmtTokens(summary.deadWindow)} tokens)` : ''),
           );
         process.stdout.write((summary.final ?? `${summary.out}/checkpoint`) + '\n');

@@ -4,8 +4,11 @@ import { allocCodes } from '../kernels/selection.js';
 import { BatchStream } from '../stream/batch-stream.js';
 import type { ShardSet } from '../store/shard-set.js';
 import { UserError } from '../util/errors.js';
+import type { Precision } from '../kernels/bf16.js';
 
 export interface EvalResult {
+  /** the arithmetic of the encoder GEMM: the kernels' (docs/precision.md) */
+  precision: Precision;
   rows: number;
   /** mean active features per token (SPEC §9) */
   l0: number;
@@ -32,7 +35,9 @@ export interface EvalResult {
 
 /**
  * Batch evaluation of an SAE on shards (SPEC §9) with the selection it was trained with, applied in
- * batches exactly as in training (appendix B's batch inference).
+ * batches exactly as in training (appendix B's batch inference). `kernels` (default: the fp32
+ * reference kernels) set the precision: kernelFactory(name, 'bf16') evaluates in bf16, whatever
+ * precision the SAE was trained at.
  */
 export async function evaluateSae(
   p: SaeParams,
@@ -104,5 +109,5 @@ export async function evaluateSae(
     fired[j] /= rows;
   }
   while (hist.length > 1 && hist[hist.length - 1] === 0) hist.pop();
-  return { rows, l0: nnz / rows, l0Histogram: hist, mse: sse / rows, fvu: variance > 0 ? sse / variance : sse > 0 ? Infinity : 0, neverFiredFraction: dead / F, density: fired, meanActive: actSum, maxActive: actMax, batches, lastBatchRows };
+  return { precision: k.precision ?? 'fp32', rows, l0: nnz / rows, l0Histogram: hist, mse: sse / rows, fvu: variance > 0 ? sse / variance : sse > 0 ? Infinity : 0, neverFiredFraction: dead / F, density: fired, meanActive: actSum, maxActive: actMax, batches, lastBatchRows };
 }

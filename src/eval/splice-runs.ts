@@ -2,6 +2,7 @@ import type { KernelFactory, SaeParams, Selection } from '../kernels/types.js';
 import { createReferenceKernels } from '../kernels/reference.js';
 import { allocCodes } from '../kernels/selection.js';
 import { preprocessRows, type Preprocessing } from '../store/preprocess.js';
+import { UserError } from '../util/errors.js';
 import type { HookedTransformer } from '../lm/model.js';
 
 export interface SpliceSae {
@@ -49,7 +50,12 @@ export class SpliceRunner {
   ) {
     const d = (this.d = model.cfg.dModel);
     const N = ids.length;
-    this.kernels = saes.map((s) => (kernels ?? createReferenceKernels)({ d, F: s.params.F, maxB: s.batchSize }));
+    // the reconstruction is part of the run it is spliced into: one precision for the LM and the SAE
+    const precision = model.kernels.precision ?? 'fp32';
+    this.kernels = saes.map((s) => (kernels ?? ((shape) => createReferenceKernels(shape, { precision })))({ d, F: s.params.F, maxB: s.batchSize }));
+    for (const k of this.kernels) {
+      if ((k.precision ?? 'fp32') !== precision) throw new UserError(`the SAE's kernels (${k.name}) compute at ${k.precision ?? 'fp32'} but the model's (${model.kernels.name}) at ${precision}: give both the same precision`);
+    }
     const maxSaeB = Math.max(1, ...saes.map((s) => s.batchSize));
     this.buf = { x: new Float32Array(N * d), rows: new Float32Array(N * d), mean: new Float32Array(N), norm: new Float32Array(N), xhat: new Float32Array(maxSaeB * d) };
   }

@@ -1,5 +1,6 @@
 import { UserError } from '../util/errors.js';
 import type { KernelFactory } from '../kernels/types.js';
+import type { Precision } from '../kernels/bf16.js';
 import type { HookedTransformer } from '../lm/model.js';
 import type { LmTokenizer } from '../lm/tokenizer.js';
 import { parseHook } from '../lm/hooks.js';
@@ -22,6 +23,10 @@ export interface SpliceOptions<P> {
   /** count special-token positions too (and reconstruct them) */
   includeSpecial?: boolean;
   meanAblation?: boolean;
+  /**
+   * the SAEs' kernels (default: the reference kernels). One precision runs the LM and the SAEs:
+   * the model's kernels' (lmKernelFactory(name, precision)); SAE kernels of another are refused.
+   */
   kernels?: KernelFactory;
   onProgress?: (tokens: number) => void;
   /** testing: replace the reconstruction by a function of the raw activations */
@@ -41,6 +46,8 @@ export interface SpliceResult {
   tokens: number;
   contexts: number;
   specialTokens: 'excluded' | 'included';
+  /** the arithmetic of every run (docs/precision.md): the model's kernels', which the SAEs' share */
+  precision: Precision;
   cleanLoss: number;
   zeroLoss: number;
   zeroKl: number;
@@ -147,6 +154,7 @@ function spliceResult<P>(opts: SpliceOptions<P>, sums: Sums, counted: number, co
     tokens: counted,
     contexts,
     specialTokens: opts.includeSpecial ? 'included' : 'excluded',
+    precision: opts.model.kernels.precision ?? 'fp32',
     cleanLoss,
     zeroLoss,
     zeroKl,

@@ -35,6 +35,9 @@ export function evalSummary(
     architecture: sae.cfg.architecture,
     d: sae.d,
     width: F,
+    // the arithmetic of this evaluation, and of the training it measures (a record: either evaluates any SAE)
+    precision: res.precision,
+    trainedPrecision: sae.trainedPrecision,
     rows: res.rows,
     l0: res.l0,
     l0Histogram: res.l0Histogram,

@@ -12,6 +12,7 @@ import { loadCheckpoint } from '../sae/checkpoint.js';
 import { selectionForCheckpoint } from '../sae/inference.js';
 import { openShards } from '../store/shard-set.js';
 import { kernelFactory, lmKernelFactory, type KernelName } from '../kernels/index.js';
+import type { Precision } from '../kernels/bf16.js';
 import { HookedTransformer } from '../lm/model.js';
 import { loadTokenizer } from '../lm/tokenizer.js';
 import { openCorpus } from '../corpus/corpus.js';
@@ -52,28 +53,31 @@ export interface LmDemoOptions {
   steps: number;
   seed: number;
   kernels: KernelName;
+  /** of the LM and the SAEs, harvest, training and splice-eval alike (default fp32) */
+  precision?: Precision;
   info?: (line: string) => void;
 }
 
-function harvestConfig(corpus: string, tokenizer: string, maxTokens: number): HarvestConfig {
-  return { model: DEMO_MODEL_NAME, revision: 'local', hooks: [DEMO_HOOK], ctx: 64, mode: 'concat', skipBos: false, maxTokens, shardRows: 16384, dtype: 'float32', preprocessing: 'center_unit_norm', corpus, tokenizer, batch: 16 };
+function harvestConfig(corpus: string, tokenizer: string, maxTokens: number, precision: Precision): HarvestConfig {
+  return { precision, model: DEMO_MODEL_NAME, revision: 'local', hooks: [DEMO_HOOK], ctx: 64, mode: 'concat', skipBos: false, maxTokens, shardRows: 16384, dtype: 'float32', preprocessing: 'center_unit_norm', corpus, tokenizer, batch: 16 };
 }
 
 export async function lmDemo(opts: LmDemoOptions): Promise<{ results: LmDemoRow[]; report: string }> {
   const info = opts.info ?? (() => undefined);
   const t0 = Date.now();
-  const model = await HookedTransformer.load(DEMO_MODEL, lmKernelFactory(opts.kernels));
+  const precision = opts.precision ?? 'fp32';
+  const model = await HookedTransformer.load(DEMO_MODEL, lmKernelFactory(opts.kernels, precision));
   const tokenizer = await loadTokenizer(DEMO_MODEL);
   const corpus = await openCorpus({});
   const acts = path.join(opts.out, 'harvest');
-  const h = await harvest({ out: acts, model, tokenizer, corpus, force: true, config: harvestConfig(corpus.describe(), tokenizer.digest, 65536) });
+  const h = await harvest({ out: acts, model, tokenizer, corpus, force: true, config: harvestConfig(corpus.describe(), tokenizer.digest, 65536, precision) });
   // the evaluation's activations come from the held-out texts too: no SAE has seen them
   const heldout = await openCorpus({ brown: 'heldout' });
   const heldoutActs = path.join(opts.out, 'heldout');
-  const hh = await harvest({ out: heldoutActs, model, tokenizer, corpus: heldout, force: true, config: harvestConfig(heldout.describe(), tokenizer.digest, 16384) });
+  const hh = await harvest({ out: heldoutActs, model, tokenizer, corpus: heldout, force: true, config: harvestConfig(heldout.describe(), tokenizer.digest, 16384, precision) });
   info(`harvest: ${h.rows} tokens of the Brown corpus (train split) and ${hh.rows} held-out tokens through ${DEMO_MODEL_NAME} at ${DEMO_HOOK} → ${acts}, ${heldoutActs} (${((Date.now() - t0) / 1000).toFixed(1)}s)`);
   const heldoutSet = await openShards(heldoutActs);
-  const kernels = kernelFactory(opts.kernels);
+  const kernels = kernelFactory(opts.kernels, precision);
   const dirs: string[] = [];
   const results: LmDemoRow[] = [];
   for (const activation of DEMO_LM_ACTIVATIONS) {
@@ -81,7 +85,7 @@ export async function lmDemo(opts: LmDemoOptions): Promise<{ results: LmDemoRow[
     const progress = new Progress(`lm ${activation}`.padEnd(15));
     const s = await train({
       data: acts, out: dir, kernels, force: true, onStep: (a, b) => progress.tick(a, b),
-      config: { activation, width: 512, k: 8, batchSize: 512, lr: 2e-3, steps: opts.steps, seed: opts.seed, logEvery: 25, checkpointEvery: 100_000 },
+      config: { activation, width: 512, k: 8, batchSize: 512, lr: 2e-3, steps: opts.steps, seed: opts.seed, logEvery: 25, checkpointEvery: 100_000, precision },
     });
     progress.done();
     const ev = await saveRunEval(dir, heldoutSet, { data: heldoutActs, kernels });

@@ -15,6 +15,7 @@ import { parseHook } from '../lm/hooks.js';
 import type { PackMode } from '../harvest/contexts.js';
 import { ActivationRows, cursorAt, type ContextSpan, type RowCursor } from '../harvest/rows.js';
 import { HeldRows } from '../harvest/scale.js';
+import type { Precision } from '../kernels/bf16.js';
 
 /**
  * `sae harvest` (SPEC §1, §10): documents → tokens → contexts → the host LM up to the deepest
@@ -30,6 +31,9 @@ import { HeldRows } from '../harvest/scale.js';
  * over the first `scaleRows` raw rows, held in memory until then (no shard is written before s is
  * known, and every shard records it); a resume takes s from the shards it keeps, never estimating
  * again, so that its bytes are those of an uninterrupted run.
+ *
+ * The rows are computed at the precision of the model's kernels (docs/precision.md), recorded in
+ * the journal and as every shard's `sae.precision`; a resume at another precision is another harvest.
  */
 export interface HarvestCorpus<P> {
   describe(): string;
@@ -53,6 +57,12 @@ export interface HarvestConfig {
   tokenizer: string;
   /** contexts per forward pass */
   batch: number;
+  /**
+   * The precision the rows are computed at: always the model's kernels' (build them with
+   * lmKernelFactory(name, precision)); given here, it must be theirs. Recorded in the journal (a
+   * journal without it is an fp32 harvest's) and in the shards.
+   */
+  precision?: Precision;
 }
 
 export interface HarvestOptions<P> {
@@ -99,6 +109,11 @@ export function hookDir(out: string, hooks: string[], hook: string): string {
 }
 
 export async function harvest<P>(opts: HarvestOptions<P>): Promise<HarvestSummary> {
+  const precision = opts.model.kernels.precision ?? 'fp32';
+  if (opts.config.precision !== undefined && opts.config.precision !== precision) {
+    throw new UserError(`the harvest asks for precision ${opts.config.precision} but the model's kernels (${opts.model.kernels.name}) compute at ${precision}`);
+  }
+  opts = { ...opts, config: { ...opts.config, precision } };
   const { config: cfg, model, tokenizer } = opts;
   for (const h of cfg.hooks) {
     const site = parseHook(h, model.cfg);
@@ -128,8 +143,9 @@ async function harvestLocked<P>(opts: HarvestOptions<P>, createdOut: boolean, lo
   // A journal that records no shard claims nothing (a run that failed or was stopped before its
   // first shard): any harvest may take the folder over, so that the corrected rerun is not refused.
   if (journal && journal.shards === 0) journal = null;
-  if (journal && JSON.stringify(journal.config) !== JSON.stringify(cfg)) {
-    if (!opts.force) throw new UserError(`${opts.out} holds another harvest (${configDiff(journal.config, cfg)}); choose another --out, or --force to replace it`);
+  const otherHarvest = journal && configDiff(journal.config, cfg);
+  if (otherHarvest) {
+    if (!opts.force) throw new UserError(`${opts.out} holds another harvest (${otherHarvest}); choose another --out, or --force to replace it`);
     journal = null;
   }
   if (journal?.complete) {
@@ -202,7 +218,7 @@ async function harvestInto<P>(opts: HarvestOptions<P>, dirs: Record<string, stri
     await saveJournal(false);
   };
 
-  const metaFor = (hook: string): ShardMeta => ({
+  const metaFor = (hook: string, precision: Precision | undefined): ShardMeta => ({
     model: cfg.model,
     revision: cfg.revision,
     hook,
@@ -212,13 +228,19 @@ async function harvestInto<P>(opts: HarvestOptions<P>, dirs: Record<string, stri
     preprocessing: cfg.preprocessing,
     tokenizer: cfg.tokenizer,
     dataset: `${cfg.corpus}; contexts ${cfg.mode}${cfg.skipBos ? ', BOS rows dropped' : ''}${cfg.maxTokens !== null ? `; first ${cfg.maxTokens} tokens` : ''}`,
+    ...(precision !== undefined ? { precision } : {}),
   });
   const resumed: Record<string, ShardFileEntry[]> = {};
   const recorded: Record<string, number | undefined> = {};
+  // a resume writes the precision as its shards record it: one written before precision was
+  // recorded (an fp32 harvest, by the journal check) continues without the key, so that the set
+  // stays uniform and its bytes are those of an uninterrupted run
+  const recordedPrecision: Record<string, Precision | undefined> = {};
   for (const h of cfg.hooks) {
-    const resume = journal ? await adoptShards(dirs[h], doneCount) : { entries: [], scale: undefined };
+    const resume = journal ? await adoptShards(dirs[h], doneCount) : { entries: [], scale: undefined, precision: cfg.precision };
     resumed[h] = resume.entries;
     recorded[h] = resume.scale;
+    recordedPrecision[h] = resume.precision;
     if (h === cfg.hooks[0]) done.push(...resume.entries);
     completed.set(h, resume.entries.length);
   }
@@ -227,7 +249,7 @@ async function harvestInto<P>(opts: HarvestOptions<P>, dirs: Record<string, stri
       const scale = scales?.[h];
       writers.set(
         h,
-        await ShardWriter.create(dirs[h], { ...metaFor(h), ...(scale !== undefined ? { scale } : {}) }, {
+        await ShardWriter.create(dirs[h], { ...metaFor(h, recordedPrecision[h]), ...(scale !== undefined ? { scale } : {}) }, {
           rowsPerShard: cfg.shardRows,
           preprocess: true,
           continueAfter: resumed[h],
@@ -339,37 +361,42 @@ async function readJournal<P>(file: string): Promise<Journal<P> | null> {
   try {
     const j = JSON.parse(text) as Journal<P>;
     if (j.format !== 'sae-harvest/1') throw new Error();
+    // a journal from before precision was recorded was an fp32 harvest's
+    if (j.config && typeof j.config === 'object' && j.config.precision === undefined) j.config = { ...j.config, precision: 'fp32' };
     return j;
   } catch {
     throw new UserError(`${file}: not a harvest journal; choose another --out`);
   }
 }
 
-function configDiff(a: HarvestConfig, b: HarvestConfig): string {
-  for (const k of Object.keys(b) as Array<keyof HarvestConfig>) {
-    if (JSON.stringify(a[k]) !== JSON.stringify(b[k])) return `${k} ${JSON.stringify(a[k])} there, ${JSON.stringify(b[k])} here`;
+/** The first setting on which two harvests differ, as "key a there, b here"; null when they are the same harvest. */
+function configDiff(a: HarvestConfig, b: HarvestConfig): string | null {
+  // key by key, not as one string: the same settings written in another order are the same harvest
+  for (const k of new Set([...Object.keys(b), ...Object.keys(a)]) as Set<keyof HarvestConfig>) {
+    if (JSON.stringify(a[k]) !== JSON.stringify(b[k])) return `${k} ${JSON.stringify(a[k]) ?? 'none'} there, ${JSON.stringify(b[k]) ?? 'none'} here`;
   }
-  return 'different settings';
+  return null;
 }
 
 /**
- * Shards 0..n−1 of a hook folder, kept for a resume, and the dataset scale they record (one for
- * all); later ones (and temp files) are ours to redo.
+ * Shards 0..n−1 of a hook folder, kept for a resume, and the dataset scale and precision they
+ * record (one for all); later ones (and temp files) are ours to redo.
  */
-async function adoptShards(dir: string, n: number): Promise<{ entries: ShardFileEntry[]; scale: number | undefined }> {
+async function adoptShards(dir: string, n: number): Promise<{ entries: ShardFileEntry[]; scale: number | undefined; precision: Precision | undefined }> {
   const entries: ShardFileEntry[] = [];
   let scale: number | undefined;
+  let precision: Precision | undefined;
   for (let i = 0; i < n; i++) {
     const file = shardFileName(i);
     const set = await openShards(path.join(dir, file));
     const s = set.meta.scale;
-    if (i === 0) scale = s;
+    if (i === 0) [scale, precision] = [s, set.meta.precision];
     else if ((s === undefined) !== (scale === undefined) || (s !== undefined && !sameScale(s, scale!))) {
       throw new UserError(`${path.join(dir, file)} records dataset scale ${s ?? 'none'} but ${shardFileName(0)} ${scale ?? 'none'}; --force to redo the harvest`);
     }
     entries.push({ file, rows: set.rows });
   }
-  return { entries, scale };
+  return { entries, scale, precision };
 }
 
 /** Start afresh: remove only what a harvest writes (journal, shards, manifests, temp files). */

@@ -58,6 +58,7 @@ export interface LoadOptions {
   data?: string;
   maxRows?: number;
   allowNoManifest?: boolean;
+  /** the evaluation's kernels, at the precision it runs at (kernelFactory(name, precision)) */
   kernels?: KernelFactory;
 }
 
@@ -216,7 +217,7 @@ async function evaluateRun(run: RunData, ckDir: string, data: string, opts: Load
   run.featuresPerTokenSource = `${res.rows} rows of ${data}`;
   run.l0 = res.l0;
   run.fvu = res.fvu;
-  run.measuredOn = `${res.rows} rows of ${data}`;
+  run.measuredOn = `${res.rows} rows of ${data}${res.precision !== 'fp32' ? ` at ${res.precision}` : ''}`;
   // measured on --data, as `sae eval --data` measures them: the two then print the same Zipf fit
   run.density = Array.from(res.density).sort((a, b) => b - a);
   run.densitySource = `firing frequency on ${res.rows} rows of ${data}`;

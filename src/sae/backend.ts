@@ -28,6 +28,7 @@ import type { FeatureStatsState } from './density.js';
 import { cpuBackend } from './backend-cpu.js';
 import { cudaStatus } from '../kernels/cuda.js';
 import { cudaUnavailable, kernelFactory, type KernelName } from '../kernels/index.js';
+import type { Precision } from '../kernels/bf16.js';
 
 /** One auxiliary reconstruction loss of SPEC §7, as the trainer asks for it. */
 export interface AuxSpec {
@@ -149,13 +150,13 @@ export type TrainingBackendFactory = (init: BackendInit) => TrainingBackend;
 
 /**
  * Where training state lives and steps run, for a name (this file): the CPU backend
- * over kernelFactory(name) for reference, native and auto; 'cuda' the CUDA backend, which fails
+ * over kernelFactory(name, precision) for reference, native and auto; 'cuda' the CUDA backend, which fails
  * with its reason until it exists. 'auto' would pick CUDA where it is available (never, in this
  * version: cudaStatus explains).
  */
-export function backendFactory(name: KernelName): TrainingBackendFactory {
+export function backendFactory(name: KernelName, precision: Precision = 'fp32'): TrainingBackendFactory {
   if (name === 'cuda' || (name === 'auto' && cudaStatus().available)) return cudaBackend();
-  return cpuBackend(kernelFactory(name));
+  return cpuBackend(kernelFactory(name, precision));
 }
 
 /** The CUDA training backend: issue 12 part 2 puts the addon's backend here; until then, the reason it is missing. */

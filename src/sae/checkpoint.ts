@@ -6,6 +6,7 @@ import { publishDirAtomic, tmpSibling, writeFileAtomic, describeFsError } from '
 import { readSafetensors, writeSafetensors, type Tensor } from '../util/safetensors.js';
 import { allocParams } from '../kernels/params.js';
 import { isPreprocessing, PREPROCESSINGS, type Preprocessing } from '../store/preprocess.js';
+import { isPrecision, PRECISIONS, type Precision } from '../kernels/bf16.js';
 import { resolveConfig, type TrainConfig } from './config.js';
 import type { TrainerSnapshot } from './trainer.js';
 
@@ -34,11 +35,28 @@ export interface SaeCfgJson {
    * the factor s the inputs were multiplied by, x' = x · s (recorded in the shards trained on).
    */
   dataset_scale?: number;
+  /**
+   * The precision the SAE was trained at (docs/precision.md): a record of how it was made, not of
+   * how it is stored (the weights are float32) nor of how it must be run; absent (older
+   * checkpoints) = fp32.
+   */
+  precision?: Precision;
   apply_b_dec_to_input: boolean;
   activation_fn_kwargs: Record<string, number>;
   format: string;
   /** present for training checkpoints */
-  sae_train?: { config: TrainConfig; d: number; F: number; step: number; deadWindow: number; shards?: string; /** shardSetDigest of the shards (absent for live and piped data, and in older checkpoints) */ shardsDigest?: string };
+  sae_train?: {
+    config: TrainConfig;
+    d: number;
+    F: number;
+    step: number;
+    deadWindow: number;
+    shards?: string;
+    /** shardSetDigest of the shards (absent for live and piped data, and in older checkpoints) */
+    shardsDigest?: string;
+    /** the precision the activations were computed at (their shards' sae.precision, or the live LM's); absent when they record none */
+    shardsPrecision?: Precision;
+  };
   /** JumpReLU export: how thresholds were calibrated */
   calibration?: Record<string, unknown>;
 }
@@ -262,6 +280,29 @@ export async function checkpointScale(pathOrRunDir: string): Promise<number | un
   const cfg = (await readJson(path.join(dir, 'cfg.json'), `checkpoint ${dir}`)) as SaeCfgJson;
   if (typeof cfg !== 'object' || !cfg) throw new UserError(`checkpoint ${dir}: cfg.json is not an object`);
   return checkpointPreprocessing({ dir, cfg }).scale;
+}
+
+/**
+ * The precision a checkpoint was trained at: cfg.json's `precision`, else its training config's,
+ * else fp32 (checkpoints from before precision existed). Only a value that is no precision at all
+ * is refused: any precision evaluates any checkpoint.
+ */
+export function checkpointPrecision(ck: { dir: string; cfg: SaeCfgJson }): Precision {
+  const p = ck.cfg.precision ?? (ck.cfg.sae_train?.config as Partial<TrainConfig> | undefined)?.precision ?? 'fp32';
+  if (!isPrecision(p)) throw new UserError(`checkpoint ${ck.dir}: cfg.json has precision ${JSON.stringify(p)}, not one of ${PRECISIONS.join(', ')}`);
+  return p;
+}
+
+/**
+ * The precision the checkpoint at a folder or run directory was trained at (its cfg.json alone),
+ * or undefined where there is no checkpoint yet (a run killed before its first one).
+ */
+export async function checkpointPrecisionAt(pathOrRunDir: string): Promise<Precision | undefined> {
+  const dir = (await exists(path.join(pathOrRunDir, 'cfg.json'))) ? pathOrRunDir : await runCheckpoint(pathOrRunDir);
+  if (!dir) return undefined;
+  const cfg = (await readJson(path.join(dir, 'cfg.json'), `checkpoint ${dir}`)) as SaeCfgJson;
+  if (typeof cfg !== 'object' || !cfg) throw new UserError(`checkpoint ${dir}: cfg.json is not an object`);
+  return checkpointPrecision({ dir, cfg });
 }
 
 /** The TrainConfig a training checkpoint was made with, re-validated. */

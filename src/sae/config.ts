@@ -1,5 +1,6 @@
 import { UserError } from '../util/errors.js';
 import type { Preprocessing } from '../store/preprocess.js';
+import { PRECISIONS, type Precision } from '../kernels/bf16.js';
 
 /**
  * Training configuration: typed, defaulted and validated here and only here. CLI flags and
@@ -81,6 +82,12 @@ export interface TrainConfig {
   logEvery: number;
   /** preprocessing the shards must carry (SPEC §3); 'any' accepts what the shards record */
   expectPreprocessing: Preprocessing | 'any';
+  /**
+   * the arithmetic of the encoder GEMM, and of the host LM when training from it (docs/precision.md);
+   * the weights are fp32 either way, so a checkpoint evaluates at any precision, but a resumed run
+   * keeps the one it started with
+   */
+  precision: Precision;
 }
 
 export const DEFAULTS: TrainConfig = {
@@ -121,6 +128,7 @@ export const DEFAULTS: TrainConfig = {
   checkpointEvery: 1000,
   logEvery: 10,
   expectPreprocessing: 'any',
+  precision: 'fp32',
 };
 
 type Kind = 'int' | 'num' | 'str' | 'phases';
@@ -130,7 +138,7 @@ const KINDS: Record<keyof TrainConfig, Kind> = {
   lrWarmupSteps: 'int', lrDecay: 'str', lrDecayStart: 'num', beta1: 'num', beta2: 'num', eps: 'num', weightDecay: 'num',
   maxGradNorm: 'num', l1Coef: 'num', auxK: 'int', auxKCoef: 'num', auxZipfCoef: 'num', deadWindow: 'int', nfmCoef: 'num',
   nfmInfCoef: 'num', nfmSample: 'int', bDecInit: 'str', seed: 'int', shuffleWindow: 'int', checkpointEvery: 'int',
-  logEvery: 'int', expectPreprocessing: 'str',
+  logEvery: 'int', expectPreprocessing: 'str', precision: 'str',
 };
 
 /**
@@ -201,6 +209,7 @@ export function resolveConfig(...parts: Array<Record<string, unknown> | undefine
   oneOf('lrDecay', cfg.lrDecay, ['none', 'linear', 'cosine']);
   oneOf('bDecInit', cfg.bDecInit, ['zero', 'mean']);
   oneOf('expectPreprocessing', cfg.expectPreprocessing, ['any', 'center_unit_norm', 'none', 'dataset_scale']);
+  oneOf('precision', cfg.precision, PRECISIONS);
   if (!Array.isArray(cfg.phases)) bad('phases must be an array');
   cfg.phases = (cfg.phases as unknown[]).map((ph, i) => resolvePhase(i, ph, cfg));
   const pos = (key: keyof TrainConfig) => {

@@ -11,7 +11,8 @@ import type { SaeParams, Selection } from '../kernels/types.js';
 import { checkCompatible } from '../store/compat.js';
 import type { ShardMeta } from '../store/shard-format.js';
 import type { Preprocessing } from '../store/preprocess.js';
-import { checkpointConfig, checkpointPreprocessing, findCheckpoint, loadCheckpoint, type LoadedCheckpoint, type SaeCfgJson } from './checkpoint.js';
+import type { Precision } from '../kernels/bf16.js';
+import { checkpointConfig, checkpointPrecision, checkpointPreprocessing, findCheckpoint, loadCheckpoint, type LoadedCheckpoint, type SaeCfgJson } from './checkpoint.js';
 import { DEFAULTS, type TrainConfig } from './config.js';
 import { selectionForCheckpoint } from './inference.js';
 
@@ -31,6 +32,11 @@ export interface Sae {
   scale?: number;
   /** the training config, re-validated; null for an SAE that carries none */
   trainConfig: TrainConfig | null;
+  /**
+   * the precision it was trained at (cfg.json `precision`; fp32 when absent): a record, not a
+   * requirement, since the weights are fp32 and any precision evaluates them
+   */
+  trainedPrecision: Precision;
   /** a JumpReLU export: per-feature thresholds select, per token */
   threshold?: Float32Array;
   /** the training state, when the folder has one and it was asked for (the density ranking lives there) */
@@ -72,6 +78,7 @@ export function saeFromCheckpoint(ck: LoadedCheckpoint): Sae {
     preprocessing,
     ...(scale !== undefined ? { scale } : {}),
     trainConfig,
+    trainedPrecision: checkpointPrecision(ck),
     threshold: ck.threshold,
     state: ck.state,
     batchSize: trainConfig?.batchSize ?? DEFAULTS.batchSize,

@@ -2,6 +2,7 @@ import type { KeyValue, SchemaElement } from 'hyparquet';
 import { UserError } from '../util/errors.js';
 import { isPreprocessing, PREPROCESSINGS, type Preprocessing } from './preprocess.js';
 import { isShardDtype, SHARD_DTYPES, type ShardDtype } from './dtype.js';
+import { isPrecision, PRECISIONS, type Precision } from '../kernels/bf16.js';
 
 /**
  * Activation shards (SPEC §10): a directory of `shard-NNNNN.parquet` files, one row per token,
@@ -33,6 +34,12 @@ export interface ShardMeta {
   tokenizer: string;
   /** description of the dataset slice the rows came from */
   dataset: string;
+  /**
+   * the precision the host LM computed the rows at (docs/precision.md): bf16 rows are not the fp32
+   * ones. Absent where no LM computed them (synthetic data) and in shards from before precision
+   * existed, which are fp32.
+   */
+  precision?: Precision;
   /** free-form provenance (e.g. synthetic-data parameters), stored as `sae.extra.<key>` */
   extras?: Record<string, string>;
 }
@@ -68,6 +75,7 @@ export function metaToKv(meta: ShardMeta): KeyValue[] {
   // String(number) round-trips a double exactly, so the reader recovers the very same scale.
   if (meta.scale !== undefined) kv.push({ key: 'sae.scale', value: String(meta.scale) });
   kv.push({ key: 'sae.tokenizer', value: meta.tokenizer }, { key: 'sae.dataset', value: meta.dataset });
+  if (meta.precision !== undefined) kv.push({ key: 'sae.precision', value: meta.precision });
   for (const k of Object.keys(meta.extras ?? {}).sort()) kv.push({ key: EXTRA_PREFIX + k, value: meta.extras![k] });
   return kv;
 }
@@ -104,6 +112,7 @@ export function kvToMeta(kv: readonly KeyValue[] | undefined, where: string): Sh
     dataset: need('dataset'),
   };
   if (m.has('sae.scale')) meta.scale = Number(m.get('sae.scale'));
+  if (m.has('sae.precision')) meta.precision = m.get('sae.precision') as Precision;
   if (Object.keys(extras).length) meta.extras = extras;
   validateMeta(meta, where);
   return meta;
@@ -126,6 +135,7 @@ export function validateMeta(meta: ShardMeta, where: string): void {
   } else if (meta.scale !== undefined) {
     bad(`scale is only meaningful with dataset_scale preprocessing (preprocessing is ${meta.preprocessing})`);
   }
+  if (meta.precision !== undefined && !isPrecision(meta.precision)) bad(`unknown precision ${JSON.stringify(meta.precision)} (one of ${PRECISIONS.join(', ')})`);
   for (const k of ['model', 'revision', 'hook', 'tokenizer', 'dataset'] as const) {
     if (typeof meta[k] !== 'string') bad(`${k} must be a string`);
   }

@@ -10,6 +10,7 @@ import { loadTokenizer } from '../../lm/tokenizer.js';
 import { sharedFlags } from '../../cli/flags.js';
 import { checkOutFile, MODEL_RUN_MARK } from '../../store/outputs.js';
 import { lmKernelFactory, type KernelName } from '../../kernels/index.js';
+import { parsePrecision } from '../../kernels/bf16.js';
 
 /** --ids 5,17,42 → one sequence. */
 function parseIdList(s: string): number[] {
@@ -60,6 +61,7 @@ export default class ModelRun extends SaeCommand {
     force: Flags.boolean({ description: 'let --save replace an existing file that is not an earlier model run --save' }),
     json: Flags.boolean({ description: 'print the report as JSON' }),
     kernels: sharedFlags.kernels,
+    precision: sharedFlags.precision,
   };
 
   async run(): Promise<void> {
@@ -69,7 +71,8 @@ export default class ModelRun extends SaeCommand {
     else if (flags['ids-file'] !== undefined) rows = await readIdsFile(flags['ids-file']);
     else if (flags.text === undefined) throw new UserError('give the input with --text, --ids or --ids-file');
     if (flags.save) await checkOutFile(flags.save, '--save', 'model run', flags.force);
-    const { model, dir } = await loadModel(args.model, { revision: flags.revision, kernels: lmKernelFactory(flags.kernels as KernelName) });
+    const precision = parsePrecision(flags.precision);
+    const { model, dir } = await loadModel(args.model, { revision: flags.revision, kernels: lmKernelFactory(flags.kernels as KernelName, precision) });
     if (flags.text !== undefined) {
       const tok = await loadTokenizer(dir);
       const ids = Array.from(tok.encode(flags.text));
@@ -88,6 +91,7 @@ export default class ModelRun extends SaeCommand {
     const report = {
       batch: B,
       positions: T,
+      precision,
       loss: r.loss ?? null,
       hooks: Object.fromEntries(
         hooks.map((h) => {
@@ -109,7 +113,7 @@ export default class ModelRun extends SaeCommand {
       }
       // the writer tag is how a rerun recognises its own file (anything else needs --force)
       await checkOutFile(flags.save, '--save', 'model run', flags.force);
-      await writeSafetensors(flags.save, tensors, { model: args.model, family: model.cfg.family, ...MODEL_RUN_MARK });
+      await writeSafetensors(flags.save, tensors, { model: args.model, family: model.cfg.family, precision, ...MODEL_RUN_MARK });
     }
     // stdout carries the report (data); where the tensors went is a log line on stderr
     if (flags.save) this.info(`saved ${hooks.length} hook${hooks.length === 1 ? '' : 's'}, logits${r.lossPerToken ? ' and loss_per_token' : ''} to ${flags.save}`);
@@ -117,7 +121,7 @@ export default class ModelRun extends SaeCommand {
       process.stdout.write(JSON.stringify(report) + '\n');
       return;
     }
-    const lines = [`${B}×${T} tokens${report.loss !== null ? `, loss ${report.loss.toFixed(6)} (mean next-token cross-entropy)` : ''}`];
+    const lines = [`${B}×${T} tokens${precision !== 'fp32' ? ` at ${precision}` : ''}${report.loss !== null ? `, loss ${report.loss.toFixed(6)} (mean next-token cross-entropy)` : ''}`];
     for (const [h, s] of Object.entries(report.hooks)) {
       lines.push(`${h}: mean ${s.mean.toFixed(5)} std ${s.std.toFixed(5)} min ${s.min.toFixed(4)} max ${s.max.toFixed(4)} mean norm ${s.meanNorm.toFixed(4)}`);
     }

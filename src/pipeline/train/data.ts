@@ -5,6 +5,7 @@ import { openShards } from '../../store/shard-set.js';
 import { shardSetDigest } from '../../store/digest.js';
 import { DEFAULT_SCALE_ROWS, type Preprocessing } from '../../store/preprocess.js';
 import type { HookedTransformer } from '../../lm/model.js';
+import type { Precision } from '../../kernels/bf16.js';
 import type { LmTokenizer } from '../../lm/tokenizer.js';
 import type { RowOptions, RowSource } from '../../harvest/rows.js';
 import { estimateScales } from '../../harvest/scale.js';
@@ -40,6 +41,8 @@ export interface TrainData {
   digest?: string;
   /** rows known up front (Infinity for the LM; unknown for a pipe still being written) */
   rows?: number;
+  /** rows the host LM computes as the run goes: the precision it computes at, which must be the run's */
+  lmPrecision?: Precision;
   /** refuse to resume a checkpoint that was trained on other data than this */
   checkResume(recorded: SaeCfgJson['sae_train']): void;
   /** the batches, shuffled within windows of windowRows (≥ batchSize), from a checkpoint's position */
@@ -48,6 +51,7 @@ export interface TrainData {
 
 /** Training straight from the model: what to harvest, and from which corpus. */
 export interface LiveData {
+  /** the host LM, whose kernels' precision must be the run's (TrainConfig.precision) */
   model: HookedTransformer;
   tokenizer: LmTokenizer;
   corpus: RowSource<unknown>;
@@ -113,6 +117,7 @@ export function liveData(live: LiveData): TrainDataSource {
         live.preprocessing !== 'dataset_scale'
           ? undefined
           : (from?.scale ?? (await estimateScales(live.model, live.tokenizer, live.corpus, live.rows, live.scaleRows ?? DEFAULT_SCALE_ROWS))[live.rows.hooks[0]]);
+      const precision = live.model.kernels.precision ?? 'fp32';
       const meta: ShardMeta = {
         model: live.modelName,
         revision: '',
@@ -124,11 +129,13 @@ export function liveData(live: LiveData): TrainDataSource {
         ...(scale !== undefined ? { scale } : {}),
         tokenizer: live.tokenizer.digest,
         dataset: live.description,
+        precision,
       };
       return {
         meta,
         label: live.description,
         rows: Infinity,
+        lmPrecision: precision,
         checkResume(recorded) {
           if (recorded?.shards !== live.description) throw new UserError(`the checkpoint was trained on ${recorded?.shards}; this command harvests ${live.description}`);
         },

@@ -2,6 +2,7 @@ import * as path from 'node:path';
 import type { KernelFactory } from '../../kernels/types.js';
 import type { TrainingBackendFactory } from '../../sae/backend.js';
 import { UserError } from '../../util/errors.js';
+import { kernelFactory } from '../../kernels/index.js';
 import { writeFileAtomic } from '../../util/atomic.js';
 import type { DataPosition } from '../../stream/batch-stream.js';
 import { shuffleWindowRows, allPhases } from '../../sae/config.js';
@@ -20,9 +21,13 @@ export interface TrainJobOptions extends PlanRequest {
   out: string;
   /** start a new run in an `out` that already holds one (its checkpoints, log and summary go) */
   force?: boolean;
-  /** kernels of the CPU backend (the default: the reference kernels) */
+  /**
+   * kernels of the CPU backend (the default: the reference kernels), at the run's precision
+   * (`config.precision`, or the resumed run's): kernelFactory(name, precision). Kernels of another
+   * precision are refused rather than recorded wrongly.
+   */
   kernels?: KernelFactory;
-  /** where the training state lives and steps run (default: the CPU backend over `kernels`) */
+  /** where the training state lives and steps run (default: the CPU backend over `kernels`); backendFactory(name, precision) */
   backend?: TrainingBackendFactory;
   /** called every logEvery steps with the step's report */
   onLog?: (r: StepReport & { deadWindow: number; tokensPerSec: number }) => void;
@@ -88,9 +93,13 @@ async function trainIn(run: RunDir, source: TrainDataSource, opts: TrainJobOptio
     if (before === 'restarted' && !opts.resume) note(`${opts.out} has no checkpoint yet: starting from step 0`);
   }
   const { cfg, ck, deadWindow } = plan;
-  const trainer = new Trainer({ cfg, d: plan.d, F: plan.width, deadWindow, ...(opts.backend ? { backend: opts.backend } : { kernels: opts.kernels }), params: ck?.params });
+  const kernels = opts.kernels ?? kernelFactory('reference', cfg.precision);
+  const trainer = new Trainer({ cfg, d: plan.d, F: plan.width, deadWindow, ...(opts.backend ? { backend: opts.backend } : { kernels }), params: ck?.params });
   // the backend may hold device memory: released however the run ends
   try {
+    // the checkpoint records cfg.precision as how the SAE was trained: the kernels must be what computes it
+    const computes = trainer.kernels ? (trainer.kernels.precision ?? 'fp32') : cfg.precision;
+    if (computes !== cfg.precision) throw new UserError(`the run trains at precision ${cfg.precision} but its kernels (${trainer.kernels!.name}) compute at ${computes}`);
     const total = plan.totalSteps;
     if (deadWindow < 10_000_000 && cfg.deadWindow === 'auto') note(`dead window ${deadWindow} tokens (run has ${total * cfg.batchSize} tokens; 10M is the standard)`);
     // the saved stream position is only meaningful on the very activations it was saved on

@@ -52,6 +52,10 @@ export async function planRun(data: TrainData, req: PlanRequest): Promise<TrainP
     throw new UserError(`checkpoint ${ck.dir} has width ${ck.cfg.d_sae} but the run asks for ${F}`);
   const width = ck ? ck.cfg.d_sae : F;
   if (cfg.k >= width) throw new UserError(`k must be < width (k=${cfg.k}, width=${width})`);
+  // one precision for the LM that computes the rows as the run goes and the SAE that trains on
+  // them (stored rows are data: a bf16 harvest trains at fp32 and vice versa)
+  if (data.lmPrecision !== undefined && data.lmPrecision !== cfg.precision)
+    throw new UserError(`the run trains at precision ${cfg.precision} but the model it harvests from computes at ${data.lmPrecision}: give both the same precision`);
   if (data.rows !== undefined && data.rows < cfg.batchSize) throw new UserError(`${data.label} holds ${data.rows} rows, fewer than one batch of ${cfg.batchSize}`);
 
   // a resumed run keeps the dead window it started with, even when --steps extends it
@@ -68,6 +72,7 @@ export function checkpointCfgJson(plan: TrainPlan, data: TrainData, step: number
     d_in: d,
     d_sae: width,
     dtype: 'float32',
+    precision: cfg.precision,
     hook_name: data.meta.hook,
     model_name: data.meta.model,
     normalize_activations: data.meta.preprocessing,
@@ -75,6 +80,15 @@ export function checkpointCfgJson(plan: TrainPlan, data: TrainData, step: number
     apply_b_dec_to_input: true,
     activation_fn_kwargs: activation === 'relu' ? {} : { k: cfg.k },
     format: 'sae-checkpoint/1',
-    sae_train: { config: cfg, d, F: width, step, deadWindow, shards: data.label, ...(data.digest ? { shardsDigest: data.digest } : {}) },
+    sae_train: {
+      config: cfg,
+      d,
+      F: width,
+      step,
+      deadWindow,
+      shards: data.label,
+      ...(data.digest ? { shardsDigest: data.digest } : {}),
+      ...(data.meta.precision !== undefined ? { shardsPrecision: data.meta.precision } : {}),
+    },
   };
 }
