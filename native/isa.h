@@ -159,6 +159,9 @@ struct LinearJob {
 constexpr int kBf16K = 32;
 inline int bf16Kp(int K) { return (K + kBf16K - 1) / kBf16K * kBf16K; }
 
+// Pieces of the bf16 linear layer: rows × outputs, and the per-thread partial sums they need.
+constexpr int kBf16PieceRows = 256, kBf16PieceOut = 256;
+
 // One thread's share of y[n×m] = x·W + bias (see linearBf16).
 struct Bf16LinearJob {
   const uint16_t* Xb = nullptr;  // x as row tiles
@@ -167,7 +170,7 @@ struct Bf16LinearJob {
   int n = 0, K = 0, m = 0;
   int o0 = 0, o1 = 0;  // outputs (multiples of 32 except at m)
   int r0 = 0, r1 = 0;  // token rows (multiples of `rows` except at n)
-  float* tile = nullptr;  // 32×32 scratch
+  float* tile = nullptr;  // kBf16PieceRows × kBf16PieceOut fp32 scratch
   float* y = nullptr;
 };
 

@@ -96,15 +96,15 @@ void LmInstance::linearBf16(const float* x, int n, int K, const uint16_t* Wb, in
   const int R = u->rows;
   const int nTiles = (n + R - 1) / R;
   need(Xb_.reserve((size_t)nTiles * R * bf16Kp(K) + 1));
-  for (auto& h : th_) need(h.tile.reserve(32 * 32));
+  for (auto& h : th_) need(h.tile.reserve((size_t)kBf16PieceRows * kBf16PieceOut));
   uint16_t* Xb = Xb_.data();
   pool().run([&](int t) {
     const int t0 = (int)((int64_t)nTiles * t / T), t1 = (int)((int64_t)nTiles * (t + 1) / T);
     if (t1 > t0) u->packRows(x, K, n, t0, t1, Xb);
   });
-  // pieces of 128 outputs × about 256 token rows
-  constexpr int kOut = 128;
-  const int chunk = std::max(1, 256 / R) * R;
+  // pieces of kBf16PieceOut outputs × about kBf16PieceRows token rows
+  constexpr int kOut = kBf16PieceOut;
+  const int chunk = std::max(1, kBf16PieceRows / R) * R;
   const int nBlocks = (m + kOut - 1) / kOut;
   const int nChunks = (n + chunk - 1) / chunk;
   const int units = nBlocks * nChunks;
