@@ -27,6 +27,13 @@
 #else
 #define SAE_ARM64 0
 #endif
+// arm64's bf16 unit (native/bf16_neon.h) needs BFMMLA intrinsics in functions with a bf16 target
+// attribute: GCC 10 and later. Other compilers (Apple clang) build without it: bf16 runs emulated.
+#if SAE_ARM64 && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 10
+#define SAE_HAVE_BFMMLA 1
+#else
+#define SAE_HAVE_BFMMLA 0
+#endif
 
 namespace sae {
 

@@ -7,6 +7,12 @@
 
 #include "isa.h"
 
+#if SAE_ARM64 && defined(__linux__)
+#include <sys/auxv.h>
+#endif
+#if SAE_ARM64 && defined(__APPLE__)
+#include <sys/sysctl.h>
+#endif
 #if SAE_X86
 #include <cpuid.h>
 #if defined(__linux__)
@@ -32,6 +38,11 @@ SAE_DECLARE_TABLES(isa256)
 SAE_DECLARE_TABLES(isa128)
 #elif SAE_ARM64
 SAE_DECLARE_TABLES(isaneon)
+#if SAE_HAVE_BFMMLA
+namespace isaneon {
+extern const ::sae::Bf16Ops kBf16Mmla;
+}
+#endif
 #endif
 #undef SAE_DECLARE_TABLES
 
@@ -41,9 +52,11 @@ namespace sae {
 
 // Addresses only: constant-initialised, so no code compiled for a wider instruction set runs here.
 static const IsaOps k512 = {"avx512", &isa512::kGemm, &isa512::kSelect, &isa512::kSparse, &isa512::kOptimizer, &isa512::kLm,
-                            &isa512::kBf16Amx, &isa512::kBf16Dp};
-static const IsaOps k256 = {"avx2", &isa256::kGemm, &isa256::kSelect, &isa256::kSparse, &isa256::kOptimizer, &isa256::kLm, nullptr, nullptr};
-static const IsaOps k128 = {"sse2", &isa128::kGemm, &isa128::kSelect, &isa128::kSparse, &isa128::kOptimizer, &isa128::kLm, nullptr, nullptr};
+                            &isa512::kBf16Amx, &isa512::kBf16Dp, nullptr};
+static const IsaOps k256 = {"avx2", &isa256::kGemm, &isa256::kSelect, &isa256::kSparse, &isa256::kOptimizer, &isa256::kLm,
+                            nullptr, nullptr, nullptr};
+static const IsaOps k128 = {"sse2", &isa128::kGemm, &isa128::kSelect, &isa128::kSparse, &isa128::kOptimizer, &isa128::kLm,
+                            nullptr, nullptr, nullptr};
 
 static bool cpuid7(unsigned sub, unsigned& a, unsigned& b, unsigned& c, unsigned& d) {
   return __get_cpuid_count(7, sub, &a, &b, &c, &d) != 0;
@@ -95,7 +108,7 @@ const Bf16Ops* bf16UnitByName(const IsaOps* ops, const std::string& name, std::s
     }
     return ops->avx512bf16;
   }
-  if (why) *why = name == "emulated" ? "emulated is the fp32 kernels on rounded operands" : "unknown bf16 unit " + name;
+  if (why) *why = name == "emulated" ? "emulated is the fp32 kernels on rounded operands" : name == "bfmmla" ? "BFMMLA is an arm64 instruction" : "unknown bf16 unit " + name;
   return nullptr;
 }
 
@@ -131,14 +144,13 @@ int availableIsas(const char** names) {
 
 // armv8-a makes NEON (Advanced SIMD with double precision and FMA) part of the baseline: the one
 // table runs on every arm64 CPU.
+#if SAE_HAVE_BFMMLA
+static const Bf16Ops* const kMmla = &isaneon::kBf16Mmla;
+#else
+static const Bf16Ops* const kMmla = nullptr;
+#endif
 static const IsaOps kNeon = {"neon", &isaneon::kGemm, &isaneon::kSelect, &isaneon::kSparse, &isaneon::kOptimizer, &isaneon::kLm,
-                             nullptr, nullptr};
-
-// BFMMLA/BFDOT kernels are not written yet: bf16 on arm64 is the fp32 NEON kernels on rounded operands.
-const Bf16Ops* bf16UnitByName(const IsaOps*, const std::string& name, std::string* why) {
-  if (why) *why = name == "emulated" ? "emulated is the fp32 kernels on rounded operands" : "no native bf16 unit on arm64 yet";
-  return nullptr;
-}
+                             nullptr, nullptr, kMmla};
 
 bool cpuHas512() { return false; }
 bool cpuHas256() { return false; }
@@ -149,12 +161,41 @@ int availableIsas(const char** names) {
   return 1;
 }
 
+// FEAT_BF16 (BFMMLA, BFDOT): HWCAP2_BF16 on Linux, hw.optional.arm.FEAT_BF16 on macOS.
+static bool cpuHasBf16() {
+#if defined(__linux__)
+  return (getauxval(AT_HWCAP2) >> 14 & 1ul) != 0;
+#elif defined(__APPLE__)
+  int v = 0;
+  size_t len = sizeof(v);
+  return sysctlbyname("hw.optional.arm.FEAT_BF16", &v, &len, nullptr, 0) == 0 && v != 0;
+#else
+  return false;
+#endif
+}
+const Bf16Ops* bf16UnitByName(const IsaOps* ops, const std::string& name, std::string* why) {
+  if (name == "bfmmla") {
+    if (!ops->bfmmla) {
+      if (why) *why = "this build has no BFMMLA code (it needs GCC 10 or later)";
+      return nullptr;
+    }
+    if (!cpuHasBf16()) {
+      if (why) *why = "the CPU has no FEAT_BF16 (BFMMLA)";
+      return nullptr;
+    }
+    return ops->bfmmla;
+  }
+  if (why) *why = name == "emulated" ? "emulated is the fp32 kernels on rounded operands" : (name == "amx" || name == "avx512bf16") ? name + " is an x86-64 unit" : "unknown bf16 unit " + name;
+  return nullptr;
+}
+
 #endif
 
 int availableBf16Units(const IsaOps* ops, const char** names) {
   int n = 0;
   if (bf16UnitByName(ops, "amx")) names[n++] = "amx";
   if (bf16UnitByName(ops, "avx512bf16")) names[n++] = "avx512bf16";
+  if (bf16UnitByName(ops, "bfmmla")) names[n++] = "bfmmla";
   names[n++] = "emulated";
   return n;
 }
@@ -167,7 +208,8 @@ const Bf16Ops* bestBf16Unit(const IsaOps* ops) {
     if (u) return u;
   }
   if (const Bf16Ops* u = bf16UnitByName(ops, "amx")) return u;
-  return bf16UnitByName(ops, "avx512bf16");
+  if (const Bf16Ops* u = bf16UnitByName(ops, "avx512bf16")) return u;
+  return bf16UnitByName(ops, "bfmmla");
 }
 
 const IsaOps* bestIsa() {

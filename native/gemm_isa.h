@@ -501,3 +501,6 @@ const GemmOps kGemm = {MR, NR, packedXFloats, packedWFloats, packX, scan, denseA
 #if SAE_ISA_LEVEL == 512 && !defined(SAE_NO_BF16_UNITS)
 #include "bf16_isa.h"
 #endif
+#if SAE_NEON && SAE_HAVE_BFMMLA
+#include "bf16_neon.h"
+#endif

@@ -175,8 +175,8 @@ struct Bf16LinearJob {
 };
 
 struct Bf16Ops {
-  const char* name;  // "amx" | "avx512bf16"
-  int rows;          // rows of A per tile of C (32 | 14); C tiles are rows × 32
+  const char* name;  // "amx" | "avx512bf16" | "bfmmla"
+  int rows;          // rows of A per tile of C (32 | 14 | 8)
   // (x − b_dec) of tokens [tok0, tok0+ntok): fp32 rows to xcOut (may be null), bf16 column groups
   // of 16 tokens to Xb (ceil(ntok/32)·2 groups; the last padded with zeros)
   void (*packX)(const float* x, const float* bDec, float* xcOut, int tok0, int ntok, int d, uint16_t* Xb);
@@ -255,6 +255,7 @@ struct IsaOps {
   const LmOps* lm;
   const Bf16Ops* amx;         // null where not compiled for this instruction set
   const Bf16Ops* avx512bf16;  // likewise
+  const Bf16Ops* bfmmla;      // likewise (arm64 FEAT_BF16)
 };
 
 bool cpuHas512();
@@ -268,7 +269,7 @@ int availableIsas(const char** names);
 // SAE_ISA when set and available, else the best the CPU has.
 const IsaOps* bestIsa();
 
-// The bf16 unit of an instruction set's tables by name ("amx", "avx512bf16"), or null when the CPU
+// The bf16 unit of an instruction set's tables by name ("amx", "avx512bf16", "bfmmla"), or null when the CPU
 // (or, for AMX, the operating system) does not offer it; "emulated" also gives null (the fp32
 // kernels on rounded operands). why, when given, receives the reason a unit is unavailable.
 const Bf16Ops* bf16UnitByName(const IsaOps* ops, const std::string& name, std::string* why = nullptr);

@@ -179,9 +179,11 @@ function main() {
     console.error(`arm64: ${f}: ${t} tests, ${p} pass, ${n} fail (${s.toFixed(1)} s)`);
   }
   // the pool size is fixed per process: one process per thread count, the same hash from each
+  let bf16Units = '?';
   const hashes = [1, 2, 3].map((threads) => {
     const hashArgs = [path.join(base, 'build', 'sae_kernels.node'), 'emulated', 'all'];
     const { r, out } = runNode(launch, path.join(base, 'test', 'shared', 'kernel-hash.mjs'), { ...env, SAE_THREADS: String(threads) }, hashArgs);
+    bf16Units = out.match(/^bf16 units: (.*)$/m)?.[1] ?? bf16Units;
     const h = out.match(/^[0-9a-f]{64}$/m)?.[0];
     if (r.status !== 0 || !h) {
       process.stderr.write(out);
@@ -194,6 +196,7 @@ function main() {
   if (same) pass++;
   else failed++;
   console.error(`arm64: threads 1, 2, 3: ${same ? `identical results (${hashes[0].slice(0, 16)}…)` : `DIFFERENT: ${hashes.join(' ')}`}`);
+  console.error(`arm64: bf16 units exercised (the emulated tests and the hash above): ${bf16Units}`);
   const where = hostMode ? 'host' : 'arm64 under qemu';
   console.error(`arm64: ${where}: ${tests} tests, ${pass} pass, ${failed} fail, ${secs()} s`);
   process.exit(failed === 0 && pass === tests ? 0 : 1);

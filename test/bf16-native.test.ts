@@ -17,10 +17,10 @@ const available = nativeAvailable();
 const info = available ? nativeInfo()! : null;
 const required = process.env.SAE_REQUIRE_NATIVE === '1';
 if (!available && !required) console.warn(`native bf16 tests skipped: ${nativeLoadError()}`);
-const UNITS: Exclude<Bf16Unit, 'auto'>[] = ['amx', 'avx512bf16', 'emulated'];
+const UNITS: Exclude<Bf16Unit, 'auto'>[] = ['amx', 'avx512bf16', 'bfmmla', 'emulated'];
 const has = (u: string): boolean => !!info && info.bf16Units.includes(u);
 for (const u of UNITS) {
-  if (available && !has(u)) console.warn(`bf16 unit ${u} not tested here: ${u === 'amx' ? info!.amxWhyNot : 'the CPU has no AVX512-BF16'}`);
+  if (available && !has(u)) console.warn(`bf16 unit ${u} not tested here: ${u === 'amx' ? info!.amxWhyNot : u === 'bfmmla' ? 'an arm64 unit (FEAT_BF16); tested under qemu by scripts/test-arm64.mjs' : 'the CPU has no AVX512-BF16'}`);
 }
 if (info) console.log(`bf16 units exercised: ${UNITS.filter(has).join(', ')}`);
 

@@ -5,7 +5,7 @@
  * instead, so the two implementations are interchangeable everywhere.
  *
  * Environment: SAE_THREADS (worker threads, default: the CPUs this process may use), SAE_ISA
- * (avx512 | avx2 | sse2, default: the best the CPU has), SAE_BF16 (amx | avx512bf16 | emulated:
+ * (avx512 | avx2 | sse2, default: the best the CPU has), SAE_BF16 (amx | avx512bf16 | bfmmla | emulated:
  * the unit precision bf16 runs on, default: the best this process can run), SAE_NATIVE_DISABLE=1
  * (behave as if the addon were not built).
  */
@@ -38,10 +38,10 @@ type Handle = object & { readonly __native: unique symbol };
 
 /**
  * Where precision bf16 runs (docs/precision.md): 'amx' (TDPBF16PS tiles), 'avx512bf16'
- * (VDPBF16PS) or 'emulated' (operands rounded for the fp32 kernels: the same results class, fp32
+ * (VDPBF16PS), 'bfmmla' (arm64 FEAT_BF16) or 'emulated' (operands rounded for the fp32 kernels: the same results class, fp32
  * speed); 'auto' = the best this process can run.
  */
-export type Bf16Unit = 'auto' | 'amx' | 'avx512bf16' | 'emulated';
+export type Bf16Unit = 'auto' | 'amx' | 'avx512bf16' | 'bfmmla' | 'emulated';
 
 interface AddonInfo {
   apiVersion: number;
@@ -168,7 +168,7 @@ export function noteBf16Unit(unit: string): void {
   bf16Noted = true;
   const info = nativeInfo();
   if (unit === 'emulated') {
-    process.stderr.write(`sae: bf16 runs emulated (${info?.amxWhyNot || 'no bf16 unit'}, and no AVX512-BF16 in use): operands are rounded for the fp32 kernels, bf16 results at fp32 speed\n`);
+    process.stderr.write(`sae: bf16 runs emulated (no AMX, AVX512-BF16 or BFMMLA unit in use${info?.amxWhyNot ? `; AMX: ${info.amxWhyNot}` : ''}): operands are rounded for the fp32 kernels, bf16 results at fp32 speed\n`);
   } else if (unit !== 'amx' && info && /refused/.test(info.amxWhyNot)) {
     process.stderr.write(`sae: bf16: ${info.amxWhyNot}; using ${unit}\n`);
   }

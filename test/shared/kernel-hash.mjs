@@ -1,6 +1,6 @@
 // Prints one SHA-256 over the outputs of native kernels on fixed inputs: the SAE kernels (encoder
 // + four selections with an aux selection, decode, both backward passes, the optimizer) and/or
-// every host-LM op. The pool size is fixed per process, so the callers run this with several
+// every host-LM op, and the bf16 encoder and linear layer on every bf16 unit the process can run. The pool size is fixed per process, so the callers run this with several
 // SAE_THREADS and require the same hash: work is split by fixed rules (tokens, features, rows,
 // fixed chunks), so the thread count must not change a bit. Shapes are ragged (no multiple of a
 // tile) and large enough to give every thread work; 'full' uses GPT-2-small shapes for the LM ops.
@@ -37,7 +37,7 @@ const put = (t) => hash.update(new Uint8Array(t.buffer, t.byteOffset, t.byteLeng
 if (parts !== 'lm') {
   const { d, F, B, M } = SIZES[size].sae;
   const W = f(F * d), Wd = f(F * d), bEnc = f(F), bDec = f(d), x = f(B * d);
-  const h = A.create(d, F, B, null);
+  const h = A.create(d, F, B, null, null);
   const cap = new Int32Array(F).fill(3);
   for (const [kind, num, arr] of [[2, 5, null], [3, M, null], [4, 0, cap], [5, 0, null]]) {
     const xc = new Float32Array(B * d), rowPtr = new Int32Array(B + 1), index = new Int32Array(B * F), value = new Float32Array(B * F);
@@ -66,9 +66,35 @@ if (parts !== 'lm') {
   }
 }
 
+// bf16 (issue 18) on every unit this process can run: the encoder's selection and the LM's
+// linear layers, whose pieces are claimed by whichever thread is free
+// (stderr names them, for the callers to report which bf16 kernels ran)
+console.error(`bf16 units: ${A.info().bf16Units.join(', ')}`);
+for (const unit of A.info().bf16Units) {
+  if (parts !== 'lm') {
+    const { d, F, B } = SIZES[size].sae;
+    const W = f(F * d), bEnc = f(F), bDec = f(d), x = f(B * d);
+    const h = A.create(d, F, B, null, unit);
+    const xc = new Float32Array(B * d), rowPtr = new Int32Array(B + 1), index = new Int32Array(B * F), value = new Float32Array(B * F);
+    const r = A.encode(h, W, bEnc, bDec, x, B, xc, 2, 5, null, [], [], [rowPtr, index, value]);
+    for (const t of [xc, rowPtr, index.subarray(0, r[0]), value.subarray(0, r[0])]) put(t);
+  }
+  if (parts !== 'sae') {
+    const { B, T, H, hd, mlp } = SIZES[size].lm;
+    const h = A.lmCreate(null, unit);
+    const d = H * hd, n = B * T;
+    const W = f(d * mlp);
+    const Wp = unit === 'emulated' ? new Float32Array(A.lmPackedWLength(h, d, mlp)) : new Uint16Array(A.lmPackedWLength(h, d, mlp));
+    A.lmPackBf16(h, W, d, mlp, true, Wp);
+    const y = new Float32Array(n * mlp);
+    A.lmLinearBf16(h, f(n * d), n, d, Wp, mlp, true, f(mlp), y);
+    put(y);
+  }
+}
+
 if (parts !== 'sae') {
   const { B, T, H, hd, rotary, mlp, V, targets } = SIZES[size].lm;
-  const h = A.lmCreate(null);
+  const h = A.lmCreate(null, null);
   const d = H * hd, n = B * T;
   const x = f(n * d), qkv = new Float32Array(n * 3 * d);
   A.lmLinear(h, x, n, d, f(d * 3 * d), 3 * d, true, f(3 * d), qkv);

@@ -262,7 +262,7 @@ export function defineLmKernelChecks(t, m, isas, size) {
       for (const [n, K, mm, layout] of S.gpt2Linear.slice(0, 2)) cases.push(bf16Case(refBf16, rng, n, K, mm, layout));
       let ran = 0;
       for (const isa of isas) {
-        for (const unit of ['amx', 'avx512bf16', 'emulated']) {
+        for (const unit of ['amx', 'avx512bf16', 'bfmmla', 'emulated']) {
           let nat;
           try {
             nat = nativeLmKernelsFor(isa, { precision: 'bf16', bf16Unit: unit });

@@ -222,6 +222,59 @@ export function defineSaeKernelChecks(t, m, isas, size) {
       }
     });
 
+    it('in bf16 on every unit of every instruction set (emulated where there is none): z′ within the summation-order bound of the rounded operands, and the selections of that z′', () => {
+      // the rounding, independently of src/kernels/bf16.ts: RNE on the float32 bits, NaN aside
+      const dv = new DataView(new ArrayBuffer(4));
+      const r16 = (v) => {
+        dv.setFloat32(0, v);
+        const b = dv.getUint32(0);
+        dv.setUint32(0, ((b + 0x7fff + ((b >>> 16) & 1)) >>> 16) << 16);
+        return dv.getFloat32(0);
+      };
+      const rng = new Rng(14);
+      let ran = 0;
+      for (const isa of isas) {
+        for (const unit of ['amx', 'avx512bf16', 'bfmmla', 'emulated']) {
+          for (const [d, F, B] of S.affinities) {
+            let nk;
+            try {
+              nk = nativeKernelsFor(isa, { precision: 'bf16', bf16Unit: unit })({ d, F, maxB: B });
+            } catch (e) {
+              if (/not available/.test(String(e))) break; // a unit this CPU or table lacks
+              throw e;
+            }
+            const { p, x } = randomProblem(rng, d, F, B);
+            const z = new Float32Array(B * F);
+            const xc = new Float32Array(B * d);
+            nativeExtras(nk).affinities(p, x, B, xc, z);
+            for (let b = 0; b < B; b++) {
+              for (let j = 0; j < F; j++) {
+                let s = 0;
+                let mag = 0;
+                for (let i = 0; i < d; i++) {
+                  const t = r16(Math.fround(x[b * d + i] - p.bDec[i])) * r16(p.WencT[j * d + i]);
+                  s += t;
+                  mag += Math.abs(t);
+                }
+                const want = s + p.bEnc[j];
+                const tol = 2 * d * 2 ** -24 * mag + 2 ** -24 * Math.abs(want) + d * 2 ** -126;
+                assert.ok(Math.abs(z[b * F + j] - want) <= tol, `bf16 ${isa}/${unit} d=${d} F=${F} B=${B} z[${b}][${j}] = ${z[b * F + j]}, want ${want} ± ${tol}`);
+              }
+            }
+            for (const sel of selections(rng, B, F)) {
+              const on = output(B, d, 0);
+              nk.encodeSelect(p, x, B, sel, [], on);
+              const want = allocCodes(B, 4);
+              select(z, B, F, sel, want);
+              assert.deepEqual(codesOf(on.codes), codesOf(want), `bf16 ${isa}/${unit} ${sel.kind} d=${d} F=${F} B=${B}`);
+            }
+            ran++;
+          }
+        }
+      }
+      assert.ok(ran >= isas.length, 'every instruction set runs bf16 at least emulated');
+    });
+
     for (const isa of isas) {
       it(`selection stage on given affinities with ties everywhere equals the reference (${isa})`, () => {
         const rng = new Rng(13);
