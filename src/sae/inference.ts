@@ -20,7 +20,13 @@ export function selectionForCheckpoint(ck: LoadedCheckpoint): (B: number) => Sel
     const threshold = ck.threshold;
     return () => ({ kind: 'jumprelu', threshold });
   }
-  if (!ck.cfg.sae_train) throw new UserError(`checkpoint ${ck.dir}: no training config and no thresholds; cannot tell its activation`);
+  if (!ck.cfg.sae_train) {
+    // a foreign SAE (./formats): its architecture says how it selects
+    const k = ck.cfg.activation_fn_kwargs?.k;
+    if (ck.cfg.architecture === 'topk' && Number.isInteger(k) && k > 0) return () => ({ kind: 'topk', k });
+    if (ck.cfg.architecture === 'relu') return () => ({ kind: 'relu' });
+    throw new UserError(`checkpoint ${ck.dir}: no training config and no thresholds; cannot tell its activation`);
+  }
   const cfg = checkpointConfig(ck);
   // the activation of the phase the weights were last trained in, not the last phase configured
   const act = phaseOfStep(cfg, ck.cfg.sae_train.step).activation;
@@ -48,6 +54,8 @@ export interface Calibration {
   batches: number;
   /** mean active features per token under the batch selection on the calibration rows */
   batchL0: number;
+  /** per feature, the fraction of calibration tokens the batch selection chose it on */
+  density: Float32Array;
 }
 
 /**
@@ -114,5 +122,6 @@ export async function calibrateThresholds(
     // fewer positive affinities than n_j+1: every positive one fires, as in the batch selection
     threshold[j] = vals.length >= want[j] ? vals[want[j] - 1] : 0;
   }
-  return { threshold, globalThreshold: globalSum / n, batches: n, batchL0: nnz / (n * B) };
+  const density = Float32Array.from(fired, (f) => f / (n * B));
+  return { threshold, globalThreshold: globalSum / n, batches: n, batchL0: nnz / (n * B), density };
 }

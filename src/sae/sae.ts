@@ -4,8 +4,9 @@
  * model and preprocessing, the selection it runs with, the batch size that selection is meant
  * for, and whether given activations are ones it means anything on.
  *
- * Our checkpoint folder (SPEC §10) is the one format read today; another (SAELens or sparsify
- * folders) plugs in as one more loader that returns the same `Sae`.
+ * Any format in ./formats/ opens here too (SAELens, sparsify: issue 19), told apart by tensor keys
+ * and config fields; a foreign folder becomes the same `Sae`, with the hook and model its config
+ * names (or the caller's --hook / --model where it names none).
  */
 import type { SaeParams, Selection } from '../kernels/types.js';
 import { checkCompatible } from '../store/compat.js';
@@ -15,10 +16,14 @@ import type { Precision } from '../kernels/bf16.js';
 import { checkpointConfig, checkpointPrecision, checkpointPreprocessing, findCheckpoint, loadCheckpoint, type LoadedCheckpoint, type SaeCfgJson } from './checkpoint.js';
 import { DEFAULTS, type TrainConfig } from './config.js';
 import { selectionForCheckpoint } from './inference.js';
+import { detectFormat, FORMATS, probeFolder, type SaeFormatName } from './formats/index.js';
+import { UserError } from '../util/errors.js';
 
 export interface Sae {
   /** the folder the weights were read from */
   dir: string;
+  /** the format that folder is in ('sae': ours) */
+  format: SaeFormatName;
   cfg: SaeCfgJson;
   params: SaeParams;
   /** d_in and d_sae */
@@ -57,18 +62,32 @@ export interface Sae {
  * the training state when there is one — Feature Choice's capacities follow its density ranking —
  * and true requires it.
  */
-export async function openSae(pathOrRunDir: string, opts: { withState?: boolean | 'if-present' } = {}): Promise<Sae> {
-  const ck = await loadCheckpoint(await findCheckpoint(pathOrRunDir), { withState: opts.withState ?? 'if-present' });
-  return saeFromCheckpoint(ck);
+export async function openSae(
+  pathOrRunDir: string,
+  opts: { withState?: boolean | 'if-present'; hook?: string; model?: string } = {},
+): Promise<Sae> {
+  const dir = await findCheckpoint(pathOrRunDir);
+  const probe = await probeFolder(dir);
+  const format = detectFormat(probe);
+  if (format === 'sae') return saeFromCheckpoint(await loadCheckpoint(dir, { withState: opts.withState ?? 'if-present' }));
+  if (format === 'dictionary_learning') throw new UserError(`${dir}: dictionary_learning folders are not read yet`);
+  if (opts.withState === true) throw new UserError(`${dir} is a ${format} folder: it has no training state (pass the run directory it was exported from)`);
+  return saeFromCheckpoint(await FORMATS[format]!.load(probe), { format, hook: opts.hook, model: opts.model });
 }
 
-/** The Sae of a checkpoint already in memory (a run's final weights, or a trainer's as they stand). */
-export function saeFromCheckpoint(ck: LoadedCheckpoint): Sae {
-  const { cfg } = ck;
+/**
+ * The Sae of a checkpoint already in memory (a run's final weights, or a trainer's as they stand).
+ * hook / model: what the caller says (--hook, --model), for a foreign SAE whose config names none;
+ * one that contradicts a config that names its own is refused.
+ */
+export function saeFromCheckpoint(ck: LoadedCheckpoint, where: { format?: SaeFormatName; hook?: string; model?: string } = {}): Sae {
+  const foreign = !!where.format && where.format !== 'sae';
+  const cfg = foreign ? { ...ck.cfg, hook_name: pick(ck, 'hook', ck.cfg.hook_name, where.hook), model_name: pick(ck, 'model', ck.cfg.model_name, where.model) } : ck.cfg;
   const trainConfig = cfg.sae_train ? checkpointConfig(ck) : null;
   const { preprocessing, scale } = checkpointPreprocessing(ck);
   return {
     dir: ck.dir,
+    format: where.format ?? 'sae',
     cfg,
     params: ck.params,
     d: cfg.d_in,
@@ -85,6 +104,16 @@ export function saeFromCheckpoint(ck: LoadedCheckpoint): Sae {
     selection: () => selectionForCheckpoint(ck),
     // the SAE only means something on inputs preprocessed as in training (raw activations give
     // FVU > 1 and, for export, thresholds calibrated on the wrong scale)
-    checkData: (meta) => checkCompatible(meta, { d: cfg.d_in, hook: cfg.hook_name, model: cfg.model_name, preprocessing, scale }),
+    checkData: (meta) => {
+      if (!cfg.hook_name) throw new UserError(`${ck.dir}: its config does not say which hook it reads; pass --hook`);
+      checkCompatible(meta, { d: cfg.d_in, hook: cfg.hook_name, model: cfg.model_name, preprocessing, scale });
+    },
   };
+}
+
+/** A foreign SAE's hook or model: its config's, else the caller's; both given and different is a mistake worth one line. */
+function pick(ck: LoadedCheckpoint, what: 'hook' | 'model', own: string, given: string | undefined): string {
+  if (!given || given === own) return own;
+  if (own) throw new UserError(`${ck.dir} says its ${what} is ${own}, not ${given}; drop --${what} or pass the SAE made for ${given}`);
+  return given;
 }

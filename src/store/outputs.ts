@@ -71,8 +71,8 @@ export const OUTPUTS: Record<ShardWriterCommand, ShardOutput> & Record<OutputCom
   shuffle: { what: "a shuffle's output", marks: [`${SHUFFLE_WORK}/`], shards: shuffled },
   synth: { what: 'synthetic activations from sae synth', marks: [SYNTH_FILE, DICTIONARY_FILE], shards: synthetic },
   train: { file: (p) => runEntry(p) },
-  // an export is a checkpoint without the training state
-  export: { folder: (e) => e.includes('cfg.json') && e.includes('sae.safetensors') && !e.includes('state.json') },
+  // an export is a checkpoint without the training state, or a SAELens / sparsify folder (issue 19)
+  export: { folder: (e) => e.includes('cfg.json') && (e.includes('sae.safetensors') || e.includes('sae_weights.safetensors')) && !e.includes('state.json') },
   demo: { folder: (e) => e.includes(DEMO_MARKER) },
   report: { file: async (p) => isReportOutput(path.basename(p), (await readHead(p)) ?? '') },
   'model run': { file: (p) => safetensorsWithMeta(p, MODEL_RUN_MARK) },
