@@ -57,6 +57,9 @@ const TABLE: Array<[keyof TrainConfig, Kind, string, options?: readonly string[]
 
 /** Flags that several commands share, described once. */
 export const sharedFlags = {
+  hook: Flags.string({
+    description: 'the hook a foreign SAE (SAELens, sparsify) reads, where its config does not name one; refused when it names another',
+  }),
   'allow-no-manifest': Flags.boolean({
     description: 'read a --data folder of .parquet files that has no manifest.json (a hand-made set); without it such a folder counts as an unfinished write and is refused',
   }),

@@ -44,11 +44,12 @@ export default class Eval extends SaeCommand {
     'allow-no-manifest': sharedFlags['allow-no-manifest'],
     kernels: sharedFlags.kernels,
     precision: sharedFlags.precision,
+    hook: sharedFlags.hook,
   };
 
   async run(): Promise<void> {
     const { flags } = await this.parse(Eval);
-    const sae = await openSae(flags.checkpoint);
+    const sae = await openSae(flags.checkpoint, { hook: flags.hook });
     const set = await openShards(flags.data, { allowNoManifest: flags['allow-no-manifest'] });
     sae.checkData(set.meta);
     const threshold = Number(flags.threshold);

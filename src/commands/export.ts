@@ -78,6 +78,7 @@ export default class Export extends SaeCommand {
     'allow-no-manifest': sharedFlags['allow-no-manifest'],
     kernels: sharedFlags.kernels,
     precision: sharedFlags.precision,
+    hook: sharedFlags.hook,
   };
 
   async run(): Promise<void> {
@@ -86,12 +87,12 @@ export default class Export extends SaeCommand {
     const format = flags.format as (typeof FORMAT_NAMES)[number];
     // an export has no state.json: recognise it before asking for the training state, so the
     // error says what it is rather than what it lacks
-    const first = await openSae(flags.checkpoint);
+    const first = await openSae(flags.checkpoint, { hook: flags.hook });
     if (format === 'sae' && first.threshold) throw new UserError(`checkpoint ${first.dir} is already a JumpReLU export; pass the training checkpoint (or run directory) it came from`);
     const act = activationOf(first);
     const calibrate = format === 'sae' || !['topk', 'relu', 'jumprelu'].includes(act);
     // calibration needs the training state (Feature Choice's capacities follow its ranking)
-    const sae = calibrate && !first.state ? await openSae(first.dir, { withState: true }) : first;
+    const sae = calibrate && !first.state ? await openSae(first.dir, { withState: true, hook: flags.hook }) : first;
     await checkExportTarget(flags.out, sae.dir, flags.force);
     if (calibrate && !flags.data) throw new UserError(`${act} selects per batch: its export calibrates thresholds on activations; pass --data SHARDS`);
     const set = flags.data ? await openShards(flags.data, { allowNoManifest: flags['allow-no-manifest'] }) : null;

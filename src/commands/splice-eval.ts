@@ -22,8 +22,8 @@ import { sameModel } from '../lm/identity.js';
  * Load an SAE and label it by what it is, not by the flag that named it: a JumpReLU export (it has
  * thresholds) is 'jumprelu', a training checkpoint (batch-dependent or per-token selection) 'batch'.
  */
-async function saeFrom(p: string): Promise<{ sae: Sae; splice: SpliceSae; exported: boolean }> {
-  const sae = await openSae(p);
+async function saeFrom(p: string, where: { hook?: string; model?: string }): Promise<{ sae: Sae; splice: SpliceSae; exported: boolean }> {
+  const sae = await openSae(p, where);
   const exported = sae.threshold !== undefined;
   // dataset_scale: the hook's raw activations are scaled by the SAE's recorded factor and its
   // reconstruction divided by it (SPEC §3)
@@ -64,6 +64,7 @@ export default class SpliceEval extends SaeCommand {
     quiet: Flags.boolean({ description: 'no progress on stderr' }),
     kernels: sharedFlags.kernels,
     precision: sharedFlags.precision,
+    hook: sharedFlags.hook,
   };
 
   async run(): Promise<void> {
@@ -74,7 +75,7 @@ export default class SpliceEval extends SaeCommand {
     const inputs = argv as string[];
     const spec: CorpusSpec = inputs.length ? { inputs, textField: flags['text-field'] } : { brown: 'heldout' };
     const corpus = await openCorpus(spec);
-    const main = await saeFrom(flags.checkpoint);
+    const main = await saeFrom(flags.checkpoint, { hook: flags.hook, model: flags.model });
     if (main.sae.model === SYNTHETIC_MODEL) {
       throw new UserError(`${main.sae.dir} was trained on synthetic activations (sae synth), which have no host model to splice it into; splice-eval needs an SAE trained on a model's activations`);
     }
@@ -87,7 +88,7 @@ export default class SpliceEval extends SaeCommand {
     const saes = [main.splice];
     if (flags.exported) {
       if (main.exported) throw new UserError(`--checkpoint ${flags.checkpoint} is already a JumpReLU export; pass the training checkpoint as --checkpoint and this as --exported`);
-      const ex = await saeFrom(flags.exported);
+      const ex = await saeFrom(flags.exported, { hook: flags.hook, model: flags.model });
       if (!ex.exported) throw new UserError(`--exported ${flags.exported} is a training checkpoint, not a JumpReLU export (sae export); pass it as --checkpoint`);
       if (ex.sae.hook !== main.sae.hook || ex.sae.F !== main.sae.F || !sameModel(main.sae.model, ex.sae.model)) {
         throw new UserError(`--exported ${flags.exported} is not an export of this SAE (model ${ex.sae.model}, hook ${ex.sae.hook}, width ${ex.sae.F})`);

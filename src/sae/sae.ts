@@ -82,7 +82,8 @@ export async function openSae(
  */
 export function saeFromCheckpoint(ck: LoadedCheckpoint, where: { format?: SaeFormatName; hook?: string; model?: string } = {}): Sae {
   const foreign = !!where.format && where.format !== 'sae';
-  const cfg = foreign ? { ...ck.cfg, hook_name: pick(ck, 'hook', ck.cfg.hook_name, where.hook), model_name: pick(ck, 'model', ck.cfg.model_name, where.model) } : ck.cfg;
+  // the model a foreign config names stays (splice-eval compares it with --model as for ours)
+  const cfg = foreign ? { ...ck.cfg, hook_name: pickHook(ck, where.hook), model_name: ck.cfg.model_name || where.model || '' } : ck.cfg;
   const trainConfig = cfg.sae_train ? checkpointConfig(ck) : null;
   const { preprocessing, scale } = checkpointPreprocessing(ck);
   return {
@@ -106,14 +107,16 @@ export function saeFromCheckpoint(ck: LoadedCheckpoint, where: { format?: SaeFor
     // FVU > 1 and, for export, thresholds calibrated on the wrong scale)
     checkData: (meta) => {
       if (!cfg.hook_name) throw new UserError(`${ck.dir}: its config does not say which hook it reads; pass --hook`);
-      checkCompatible(meta, { d: cfg.d_in, hook: cfg.hook_name, model: cfg.model_name, preprocessing, scale });
+      // a foreign config that names no model cannot be checked against the shards' model
+      checkCompatible(meta, { d: cfg.d_in, hook: cfg.hook_name, ...(cfg.model_name ? { model: cfg.model_name } : {}), preprocessing, scale });
     },
   };
 }
 
-/** A foreign SAE's hook or model: its config's, else the caller's; both given and different is a mistake worth one line. */
-function pick(ck: LoadedCheckpoint, what: 'hook' | 'model', own: string, given: string | undefined): string {
+/** A foreign SAE's hook: its config's, else the caller's --hook; both given and different is a mistake worth one line. */
+function pickHook(ck: LoadedCheckpoint, given: string | undefined): string {
+  const own = ck.cfg.hook_name;
   if (!given || given === own) return own;
-  if (own) throw new UserError(`${ck.dir} says its ${what} is ${own}, not ${given}; drop --${what} or pass the SAE made for ${given}`);
+  if (own) throw new UserError(`${ck.dir} says it reads ${own}, not ${given}; drop --hook or pass the SAE made for ${given}`);
   return given;
 }
