@@ -2,8 +2,8 @@ import { Flags } from '@oclif/core';
 import { SaeCommand } from '../util/command.js';
 import { UserError } from '../util/errors.js';
 import { sharedFlags } from '../cli/flags.js';
-import { openSae } from '../sae/sae.js';
-import { openShards } from '../store/shard-set.js';
+import { openSae, type Sae } from '../sae/sae.js';
+import { openShards, type ShardSet } from '../store/shard-set.js';
 import { evaluateSae } from '../eval/evaluate.js';
 import { featureRecovery } from '../eval/recovery.js';
 import { loadDictionary, DICTIONARY_FILE } from '../pipeline/synth.js';
@@ -35,6 +35,7 @@ export default class Eval extends SaeCommand {
     checkpoint: Flags.string({ description: 'checkpoint folder or run directory', required: true }),
     data: Flags.string({ description: 'activation shards to evaluate on', required: true }),
     dictionary: Flags.string({ description: 'a `sae synth` output directory (or its dictionary.safetensors): also report recovery of its true features' }),
+    exported: Flags.string({ description: 'a JumpReLU export of this SAE (sae export): also evaluate it one token at a time and report batch-mode and threshold-mode L0 and FVU side by side (appendix B)' }),
     'batch-size': Flags.integer({ description: 'tokens per batch for batch selections (default: the training batch size)' }),
     'max-rows': Flags.integer({ description: 'evaluate at most this many rows (the last batch may be partial; it is evaluated as a batch of its own size)' }),
     threshold: Flags.string({ description: 'cosine threshold for a recovered feature', default: '0.9' }),
@@ -67,11 +68,15 @@ export default class Eval extends SaeCommand {
       kernels: kernelFactory(flags.kernels as KernelName, parsePrecision(flags.precision)),
     });
     const { json: out, table } = evalSummary(sae, res, { data: flags.data, batchSize, featuresOut: flags['features-out'] });
+    // appendix B's gap: the same rows through the export's thresholds, a token at a time
+    const thresholdMode = flags.exported ? await this.thresholdMode(sae, flags.exported, set, { batchSize, maxRows: flags['max-rows'], kernels: flags.kernels, precision: flags.precision, hook: flags.hook }) : null;
+    if (thresholdMode) out.thresholdMode = { ...thresholdMode, l0Gap: thresholdMode.l0 - res.l0, fvuGap: thresholdMode.fvu - res.fvu };
     const F = sae.F;
     let line =
       `${sae.cfg.architecture} F=${F}: ${res.rows} rows in ${res.batches} batch${res.batches === 1 ? "" : "es"}` +
       `${res.lastBatchRows < batchSize ? ` (last one ${res.lastBatchRows} rows)` : ''}, L0 ${res.l0.toFixed(2)}, FVU ${res.fvu.toFixed(4)}, ` +
       `never fired on these ${res.rows} tokens ${(100 * res.neverFiredFraction).toFixed(2)}%, dying ${(100 * table.dyingCount / F).toFixed(2)}%`;
+    if (thresholdMode) line += `; threshold mode (${flags.exported}): L0 ${thresholdMode.l0.toFixed(2)}, FVU ${thresholdMode.fvu.toFixed(4)}`;
     if (dict) {
       const rec = featureRecovery(dict.G, dict.fTrue, sae.params.Wdec, F, dict.d, threshold);
       out.recovery = rec;
@@ -85,5 +90,19 @@ export default class Eval extends SaeCommand {
     }
     this.info(line);
     process.stdout.write(JSON.stringify(out) + '\n');
+  }
+
+  /** L0 and FVU of a JumpReLU export of `sae` on the same rows (per-token thresholds need no batch). */
+  private async thresholdMode(
+    sae: Sae,
+    exported: string,
+    set: ShardSet,
+    o: { batchSize: number; maxRows?: number; kernels: string; precision: string; hook?: string },
+  ): Promise<{ checkpoint: string; l0: number; fvu: number; mse: number }> {
+    const ex = await openSae(exported, { hook: o.hook });
+    if (!ex.threshold) throw new UserError(`--exported ${exported} is not a JumpReLU export (sae export); pass it as --checkpoint`);
+    if (ex.F !== sae.F || ex.d !== sae.d || ex.hook !== sae.hook) throw new UserError(`--exported ${exported} is not an export of this SAE (hook ${ex.hook}, width ${ex.F})`);
+    const r = await evaluateSae(ex.params, set, ex.selection(), { batchSize: o.batchSize, maxRows: o.maxRows, kernels: kernelFactory(o.kernels as KernelName, parsePrecision(o.precision)) });
+    return { checkpoint: ex.dir, l0: r.l0, fvu: r.fvu, mse: r.mse };
   }
 }

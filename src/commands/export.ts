@@ -90,6 +90,8 @@ export default class Export extends SaeCommand {
     const first = await openSae(flags.checkpoint, { hook: flags.hook });
     if (format === 'sae' && first.threshold) throw new UserError(`checkpoint ${first.dir} is already a JumpReLU export; pass the training checkpoint (or run directory) it came from`);
     const act = activationOf(first);
+    // before any calibration: what sparsify cannot express
+    if (format === 'sparsify' && act !== 'topk') throw new UserError(`sparsify expresses TopK SAEs only (this one is ${act}); export it with --format saelens`);
     const calibrate = format === 'sae' || !['topk', 'relu', 'jumprelu'].includes(act);
     // calibration needs the training state (Feature Choice's capacities follow its ranking)
     const sae = calibrate && !first.state ? await openSae(first.dir, { withState: true, hook: flags.hook }) : first;

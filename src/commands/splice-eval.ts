@@ -123,7 +123,15 @@ export default class SpliceEval extends SaeCommand {
       corpus: corpus.describe(),
       trainedPrecision: main.sae.trainedPrecision,
       ...r,
-      gap: r.spliced.length > 1 ? { lossRecovered: r.spliced[1].lossRecovered - r.spliced[0].lossRecovered, loss: r.spliced[1].loss - r.spliced[0].loss } : undefined,
+      // appendix B's gap: threshold mode (the export) minus batch mode
+      gap:
+        r.spliced.length > 1
+          ? {
+              lossRecovered: r.spliced[1].lossRecovered - r.spliced[0].lossRecovered,
+              loss: r.spliced[1].loss - r.spliced[0].loss,
+              ...(r.spliced[0].l0 !== undefined && r.spliced[1].l0 !== undefined ? { l0: r.spliced[1].l0 - r.spliced[0].l0, fvu: r.spliced[1].fvu! - r.spliced[0].fvu! } : {}),
+            }
+          : undefined,
     };
     if (flags.out) {
       // the file may have appeared during the evaluation
@@ -133,7 +141,7 @@ export default class SpliceEval extends SaeCommand {
     for (const s of r.spliced) {
       this.info(
         `${s.label}: loss recovered ${s.lossRecovered.toFixed(2)}% (clean ${r.cleanLoss.toFixed(4)}, spliced ${s.loss.toFixed(4)}, zero ${r.zeroLoss.toFixed(4)}), ` +
-          `KL ${s.kl.toFixed(4)}, KL score ${s.klScore.toFixed(4)} over ${r.tokens} tokens (special tokens ${r.specialTokens}${r.precision !== 'fp32' ? `, precision ${r.precision}` : ''})`,
+          `KL ${s.kl.toFixed(4)}, KL score ${s.klScore.toFixed(4)}${s.l0 !== undefined ? `, L0 ${s.l0.toFixed(2)}, FVU ${s.fvu!.toFixed(4)}` : ''} over ${r.tokens} tokens (special tokens ${r.specialTokens}${r.precision !== 'fp32' ? `, precision ${r.precision}` : ''})`,
       );
     }
     // stdout carries the result: the JSON, or one line per SAE "<label> <loss recovered>%" (README)

@@ -32,7 +32,29 @@ export type ReconstructOverride = (x: Float32Array, n: number, d: number) => voi
  * spliced in, or the activation ablated. Each continues the clean run from the hook (its prefix is
  * shared at a residual-stream hook) and returns the final normalized residual.
  */
+/** What an SAE's reconstructions on the spliced rows came to, in its own (preprocessed) space. */
+export interface ReconStats {
+  rows: number;
+  /** active features summed over the rows */
+  nnz: number;
+  /** Σ‖x' − x̂'‖² */
+  sse: number;
+  /** Σ x' per dimension and Σ‖x'‖², for the variance in FVU */
+  sum: Float64Array;
+  sumSq: number;
+}
+
+/** L0 and FVU of ReconStats (FVU = Σ‖x' − x̂'‖² / Σ‖x' − x̄'‖², as sae eval computes it). */
+export function reconSummary(s: ReconStats): { l0: number; fvu: number } {
+  let mean2 = 0;
+  for (const v of s.sum) mean2 += v * v;
+  const variance = s.sumSq - mean2 / Math.max(s.rows, 1);
+  return { l0: s.rows ? s.nnz / s.rows : NaN, fvu: variance > 0 ? s.sse / variance : NaN };
+}
+
 export class SpliceRunner {
+  /** per SAE, its reconstructions' L0 and FVU on every row it reconstructed */
+  readonly stats: ReconStats[];
   private readonly d: number;
   private readonly kernels: ReturnType<KernelFactory>[];
   private readonly buf: { x: Float32Array; rows: Float32Array; mean: Float32Array; norm: Float32Array; xhat: Float32Array };
@@ -56,6 +78,7 @@ export class SpliceRunner {
     for (const k of this.kernels) {
       if ((k.precision ?? 'fp32') !== precision) throw new UserError(`the SAE's kernels (${k.name}) compute at ${k.precision ?? 'fp32'} but the model's (${model.kernels.name}) at ${precision}: give both the same precision`);
     }
+    this.stats = saes.map(() => ({ rows: 0, nnz: 0, sse: 0, sum: new Float64Array(d), sumSq: 0 }));
     const maxSaeB = Math.max(1, ...saes.map((s) => s.batchSize));
     this.buf = { x: new Float32Array(N * d), rows: new Float32Array(N * d), mean: new Float32Array(N), norm: new Float32Array(N), xhat: new Float32Array(maxSaeB * d) };
   }
@@ -74,7 +97,7 @@ export class SpliceRunner {
     const n = B * Tn;
     const xs = this.buf.x.subarray(0, n * this.d);
     xs.set(x);
-    reconstructRows(this.saes[si], this.kernels[si], xs, recon, n, this.d, this.buf, this.override);
+    reconstructRows(this.saes[si], this.kernels[si], xs, recon, n, this.d, this.buf, this.stats[si], this.override);
     return { normed: this.runWith(B, Tn, xs).slice(), broadcast: false };
   }
 
@@ -112,6 +135,7 @@ function reconstructRows(
   n: number,
   d: number,
   buf: { rows: Float32Array; mean: Float32Array; norm: Float32Array; xhat: Float32Array },
+  stats: ReconStats,
   override?: ReconstructOverride,
 ): void {
   // gather the rows to reconstruct
@@ -134,10 +158,16 @@ function reconstructRows(
     const chunk = buf.rows.subarray(r0 * d, (r0 + b) * d);
     k.encodeSelect(sae.params, chunk, b, sae.selectionFor(b), [], enc);
     k.decode(sae.params, enc.codes, buf.xhat, true);
+    stats.rows += b;
+    stats.nnz += enc.codes.nnz;
     for (let r = 0; r < b; r++) {
       const dst = idx[r0 + r] * d;
       for (let j = 0; j < d; j++) {
         const v = buf.xhat[r * d + j];
+        const xp = chunk[r * d + j];
+        stats.sse += (xp - v) * (xp - v);
+        stats.sum[j] += xp;
+        stats.sumSq += xp * xp;
         // SPEC §3: x_raw_hat = x_hat · norm + mean (center_unit_norm); ÷ scale (dataset_scale)
         xs[dst + j] = sae.preprocessing === 'center_unit_norm' ? v * buf.norm[r0 + r] + buf.mean[r0 + r] : sae.preprocessing === 'dataset_scale' ? v / sae.scale! : v;
       }

@@ -5,7 +5,7 @@ import type { HookedTransformer } from '../lm/model.js';
 import type { LmTokenizer } from '../lm/tokenizer.js';
 import { parseHook } from '../lm/hooks.js';
 import { HeldOutContexts } from './splice-contexts.js';
-import { SpliceRunner, meanOfRows, type ReconstructOverride, type RunOutput, type SpliceSae } from './splice-runs.js';
+import { SpliceRunner, meanOfRows, reconSummary, type ReconStats, type ReconstructOverride, type RunOutput, type SpliceSae } from './splice-runs.js';
 import { LogitScorer, type RunSums } from './splice-score.js';
 
 export type { SpliceSae } from './splice-runs.js';
@@ -39,6 +39,9 @@ export interface SpliceRun {
   kl: number;
   lossRecovered: number;
   klScore: number;
+  /** mean active features per reconstructed token, and FVU in the SAE's preprocessed space, on the spliced rows (absent under a reconstruction override) */
+  l0?: number;
+  fvu?: number;
 }
 
 export interface SpliceResult {
@@ -90,7 +93,7 @@ export async function spliceEval<P>(opts: SpliceOptions<P>): Promise<SpliceResul
     if (texts.exhausted) break;
   }
   if (counted === 0) throw new UserError('the evaluation text yielded no tokens to count');
-  return spliceResult(opts, sums, counted, contexts);
+  return spliceResult(opts, sums, counted, contexts, opts.reconstructOverride ? null : runner.stats);
 }
 
 /** The hook can be spliced into this model at this context length; returns whether it is on the residual stream. */
@@ -145,7 +148,7 @@ function evaluateBatch<P>(opts: SpliceOptions<P>, texts: HeldOutContexts<P>, run
 }
 
 /** SPEC §9: each average over the counted positions first, then the ratios of the averages. */
-function spliceResult<P>(opts: SpliceOptions<P>, sums: Sums, counted: number, contexts: number): SpliceResult {
+function spliceResult<P>(opts: SpliceOptions<P>, sums: Sums, counted: number, contexts: number, stats: ReconStats[] | null): SpliceResult {
   const cleanLoss = sums.clean.loss / counted;
   const zeroLoss = sums.zero.loss / counted;
   const zeroKl = sums.zero.kl / counted;
@@ -162,7 +165,14 @@ function spliceResult<P>(opts: SpliceOptions<P>, sums: Sums, counted: number, co
     spliced: opts.saes.map((s, si) => {
       const loss = sums.spliced[si].loss / counted;
       const klv = sums.spliced[si].kl / counted;
-      return { label: s.label, loss, kl: klv, lossRecovered: (100 * (zeroLoss - loss)) / (zeroLoss - cleanLoss), klScore: zeroKl > 0 ? (zeroKl - klv) / zeroKl : NaN };
+      return {
+        label: s.label,
+        loss,
+        kl: klv,
+        lossRecovered: (100 * (zeroLoss - loss)) / (zeroLoss - cleanLoss),
+        klScore: zeroKl > 0 ? (zeroKl - klv) / zeroKl : NaN,
+        ...(stats ? reconSummary(stats[si]) : {}),
+      };
     }),
   };
 }

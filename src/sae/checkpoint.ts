@@ -328,7 +328,8 @@ export function architectureName(activation: string): string {
 
 /** Accept a checkpoint folder or a run directory (then its newest checkpoint). */
 export async function findCheckpoint(p: string): Promise<string> {
-  if (await exists(path.join(p, 'cfg.json'))) return p;
+  // cfg.json: ours, SAELens, sparsify; config.json: dictionary_learning (./formats tells them apart)
+  if ((await exists(path.join(p, 'cfg.json'))) || (await exists(path.join(p, 'config.json')))) return p;
   const newest = await runCheckpoint(p);
   if (newest) return newest;
   if (!(await exists(p))) throw new UserError(`checkpoint ${p}: no such directory`);

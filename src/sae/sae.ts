@@ -117,6 +117,7 @@ export function saeFromCheckpoint(ck: LoadedCheckpoint, where: { format?: SaeFor
 function pickHook(ck: LoadedCheckpoint, given: string | undefined): string {
   const own = ck.cfg.hook_name;
   if (!given || given === own) return own;
-  if (own) throw new UserError(`${ck.dir} says it reads ${own}, not ${given}; drop --hook or pass the SAE made for ${given}`);
+  // a hook in another library's naming (sparsify's module paths) is what --hook translates
+  if (own && /^(blocks\.\d+\.)?hook_|^ln_final\./.test(own)) throw new UserError(`${ck.dir} says it reads ${own}, not ${given}; drop --hook or pass the SAE made for ${given}`);
   return given;
 }
