@@ -124,7 +124,8 @@ export default class Export extends SaeCommand {
         ...(sae.scale !== undefined ? { scale: sae.scale } : {}),
         hook: sae.hook,
         model: sae.model,
-        ...(set ? { contextSize: set.meta.ctx, datasetPath: set.meta.dataset } : {}),
+        // harvest packs every context behind a BOS token (SPEC §1)
+        ...(set ? { contextSize: set.meta.ctx, datasetPath: set.meta.dataset, prependBos: true } : {}),
         ...(cal ? { density: cal.density } : trainingDensity(sae) ? { density: trainingDensity(sae)! } : {}),
         trainedPrecision: sae.trainedPrecision,
       };

@@ -6,13 +6,14 @@
 import { UserError } from '../../util/errors.js';
 import type { FolderProbe, SaeFormat, SaeFormatName } from './types.js';
 
+import { saeLens } from './saelens.js';
 import { sparsify } from './sparsify.js';
 
 export { probeFolder } from './probe.js';
 export type { ExportSource, FolderProbe, SaeFormat, SaeFormatName } from './types.js';
 
 /** The foreign formats, by name. */
-export const FORMATS: Partial<Record<'saelens' | 'sparsify', SaeFormat>> = { sparsify };
+export const FORMATS: Partial<Record<'saelens' | 'sparsify', SaeFormat>> = { saelens: saeLens, sparsify };
 
 /** Ours: SAELens' tensor names in sae.safetensors (sparsify's file name, but encoder.weight there). */
 function isOurs(probe: FolderProbe): boolean {
