@@ -3,6 +3,9 @@ import { promises as fs } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { readSafetensors } from '../src/util/safetensors.js';
+import { transpose } from '../src/sae/checkpoint.js';
+import { writeTorchSave } from './helpers/torch-pickle.js';
 
 // SAEs in and out through the CLI (issue 19): `sae export --format saelens | sparsify` writes
 // folders those libraries load, and every command that takes --checkpoint reads them back through
@@ -97,6 +100,31 @@ describe('sparsify folders', () => {
     const b = evalJson('sparsify-to-saelens', 'raw');
     expect(b.l0).toBe(a.l0);
     expect(b.fvu).toBe(a.fvu);
+  }, 60_000);
+});
+
+describe('dictionary_learning folders', () => {
+  it('an AutoEncoderTopK trainer folder (config.json + ae.pt) evaluates as the SAE whose weights it holds', async () => {
+    // our TopK run's weights under dictionary_learning's names and layouts (trainers/top_k.py)
+    const w = (await readSafetensors(path.join(dir, 'topk-raw', 'final', 'sae.safetensors'))).tensors;
+    const [d, F] = w.W_enc.shape;
+    const f32 = (shape: number[], data: Float32Array) => ({ dtype: 'F32' as const, shape, data });
+    const out = path.join(dir, 'dl', 'trainer_0');
+    await fs.mkdir(out, { recursive: true });
+    await writeTorchSave(path.join(out, 'ae.pt'), {
+      'encoder.weight': f32([F, d], transpose(w.W_enc.data as Float32Array, d, F)),
+      'encoder.bias': f32([F], w.b_enc.data as Float32Array),
+      'decoder.weight': f32([d, F], transpose(w.W_dec.data as Float32Array, F, d)),
+      b_dec: f32([d], w.b_dec.data as Float32Array),
+      k: { dtype: 'I32', shape: [], data: Int32Array.of(8) },
+      threshold: f32([], Float32Array.of(-1)),
+    });
+    const trainer = { dict_class: 'AutoEncoderTopK', trainer_class: 'TopKTrainer', activation_dim: d, dict_size: F, k: 8, layer: 2, lm_name: MODEL, submodule_name: 'resid_pre_layer_2' };
+    await fs.writeFile(path.join(out, 'config.json'), JSON.stringify({ trainer, buffer: { d_submodule: d, io: 'out', ctx_len: 64 } }));
+    const a = evalJson('topk-raw', 'raw');
+    const b = evalJson(path.join('dl', 'trainer_0'), 'raw');
+    expect(b.l0).toBe(a.l0);
+    expect(Math.abs(b.fvu - a.fvu) / a.fvu).toBeLessThan(1e-12);
   }, 60_000);
 });
 

@@ -18,6 +18,7 @@ import { DEFAULTS, type TrainConfig } from './config.js';
 import { selectionForCheckpoint } from './inference.js';
 import { detectFormat, FORMATS, probeFolder, type SaeFormatName } from './formats/index.js';
 import { UserError } from '../util/errors.js';
+import { isHubSpec, resolveHubFolder } from '../lm/hub-folder.js';
 
 export interface Sae {
   /** the folder the weights were read from */
@@ -58,19 +59,21 @@ export interface Sae {
 }
 
 /**
- * Open the SAE at a checkpoint folder or run directory. withState: 'if-present' (the default) loads
- * the training state when there is one — Feature Choice's capacities follow its density ranking —
- * and true requires it.
+ * Open the SAE at a checkpoint folder or run directory, or a published one by
+ * `hf:OWNER/REPO[/SUBFOLDER][@REVISION]` (through the Hub cache, ../lm/hub-folder.ts). withState:
+ * 'if-present' (the default) loads the training state when there is one — Feature Choice's
+ * capacities follow its density ranking — and true requires it.
  */
 export async function openSae(
   pathOrRunDir: string,
   opts: { withState?: boolean | 'if-present'; hook?: string; model?: string } = {},
 ): Promise<Sae> {
-  const dir = await findCheckpoint(pathOrRunDir);
+  // a published SAE (hf:OWNER/REPO[/SUBFOLDER][@REVISION]) becomes its folder in the Hub cache
+  const local = isHubSpec(pathOrRunDir) ? (await resolveHubFolder(pathOrRunDir)).dir : pathOrRunDir;
+  const dir = await findCheckpoint(local);
   const probe = await probeFolder(dir);
   const format = detectFormat(probe);
   if (format === 'sae') return saeFromCheckpoint(await loadCheckpoint(dir, { withState: opts.withState ?? 'if-present' }));
-  if (format === 'dictionary_learning') throw new UserError(`${dir}: dictionary_learning folders are not read yet`);
   if (opts.withState === true) throw new UserError(`${dir} is a ${format} folder: it has no training state (pass the run directory it was exported from)`);
   return saeFromCheckpoint(await FORMATS[format]!.load(probe), { format, hook: opts.hook, model: opts.model });
 }
