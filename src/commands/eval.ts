@@ -51,7 +51,7 @@ export default class Eval extends SaeCommand {
   ];
 
   static override flags = {
-    checkpoint: Flags.string({ description: 'checkpoint folder or run directory', required: true }),
+    checkpoint: Flags.string({ description: 'the SAE: a checkpoint folder or run directory, a SAELens / sparsify / dictionary_learning folder, or hf:OWNER/REPO[/SUBFOLDER][@REVISION]', required: true }),
     data: Flags.string({ description: 'activation shards to evaluate on', required: true }),
     dictionary: Flags.string({ description: 'a `sae synth` output directory (or its dictionary.safetensors): also report recovery of its true features' }),
     exported: Flags.string({ description: 'a JumpReLU export of this SAE (sae export): also evaluate it one token at a time and report batch-mode and threshold-mode L0 and FVU side by side (appendix B)' }),

@@ -59,7 +59,7 @@ export default class Export extends SaeCommand {
   ];
 
   static override flags = {
-    checkpoint: Flags.string({ description: 'checkpoint folder or run directory (ours, or a SAELens / sparsify folder)', required: true }),
+    checkpoint: Flags.string({ description: 'the SAE: a checkpoint folder or run directory, a SAELens / sparsify / dictionary_learning folder, or hf:OWNER/REPO[/SUBFOLDER][@REVISION]', required: true }),
     format: Flags.string({
       description: 'sae: our checkpoint with calibrated JumpReLU thresholds; saelens: a folder SAELens ≥ 6 loads (sae_weights.safetensors, cfg.json, sparsity.safetensors); sparsify: a folder sparsify loads (TopK SAEs only)',
       options: [...FORMAT_NAMES],

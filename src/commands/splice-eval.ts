@@ -47,7 +47,7 @@ export default class SpliceEval extends SaeCommand {
   };
 
   static override flags = {
-    checkpoint: Flags.string({ description: 'the SAE: a checkpoint folder or run directory', required: true }),
+    checkpoint: Flags.string({ description: 'the SAE: a checkpoint folder or run directory, a SAELens / sparsify / dictionary_learning folder, or hf:OWNER/REPO[/SUBFOLDER][@REVISION]', required: true }),
     exported: Flags.string({ description: 'also evaluate its exported JumpReLU SAE (the --out of sae export; a training checkpoint is refused) and report the gap' }),
     model: Flags.string({ description: 'host LM: a Hugging Face model folder or Hub id (the one the SAE was trained on)', required: true }),
     revision: Flags.string({ description: 'Hub revision of the model' }),

@@ -1,6 +1,6 @@
 /**
- * Models by Hugging Face Hub id, stored in the cache layout that Python's huggingface_hub uses so
- * that both share one cache:
+ * Models (and, through ./hub-folder.ts, SAE folders) by Hugging Face Hub id, stored in the cache
+ * layout that Python's huggingface_hub uses so that both share one cache:
  *
  *   $HF_HUB_CACHE (or $HF_HOME/hub, or ~/.cache/huggingface/hub)
  *     models--{org}--{name}/
@@ -12,7 +12,8 @@
  * The per-file download (blob naming, `.incomplete` then rename, the symlink) is
  * @huggingface/hub's `downloadFileToCacheDir`. This module adds what it lacks: the choice of files
  * a model needs, refs and `.no_exist`, a cache hit that makes no request at all, offline mode,
- * the token and endpoint from the environment, and one-line errors.
+ * the token and endpoint from the environment, and one-line errors (`HubClient`, shared with the
+ * SAE downloads and `sae push`).
  */
 import { promises as fs } from 'node:fs';
 import * as os from 'node:os';
@@ -28,7 +29,7 @@ import {
 import { UserError } from '../util/errors.js';
 import { writeFileAtomic } from '../util/atomic.js';
 
-export interface ResolveModelOptions {
+export interface HubOptions {
   /** branch, tag or commit sha; default `main` */
   revision?: string;
   /** hub cache folder; default from HF_HUB_CACHE / HF_HOME as Python resolves it */
@@ -42,6 +43,8 @@ export interface ResolveModelOptions {
   fetch?: typeof fetch;
   onProgress?: (msg: string) => void;
 }
+
+export type ResolveModelOptions = HubOptions;
 
 export interface ResolvedModel {
   /** folder holding config.json, tokenizer files and weights */
@@ -68,9 +71,7 @@ export async function resolveModel(spec: string, opts: ResolveModelOptions = {})
   const repo = spec;
   const revision = opts.revision ?? 'main';
   checkRevision(revision);
-  const cacheDir = opts.cacheDir ?? getHFHubCachePath();
-  const storage = path.join(cacheDir, getRepoFolderName({ type: 'model', name: repo }));
-  const offline = opts.offline ?? envFlag(process.env.HF_HUB_OFFLINE);
+  const { cacheDir, storage, offline } = hubCache(repo, opts);
 
   // A complete snapshot is used as is, without asking the Hub whether a branch has moved: runs
   // stay reproducible and work on a plane. Pass a commit sha (or clear the ref) to move on.
@@ -79,15 +80,8 @@ export async function resolveModel(spec: string, opts: ResolveModelOptions = {})
   if (offline) {
     throw new UserError(`model ${repo} at revision ${revision} is not in the Hugging Face cache (${cacheDir}) and HF_HUB_OFFLINE is set; download it once with network access`);
   }
-
-  const endpoint = (opts.endpoint ?? process.env.HF_ENDPOINT ?? DEFAULT_ENDPOINT).replace(/\/+$/, '');
-  const token = opts.token ?? (await tokenFromEnv());
-  if (token !== undefined && !token.startsWith('hf_')) {
-    // @huggingface/hub refuses other tokens with a TypeError; say so in the CLI's terms
-    throw new UserError('HF_TOKEN must be a Hugging Face access token starting with hf_');
-  }
-  const hub = new HubClient(endpoint, repo, revision, opts.fetch ?? globalThis.fetch, token);
-  return hub.download(storage, cacheDir, opts.onProgress);
+  const hub = await HubClient.open(repo, revision, opts, 'model');
+  return downloadModel(hub, storage, cacheDir, opts.onProgress);
 }
 
 /**
@@ -100,9 +94,21 @@ export async function checkModelSpec(spec: string): Promise<void> {
 }
 
 function checkRepoId(spec: string): void {
-  if (!REPO_ID.test(spec) || spec.includes('--') || spec.includes('..')) {
+  if (!isRepoId(spec)) {
     throw new UserError(`model "${spec}" is neither an existing folder nor a Hub model id like gpt2 or EleutherAI/pythia-70m-deduped`);
   }
+}
+
+/** A Hub repo id: `name` or `owner/name`, in the characters the Hub allows. */
+export function isRepoId(spec: string): boolean {
+  return REPO_ID.test(spec) && !spec.includes('--') && !spec.includes('..');
+}
+
+/** The cache folder, the repo's folder in it, and whether HF_HUB_OFFLINE (or opts.offline) forbids requests. */
+export function hubCache(repo: string, opts: HubOptions): { cacheDir: string; storage: string; offline: boolean } {
+  const cacheDir = opts.cacheDir ?? getHFHubCachePath();
+  const storage = path.join(cacheDir, getRepoFolderName({ type: 'model', name: repo }));
+  return { cacheDir, storage, offline: opts.offline ?? envFlag(process.env.HF_HUB_OFFLINE) };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -128,23 +134,46 @@ async function resolveLocal(spec: string): Promise<ResolvedModel> {
  * part gets completed; offline, what is there is all there can be.
  */
 async function cachedSnapshot(storage: string, revision: string, strict: boolean): Promise<{ dir: string; commit: string } | null> {
-  const commit = REGEX_COMMIT_HASH.test(revision) ? revision : await readRef(storage, revision);
+  const commit = await snapshotCommit(storage, revision);
   if (!commit) return null;
   const dir = path.join(storage, 'snapshots', commit);
   if (!(await isFile(path.join(dir, 'config.json')))) return null;
   if (!(await cachedWeights(dir))) return null;
   if (strict) {
-    for (const f of OPTIONAL_FILES) {
-      if (!(await isFile(path.join(dir, f))) && !(await isFile(path.join(storage, '.no_exist', commit, f)))) return null;
-    }
+    for (const f of OPTIONAL_FILES) if (!(await cachedOrAbsent(storage, commit, f))) return null;
   }
   return { dir, commit };
 }
 
-async function readRef(storage: string, revision: string): Promise<string | null> {
+/** The commit a revision names in the cache: itself when it is a sha, else its ref. */
+export async function snapshotCommit(storage: string, revision: string): Promise<string | null> {
+  if (REGEX_COMMIT_HASH.test(revision)) return revision;
   const text = await fs.readFile(path.join(storage, 'refs', revision), 'utf8').catch(() => null);
   const commit = text?.trim();
   return commit && REGEX_COMMIT_HASH.test(commit) ? commit : null;
+}
+
+/** The file (a repo path) is in the snapshot, or recorded in .no_exist as absent at that commit. */
+export async function cachedOrAbsent(storage: string, commit: string, file: string): Promise<boolean> {
+  return (await isFile(path.join(storage, 'snapshots', commit, file))) || (await isFile(path.join(storage, '.no_exist', commit, file)));
+}
+
+/**
+ * Complete a download as Python records one: the files the repo does not have in .no_exist (so
+ * that neither asks the Hub for them again), then the ref, last, so that a ref only ever names a
+ * complete snapshot.
+ */
+export async function recordSnapshot(storage: string, commit: string, revision: string, absent: readonly string[]): Promise<void> {
+  for (const f of absent) {
+    const p = path.join(storage, '.no_exist', commit, f);
+    await fs.mkdir(path.dirname(p), { recursive: true });
+    await fs.writeFile(p, '');
+  }
+  if (revision !== commit) {
+    const ref = path.join(storage, 'refs', revision);
+    await fs.mkdir(path.dirname(ref), { recursive: true });
+    await writeFileAtomic(ref, commit);
+  }
 }
 
 async function cachedWeights(dir: string): Promise<boolean> {
@@ -179,11 +208,42 @@ function chooseWeights(files: ReadonlySet<string>): { kind: 'single' | 'index'; 
   return null;
 }
 
-class HubClient {
+async function downloadModel(hub: HubClient, storage: string, cacheDir: string, onProgress?: (msg: string) => void): Promise<ResolvedModel> {
+  const { repo, revision } = hub;
+  const { commit, files } = await hub.listing();
+  if (!files.has('config.json')) throw new UserError(`${repo} at revision ${revision} has no config.json; it is not a transformers model`);
+  const weights = chooseWeights(files);
+  if (!weights) {
+    throw new UserError(`${repo} at revision ${revision} has no ${SAFETENSORS}, ${SAFETENSORS_INDEX} or ${PYTORCH_BIN}; no supported weights to load`);
+  }
+  // small files first and weights last: a snapshot holding weights was not cut short before
+  // its tokenizer
+  const wanted = ['config.json', ...OPTIONAL_FILES.filter((f) => files.has(f)), weights.file];
+  await hub.fetchFiles(wanted, commit, cacheDir, onProgress);
+  const dir = path.join(storage, 'snapshots', commit);
+  if (weights.kind === 'index') {
+    const shards = await readShardList(path.join(dir, SAFETENSORS_INDEX));
+    const missing = shards.filter((s) => !files.has(s));
+    if (missing.length) throw new UserError(`${repo}: ${SAFETENSORS_INDEX} names ${missing[0]}, which the repo does not have`);
+    await hub.fetchFiles(shards, commit, cacheDir, onProgress, wanted.length);
+  }
+  await recordSnapshot(storage, commit, revision, OPTIONAL_FILES.filter((f) => !files.has(f)));
+  return { dir, source: 'hub', repo, revision, commit };
+}
+
+/** What a caller may say about a failed Hub request before the generic explanations. */
+export type ExplainHubError = (status: number, code: string | null) => UserError | null;
+
+/**
+ * One repo on one Hub: its listing, its files into the cache, and any request @huggingface/hub
+ * makes for it (`call`), each failure turned into one line that says what to do.
+ */
+export class HubClient {
   /** what the last failed request said, since @huggingface/hub keeps only the status and body */
   private errorCode: string | null = null;
   private networkFailure: string | null = null;
-  private readonly fetch: typeof fetch;
+  /** the fetch to hand @huggingface/hub, recording what failed */
+  readonly fetch: typeof fetch;
 
   constructor(
     readonly endpoint: string,
@@ -191,6 +251,8 @@ class HubClient {
     readonly revision: string,
     baseFetch: typeof fetch,
     readonly token: string | undefined,
+    /** how messages name the repo: 'model', 'SAE repo', 'repo' */
+    readonly what = 'model',
   ) {
     this.fetch = async (input, init) => {
       let res: Response;
@@ -205,7 +267,16 @@ class HubClient {
     };
   }
 
-  async download(storage: string, cacheDir: string, onProgress?: (msg: string) => void): Promise<ResolvedModel> {
+  /** A client with the endpoint and token of opts, else of the environment (HF_ENDPOINT, HF_TOKEN). */
+  static async open(repo: string, revision: string, opts: HubOptions, what = 'model'): Promise<HubClient> {
+    const endpoint = (opts.endpoint ?? process.env.HF_ENDPOINT ?? DEFAULT_ENDPOINT).replace(/\/+$/, '');
+    const token = opts.token ?? (await tokenFromEnv());
+    checkToken(token);
+    return new HubClient(endpoint, repo, revision, opts.fetch ?? globalThis.fetch, token, what);
+  }
+
+  /** The commit the revision names and every file path in the repo at that commit. */
+  async listing(): Promise<{ commit: string; files: Set<string> }> {
     const { repo, revision } = this;
     const info = await this.call(() =>
       modelInfo({ name: repo, revision, additionalFields: ['sha', 'filePaths'], hubUrl: this.endpoint, fetch: this.fetch, accessToken: this.token }),
@@ -214,77 +285,50 @@ class HubClient {
     if (typeof commit !== 'string' || !REGEX_COMMIT_HASH.test(commit)) {
       throw new UserError(`the Hub at ${this.endpoint} gave no commit for ${repo} at revision ${revision}`);
     }
-    const files = new Set(info.filePaths ?? []);
-    if (!files.has('config.json')) throw new UserError(`${repo} at revision ${revision} has no config.json; it is not a transformers model`);
-    const weights = chooseWeights(files);
-    if (!weights) {
-      throw new UserError(`${repo} at revision ${revision} has no ${SAFETENSORS}, ${SAFETENSORS_INDEX} or ${PYTORCH_BIN}; no supported weights to load`);
-    }
+    return { commit, files: new Set(info.filePaths ?? []) };
+  }
 
-    // small files first and weights last: a snapshot holding weights was not cut short before
-    // its tokenizer
-    const wanted = ['config.json', ...OPTIONAL_FILES.filter((f) => files.has(f)), weights.file];
-    const fetchOne = async (file: string, i: number, n: number): Promise<string> => {
-      onProgress?.(`${repo}@${revision}: ${file} (${i}/${n})`);
-      return this.call(() => quietly(() =>
-        downloadFileToCacheDir({ repo, path: file, revision: commit, cacheDir, hubUrl: this.endpoint, fetch: this.fetch, accessToken: this.token }),
+  /** Download files (repo paths) at a commit into the cache, one after the other; `before` counts earlier ones for the progress lines. */
+  async fetchFiles(files: readonly string[], commit: string, cacheDir: string, onProgress?: (msg: string) => void, before = 0): Promise<void> {
+    const n = before + files.length;
+    let i = before;
+    for (const file of files) {
+      onProgress?.(`${this.repo}@${this.revision}: ${file} (${++i}/${n})`);
+      await this.call(() => quietly(() =>
+        downloadFileToCacheDir({ repo: this.repo, path: file, revision: commit, cacheDir, hubUrl: this.endpoint, fetch: this.fetch, accessToken: this.token }),
       ), file);
-    };
-    let n = wanted.length;
-    let i = 0;
-    for (const file of wanted) await fetchOne(file, ++i, n);
-    const dir = path.join(storage, 'snapshots', commit);
-    if (weights.kind === 'index') {
-      const shards = await readShardList(path.join(dir, SAFETENSORS_INDEX));
-      const missing = shards.filter((s) => !files.has(s));
-      if (missing.length) throw new UserError(`${repo}: ${SAFETENSORS_INDEX} names ${missing[0]}, which the repo does not have`);
-      n += shards.length;
-      for (const s of shards) await fetchOne(s, ++i, n);
     }
-
-    // as Python records them, so that neither asks the Hub again for files that are not there
-    const absent = OPTIONAL_FILES.filter((f) => !files.has(f));
-    if (absent.length) {
-      const noExist = path.join(storage, '.no_exist', commit);
-      await fs.mkdir(noExist, { recursive: true });
-      for (const f of absent) await fs.writeFile(path.join(noExist, f), '');
-    }
-    // written last, so a ref only ever names a complete snapshot
-    if (revision !== commit) {
-      const ref = path.join(storage, 'refs', revision);
-      await fs.mkdir(path.dirname(ref), { recursive: true });
-      await writeFileAtomic(ref, commit);
-    }
-    return { dir, source: 'hub', repo, revision, commit };
   }
 
   /** Run a Hub call, turning what can go wrong into one line that says what to do. */
-  private async call<T>(fn: () => Promise<T>, file?: string): Promise<T> {
+  async call<T>(fn: () => Promise<T>, file?: string, explain?: ExplainHubError): Promise<T> {
     this.errorCode = null;
     this.networkFailure = null;
     try {
       return await fn();
     } catch (err) {
-      throw this.explain(err, file);
+      throw this.explain(err, file, explain);
     }
   }
 
-  private explain(err: unknown, file?: string): unknown {
+  private explain(err: unknown, file?: string, own?: ExplainHubError): unknown {
     if (err instanceof UserError) return err;
-    const { repo, revision, endpoint } = this;
+    const { repo, revision, endpoint, what } = this;
     if (this.networkFailure) {
-      return new UserError(`cannot reach the Hugging Face Hub at ${endpoint} (${this.networkFailure}); check the network or HF_ENDPOINT, or set HF_HUB_OFFLINE=1 to use cached models`);
+      return new UserError(`cannot reach the Hugging Face Hub at ${endpoint} (${this.networkFailure}); check the network or HF_ENDPOINT, or set HF_HUB_OFFLINE=1 to use what is cached`);
     }
     if (err instanceof HubApiError) {
       const code = this.errorCode;
       const status = err.statusCode;
+      const mine = own?.(status, code);
+      if (mine) return mine;
       if (code === 'RevisionNotFound') return new UserError(`revision ${revision} not found in ${repo} on ${endpoint}`);
       if (code === 'GatedRepo' || status === 403) {
         return new UserError(`${repo} is gated or private and this token may not read it (HTTP ${status}); accept its terms on the Hub and set HF_TOKEN to a token with access`);
       }
       if (code === 'RepoNotFound' || status === 401 || (status === 404 && !file)) {
         const auth = this.token ? '' : ', or it is private: set HF_TOKEN';
-        return new UserError(`model ${repo} not found on ${endpoint} (HTTP ${status})${auth}`);
+        return new UserError(`${what} ${repo} not found on ${endpoint} (HTTP ${status})${auth}`);
       }
       if (code === 'EntryNotFound' || status === 404) return new UserError(`${file} not found in ${repo} at revision ${revision} on ${endpoint}`);
       return new UserError(`the Hub at ${endpoint} answered HTTP ${status} for ${repo}${file ? ` ${file}` : ''}: ${oneLine(err.message)}`);
@@ -335,7 +379,7 @@ function hfHome(): string {
 }
 
 /** HF_TOKEN, else the file `huggingface-cli login` writes. */
-async function tokenFromEnv(): Promise<string | undefined> {
+export async function tokenFromEnv(): Promise<string | undefined> {
   const env = process.env.HF_TOKEN?.trim();
   if (env) return env;
   const file = process.env.HF_TOKEN_PATH ?? path.join(hfHome(), 'token');
@@ -343,18 +387,23 @@ async function tokenFromEnv(): Promise<string | undefined> {
   return text.trim() || undefined;
 }
 
-function checkRevision(revision: string): void {
+/** @huggingface/hub refuses other tokens with a TypeError; say so in the CLI's terms. */
+export function checkToken(token: string | undefined): void {
+  if (token !== undefined && !token.startsWith('hf_')) throw new UserError('HF_TOKEN must be a Hugging Face access token starting with hf_');
+}
+
+export function checkRevision(revision: string): void {
   // a revision becomes a path under refs/; keep it there
   if (!revision || revision.split('/').some((p) => p === '' || p === '.' || p === '..') || revision.includes('\\')) {
     throw new UserError(`revision "${revision}" is not a valid branch, tag or commit`);
   }
 }
 
-function oneLine(s: string): string {
+export function oneLine(s: string): string {
   return s.replace(/\s+/g, ' ').trim();
 }
 
-async function isFile(p: string): Promise<boolean> {
+export async function isFile(p: string): Promise<boolean> {
   return (await fs.stat(p).catch(() => null))?.isFile() ?? false;
 }
 

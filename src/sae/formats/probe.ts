@@ -15,7 +15,12 @@ export async function probeFolder(dir: string): Promise<FolderProbe> {
   } catch (e) {
     throw describeFsError(e, `reading ${dir}`);
   }
-  const files = entries.filter((e) => e.isFile()).map((e) => e.name).sort();
+  // a Hub cache snapshot holds symlinks into blobs/: follow them
+  const files: string[] = [];
+  for (const e of entries) {
+    if (e.isFile() || (e.isSymbolicLink() && (await fs.stat(path.join(dir, e.name)).catch(() => null))?.isFile())) files.push(e.name);
+  }
+  files.sort();
   const probe: FolderProbe = { dir, files, tensors: {}, json: {} };
   for (const f of files) {
     if (f.endsWith('.safetensors')) probe.tensors[f] = await safetensorsHeader(path.join(dir, f));
