@@ -86,6 +86,8 @@ describe('sparsify folders', () => {
     // the same weights bit for bit (test/format-sparsify.test.ts); a foreign SAE has no training
     // batch size, so eval sums in batches of another size: equal to float64 summation order
     expect(Math.abs(b.fvu - a.fvu) / a.fvu).toBeLessThan(1e-12);
+    // and spliced into the model it names, it changes the loss exactly as the run does
+    expect(spliceJson('topk-sparsify').spliced[0].loss).toBeCloseTo(spliceJson('topk-raw').spliced[0].loss, 9);
   }, 60_000);
 
   it('refuses what sparsify cannot express, in one line, writing nothing', async () => {
@@ -125,6 +127,7 @@ describe('dictionary_learning folders', () => {
     const b = evalJson(path.join('dl', 'trainer_0'), 'raw');
     expect(b.l0).toBe(a.l0);
     expect(Math.abs(b.fvu - a.fvu) / a.fvu).toBeLessThan(1e-12);
+    expect(spliceJson(path.join('dl', 'trainer_0')).spliced[0].loss).toBeCloseTo(spliceJson('topk-raw').spliced[0].loss, 9);
   }, 60_000);
 });
 
