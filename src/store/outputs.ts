@@ -1,11 +1,11 @@
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
-import { parquetMetadata } from 'hyparquet';
+import { parquetMetadata, parquetMetadataAsync } from 'hyparquet';
 import { UserError } from '../util/errors.js';
 import { describeFsError } from '../util/atomic.js';
 import { pathKind } from '../util/outdir.js';
 import { MANIFEST, type ShardManifest, type ShardMeta } from './shard-format.js';
-import { openShards } from './shard-set.js';
+import { fileBuffer, openShards } from './shard-set.js';
 
 /**
  * Who wrote an output, and so who may replace it (issues 16, 17). A command replaces only what it
@@ -35,8 +35,14 @@ const REPORT_SVG_ATTR = 'data-generator="sae report"';
 /** safetensors metadata that marks a file as written by `sae model run --save` */
 export const MODEL_RUN_MARK: Readonly<Record<string, string>> = { writer: 'sae model run' };
 export const SPLICE_SCHEMA = 'sae-splice/1';
+/** the manifest of `sae features`' folder */
+export const FEATURES_MANIFEST = 'features.json';
 /** the columns of `sae eval --features-out` */
 export const FEATURE_COLUMNS = ['feature', 'rank', 'density', 'mean_activation', 'max_activation', 'decoder_norm', 'dying', 'never_fired'] as const;
+/** the fields of each `sae encode` record (an NDJSON line's keys, the Parquet columns), in order */
+export const ENCODE_COLUMNS = ['context', 'position', 'token', 'token_id', 'features'] as const;
+/** Parquet key-value metadata that marks a file as written by `sae encode` */
+export const ENCODE_MARK: Readonly<Record<string, string>> = { 'sae.writer': 'sae encode' };
 
 const SHARD = /^shard-\d+\.parquet$/;
 export const isShardName = (name: string): boolean => SHARD.test(name);
@@ -44,7 +50,7 @@ export const isShardName = (name: string): boolean => SHARD.test(name);
 /** A command whose output is a folder of activation shards, named as in `sae <name> --force`. */
 export type ShardWriterCommand = 'harvest' | 'shuffle' | 'synth';
 /** A command that writes other outputs: a folder of its own, or files. */
-export type OutputCommand = 'train' | 'export' | 'demo' | 'report' | 'model run' | 'splice-eval' | 'eval';
+export type OutputCommand = 'train' | 'export' | 'demo' | 'report' | 'model run' | 'splice-eval' | 'eval' | 'features' | 'encode';
 
 interface ShardOutput {
   /** what the output is, in messages */
@@ -78,6 +84,9 @@ export const OUTPUTS: Record<ShardWriterCommand, ShardOutput> & Record<OutputCom
   'model run': { file: (p) => safetensorsWithMeta(p, MODEL_RUN_MARK) },
   'splice-eval': { file: (p) => jsonWithSchema(p, SPLICE_SCHEMA) },
   eval: { file: (p) => tableWithColumns(p, FEATURE_COLUMNS) },
+  encode: { file: (p) => isEncodeOutput(p) },
+  // a feature browser folder (issue 20): its manifest and its page
+  features: { folder: (e) => e.includes(FEATURES_MANIFEST) && e.includes('index.html') },
 };
 
 const SHARD_WRITERS: readonly ShardWriterCommand[] = ['harvest', 'shuffle', 'synth'];
@@ -270,4 +279,23 @@ async function tableWithColumns(file: string, columns: readonly string[]): Promi
   }
   const nl = buf.indexOf(10);
   return buf.subarray(0, nl < 0 ? buf.length : nl).toString('utf8').replace(/\r$/, '') === columns.join(',');
+}
+
+/**
+ * A `sae encode` output: Parquet whose footer carries ENCODE_MARK (the footer alone is read), or
+ * NDJSON whose first line is a record with exactly ENCODE_COLUMNS as keys.
+ */
+async function isEncodeOutput(file: string): Promise<boolean> {
+  const head = await readHead(file, 1 << 20);
+  if (head === null) return false;
+  if (head.startsWith('PAR1')) {
+    const size = (await fs.stat(file)).size;
+    const kv = (await parquetMetadataAsync(fileBuffer(file, size))).key_value_metadata ?? [];
+    return Object.entries(ENCODE_MARK).every(([k, v]) => kv.some((e) => e.key === k && e.value === v));
+  }
+  const nl = head.indexOf('\n');
+  if (nl < 0) return false;
+  const v = JSON.parse(head.slice(0, nl)) as Record<string, unknown>;
+  const keys = typeof v === 'object' && v !== null ? Object.keys(v) : [];
+  return keys.length === ENCODE_COLUMNS.length && keys.every((k, i) => k === ENCODE_COLUMNS[i]);
 }
