@@ -8,7 +8,7 @@ import { LOCK_FILE, LOCKED_EXIT, processStart } from '../src/util/lock.js';
 
 const BIN = path.resolve('bin/run.js');
 let root: string;
-let lm: { results: LmDemoRow[]; report: string };
+let lm: { results: LmDemoRow[]; report: string; browser: string };
 
 const sae = (...args: string[]) => spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8' });
 
@@ -29,6 +29,14 @@ describe('sae demo on the trained GPT-2 (gpt2-brown)', () => {
       expect(r.lossRecovered, r.activation).toBeGreaterThan(0);
       expect(r.lossRecovered, r.activation).toBeLessThan(100);
     }
+  });
+
+  it("ends with a feature browser of the Mutual Choice SAE, TopK beside it", async () => {
+    expect(lm.browser).toBe(path.join(root, 'demo', 'features', 'index.html'));
+    const m = JSON.parse(await fs.readFile(path.join(root, 'demo', 'features', 'features.json'), 'utf8'));
+    expect(m.saes.map((s: { label: string; activation: string }) => [s.label, s.activation])).toEqual([['mutual', 'mutual'], ['topk', 'topk']]);
+    expect(m.tokens).toBe(16384);
+    expect(await fs.readdir(path.join(root, 'demo', 'features', 'data', 'mutual', 'f'))).toHaveLength(512);
   });
 
   it('the report shows the features-per-token figure, measured on held-out activations', async () => {

@@ -104,7 +104,8 @@ export default class Demo extends SaeCommand {
       );
     }
     this.info(`demo done in ${((Date.now() - t0) / 1000).toFixed(1)}s; runs in ${flags.out}/, the LM runs' report in ${lm.report}`);
-    if (flags.json) process.stdout.write(JSON.stringify({ lm: lm.results, report: lm.report, synth: synth.params, results }) + '\n');
+    this.info(`the feature browser of the Mutual Choice SAE (open it in a browser): ${lm.browser}`);
+    if (flags.json) process.stdout.write(JSON.stringify({ lm: lm.results, report: lm.report, browser: lm.browser, synth: synth.params, results }) + '\n');
     else process.stdout.write(flags.out + '\n');
   }
 }

@@ -21,6 +21,8 @@ import { spliceEval } from '../eval/splice.js';
 import { saveRunEval } from '../eval/summary.js';
 import { loadRuns } from '../report/data.js';
 import { writeReport } from '../report/render.js';
+import { saeFromCheckpoint, type Sae } from '../sae/sae.js';
+import { features } from './features.js';
 
 /**
  * A GPT-2 trained on Brown's train split (fixtures/hf-tiny/gpt2-brown/README.md), shipped with the
@@ -62,7 +64,7 @@ function harvestConfig(corpus: string, tokenizer: string, maxTokens: number, pre
   return { precision, model: DEMO_MODEL_NAME, revision: 'local', hooks: [DEMO_HOOK], ctx: 64, mode: 'concat', skipBos: false, maxTokens, shardRows: 16384, dtype: 'float32', preprocessing: 'center_unit_norm', corpus, tokenizer, batch: 16 };
 }
 
-export async function lmDemo(opts: LmDemoOptions): Promise<{ results: LmDemoRow[]; report: string }> {
+export async function lmDemo(opts: LmDemoOptions): Promise<{ results: LmDemoRow[]; report: string; browser: string }> {
   const info = opts.info ?? (() => undefined);
   const t0 = Date.now();
   const precision = opts.precision ?? 'fp32';
@@ -80,6 +82,7 @@ export async function lmDemo(opts: LmDemoOptions): Promise<{ results: LmDemoRow[
   const kernels = kernelFactory(opts.kernels, precision);
   const dirs: string[] = [];
   const results: LmDemoRow[] = [];
+  const saes = new Map<string, Sae>();
   for (const activation of DEMO_LM_ACTIVATIONS) {
     const dir = path.join(opts.out, `lm-${activation}`);
     const progress = new Progress(`lm ${activation}`.padEnd(15));
@@ -90,6 +93,7 @@ export async function lmDemo(opts: LmDemoOptions): Promise<{ results: LmDemoRow[
     progress.done();
     const ev = await saveRunEval(dir, heldoutSet, { data: heldoutActs, kernels });
     const ck = await loadCheckpoint(s.final!, { withState: true });
+    saes.set(activation, saeFromCheckpoint(ck));
     const r = await spliceEval({
       model, tokenizer, corpus: heldout, hook: DEMO_HOOK, ctx: 64, batch: 8, maxTokens: 4000, kernels,
       saes: [{ label: activation, params: ck.params, selectionFor: selectionForCheckpoint(ck), batchSize: 512, preprocessing: 'center_unit_norm' }],
@@ -109,10 +113,18 @@ export async function lmDemo(opts: LmDemoOptions): Promise<{ results: LmDemoRow[
         `loss recovered ${sp.lossRecovered.toFixed(1)}% (clean ${r.cleanLoss.toFixed(3)}, spliced ${sp.loss.toFixed(3)}, zero ${r.zeroLoss.toFixed(3)}; ${r.tokens} held-out tokens)`,
     );
   }
+  // the feature browser of the Mutual Choice SAE, TopK beside it for the per-token view (issue 20)
+  const t1 = Date.now();
+  const browser = await features({
+    out: path.join(opts.out, 'features'), force: true, model, modelName: DEMO_MODEL_NAME, tokenizer, corpus: heldout, kernels,
+    saes: [{ label: 'mutual', sae: saes.get('mutual')!, mode: 'batch' }, { label: 'topk', sae: saes.get('topk')!, mode: 'batch' }],
+    maxTokens: 16384, ctx: 64, batch: 8, skipBos: false, top: 12, samples: 16, bands: 4, before: 8, after: 3, texts: 8, logits: 10, seed: opts.seed,
+  });
+  info(`features: ${browser.manifest.tokens} held-out tokens through the Mutual Choice and TopK SAEs → the feature browser ${browser.index} (${((Date.now() - t1) / 1000).toFixed(1)}s)`);
   const reportDir = path.join(opts.out, 'report');
   // the demo's folder is its own (marked), and so is everything in it
   await writeReport(await loadRuns(dirs), reportDir, { force: true });
-  return { results, report: path.join(reportDir, 'report.html') };
+  return { results, report: path.join(reportDir, 'report.html'), browser: browser.index };
 }
 
 /** The range of active features per token that holds the middle 90 % of tokens, from an L0 histogram. */
