@@ -30,3 +30,10 @@ export { evaluateSae, type EvalResult } from './eval/evaluate.js';
 export { Rng } from './util/rng.js';
 export { UserError } from './util/errors.js';
 export { readSafetensors, writeSafetensors } from './util/safetensors.js';
+// looking inside an SAE (issue 20): codes over a stream of rows, per-feature evidence, the browser's files
+export { CodeStream, ENCODE_MODES, modeSelection, type EncodeMode, type EncodedBlock, type RowOrigin } from './eval/encode.js';
+export { FeaturePass } from './eval/feature-pass.js';
+export { logitEffects, type LogitEffects } from './eval/logit-effects.js';
+export * from './eval/feature-data.js';
+export { features, type FeaturesOptions, type FeaturesResult } from './pipeline/features.js';
+export { readDataScript } from './report/browser/page.js';

@@ -21,8 +21,9 @@ export interface LogitEffects {
 }
 
 /**
- * Wdec [F × d], lnScale [d] (γ of the final LayerNorm), unembed [Vrows × d] (the model's W_U as
- * stored, out × in); only ids < V (the tokenizer's vocabulary: Pythia pads its rows) are ranked.
+ * Wdec [F × d], lnScale [d] (γ of the final LayerNorm), unembed: the model's W_U, [Vrows × d]
+ * ('out_in', as stored) or [d × Vrows] ('in_out', what the LM's own unembedding GEMM packs
+ * fastest); only ids < V (the tokenizer's vocabulary: Pythia pads its rows) are ranked.
  */
 export function logitEffects(
   kernels: LmKernels,
@@ -31,10 +32,11 @@ export function logitEffects(
   d: number,
   lnScale: Float32Array,
   unembed: Float32Array,
+  layout: 'in_out' | 'out_in',
   Vrows: number,
   V: number,
   n: number,
-  block = 64,
+  block = 256,
 ): LogitEffects {
   const keep = Math.min(n, V);
   const out: LogitEffects = {
@@ -49,7 +51,7 @@ export function logitEffects(
   for (let j0 = 0; j0 < F; j0 += block) {
     const b = Math.min(block, F - j0);
     for (let r = 0; r < b; r++) for (let i = 0; i < d; i++) x[r * d + i] = Wdec[(j0 + r) * d + i] * lnScale[i];
-    kernels.linear(x.subarray(0, b * d), b, d, unembed, Vrows, 'out_in', null, y.subarray(0, b * Vrows));
+    kernels.linear(x.subarray(0, b * d), b, d, unembed, Vrows, layout, null, y.subarray(0, b * Vrows));
     for (let r = 0; r < b; r++) extremes(y.subarray(r * Vrows, r * Vrows + V), keep, out, (j0 + r) * keep);
   }
   return out;

@@ -138,7 +138,7 @@ async function writeFolder<P>(
     const { label, sae, mode } = o.saes[i];
     const pass = passes[i];
     const t1 = Date.now();
-    const effects = logitEffects(model.kernels, sae.params.Wdec, sae.F, sae.d, model.weights.lnFinal.w, model.weights.unembed, model.weights.unembed.length / sae.d, V, o.logits);
+    const effects = logitEffects(model.kernels, sae.params.Wdec, sae.F, sae.d, model.weights.lnFinal.w, model.unembedInOut(), 'in_out', model.weights.unembed.length / sae.d, V, o.logits);
     o.info?.(`features: ${label}: logit effects of ${sae.F} features over ${V} tokens (${((Date.now() - t1) / 1000).toFixed(1)}s)`);
     const index = featureIndex(label, pass, effects);
     await writer.write(path.join(label, 'index.json'), JSON.stringify(index));
