@@ -30,7 +30,8 @@ export default class Features extends SaeCommand {
   static override strict = false;
 
   static override args = {
-    corpus: Args.string({ description: 'text: files, folders or globs (.txt, .jsonl, .parquet), or -; default: the held-out slice of the embedded Brown corpus' }),
+    // ignoreStdin: oclif would otherwise read a piped stdin as the argument itself; '-' names stdin
+    corpus: Args.string({ description: 'text: files, folders or globs (.txt, .jsonl, .parquet), or -; default: the held-out slice of the embedded Brown corpus', ignoreStdin: true }),
   };
 
   static override flags = {

@@ -71,6 +71,16 @@ export class ContextPacker<P> {
     return this.queue.length;
   }
 
+  /**
+   * The corpus has ended: queue the partial context being filled, as is (padded with EOS, the
+   * padding invalid), so that its tokens are not dropped. A harvest leaves it out (every context
+   * it writes is whole, so that a resume can pick up the stream exactly); `sae encode` encodes
+   * every token it is given.
+   */
+  flush(): void {
+    if (this.filled > 1) this.finish(this.filled);
+  }
+
   private finish(valid: number): void {
     for (let j = valid; j < this.ctx; j++) this.cur[j] = this.eos;
     this.queue.push({ ids: this.cur, valid, start: this.curStart! });

@@ -35,6 +35,8 @@ export interface RowOptions {
   batch: number;
   /** the host LM as messages name it (default: its folder) */
   model?: string;
+  /** when the corpus ends, encode its last, partial context too (`sae encode`; a harvest drops it) */
+  partialLast?: boolean;
 }
 
 /** Where in the stream the rows of one context lie (absolute row indices). */
@@ -111,6 +113,7 @@ export class ActivationRows<P> {
       const r = await this.docs.next();
       if (r.done) {
         this.corpusEnded = true;
+        if (this.opts.partialLast) this.packer.flush();
         continue;
       }
       const ids = this.tokenizer.encode(r.value.text);
