@@ -37,6 +37,10 @@ describe('sae demo on the trained GPT-2 (gpt2-brown)', () => {
     expect(m.saes.map((s: { label: string; activation: string }) => [s.label, s.activation])).toEqual([['mutual', 'mutual'], ['topk', 'topk']]);
     expect(m.tokens).toBe(16384);
     expect(await fs.readdir(path.join(root, 'demo', 'features', 'data', 'mutual', 'f'))).toHaveLength(512);
+    // the report links to it and draws appendix D's figure from it
+    const html = await fs.readFile(lm.report, 'utf8');
+    expect(html).toContain('href="../features/index.html"');
+    expect(html).toContain('<figure id="fig-features-per-token-kind"');
   });
 
   it('the report shows the features-per-token figure, measured on held-out activations', async () => {

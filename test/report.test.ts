@@ -7,9 +7,11 @@ import { pathToFileURL } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { writeSynth } from '../src/pipeline/synth.js';
 import { train } from '../src/pipeline/train/train.js';
-import { loadRuns, parseMetrics } from '../src/report/data.js';
-import { buildFigures } from '../src/report/figures.js';
+import { loadFeatureFolder, loadFeatureFolders, loadRuns, parseMetrics } from '../src/report/data.js';
+import { buildFigures, KIND_NAMES } from '../src/report/figures.js';
 import { writeReport } from '../src/report/render.js';
+import { TOKEN_KINDS } from '../src/eval/feature-data.js';
+import { writeFeatureFolder, type FeatureFolder } from './helpers/feature-folder.js';
 import { UserError } from '../src/util/errors.js';
 import { LOCK_FILE, LOCKED_EXIT, processStart } from '../src/util/lock.js';
 
@@ -245,4 +247,140 @@ describe('sae report --out keeps files it did not write', () => {
     expect(r.stderr.trim().split('\n')).toEqual([expect.stringMatching(new RegExp(`^sae: error: --out ${d} is in use by sae report \\(pid ${process.pid} on `))]);
     expect(await fs.readdir(d)).toEqual([LOCK_FILE]);
   }, 30_000);
+});
+
+/** The page's DOM as headless Chromium leaves it, or null (with a warning) where it is absent. */
+async function browserDom(html: string): Promise<string | null> {
+  if (!existsSync(CHROMIUM)) {
+    console.warn(`report.test: ${CHROMIUM} is absent; the headless-browser check is skipped (.ci/run installs chromium)`);
+    return null;
+  }
+  const profile = await fs.mkdtemp(path.join(os.tmpdir(), 'sae-chromium-'));
+  try {
+    const { stdout } = await run(
+      CHROMIUM,
+      ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync', `--user-data-dir=${profile}`, '--dump-dom', pathToFileURL(html).href],
+      { timeout: 60_000, maxBuffer: 64 << 20 },
+    );
+    return stdout;
+  } finally {
+    await fs.rm(profile, { recursive: true, force: true });
+  }
+}
+
+const bars = (svg: string) => (svg.match(/aria-roledescription="bar"/g) ?? []).length;
+
+describe('sae report --features: the feature browser and appendix D', () => {
+  let a: FeatureFolder;
+  let b: FeatureFolder;
+  const sae = (...args: string[]) => run(process.execPath, [BIN, 'report', ...args]).then((r) => ({ code: 0, ...r })).catch((e) => e as { code: number; stdout: string; stderr: string });
+
+  beforeAll(async () => {
+    a = await writeFeatureFolder(path.join(root, 'features a'), { saes: [{ label: 'mc', F: 64, activation: 'mutual' }, { label: 'topk', F: 32 }], pages: { mc: [], topk: [] } });
+    b = await writeFeatureFolder(path.join(root, 'features-b'), { saes: [{ label: 'fc', F: 48, activation: 'feature' }], pages: { fc: [] }, seed: 2 });
+    // no other special tokens in b, and none anywhere in a's topk: EOS is in the legend through a's mc alone
+    for (const [f, label] of [[b, 'fc'], [a, 'topk']] as const) {
+      f.indices[label].perToken.byKind.eos = [];
+      await fs.writeFile(path.join(f.dir, label, 'index.json'), JSON.stringify(f.indices[label]));
+    }
+  });
+
+  it('links to each folder’s browser with a relative href that resolves to its index.html', async () => {
+    const out = path.join(root, 'report-with-features');
+    // --features takes one value: the run directory after it stays a run
+    const r = await sae('--features', a.dir, runs[0], '--out', out, '--json');
+    expect(r.code, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout).figures.map((f: { id: string }) => f.id)).toContain('features-per-token-kind');
+    const html = await fs.readFile(path.join(out, 'report.html'), 'utf8');
+    expect(html).toContain(path.basename(runs[0]));
+    const section = html.match(/<section id="feature-browser">[\s\S]*?<\/section>/)![0];
+    expect(section).toContain('<h2>Feature browser</h2>');
+    for (const s of ['mc (mutual, 64 features)', 'topk (topk, 32 features)', 'synthetic-lm', 'blocks.0.hook_resid_post', '100000 tokens']) expect(section).toContain(s);
+    const hrefs = [...section.matchAll(/<a class="feature-browser" href="([^"]+)"/g)].map((m) => m[1]);
+    expect(hrefs).toEqual(['../features%20a/index.html']);
+    const target = path.resolve(out, decodeURIComponent(hrefs[0]));
+    expect(target).toBe(path.join(a.dir, 'index.html'));
+    expect(existsSync(target)).toBe(true);
+    // still self-contained: the one link is to a local file
+    expect(html).not.toMatch(/<script(?![^>]*application\/json)/);
+    expect(html).not.toMatch(/(src|href)="https?:/);
+  }, 30_000);
+
+  it('draws one bar per (SAE, kind, n) with tokens, the kinds present in its legend, also in the browser’s DOM', async () => {
+    const out = path.join(root, 'report-kinds');
+    const folders = await loadFeatureFolders([a.dir, b.dir]);
+    const res = await writeReport([], out, { features: folders });
+    expect(res.figures.map((f) => f.id)).toEqual(['features-per-token-kind']);
+    let expected = 0;
+    for (const f of [a, b]) for (const s of f.manifest.saes) for (const k of TOKEN_KINDS) expected += f.indices[s.label].perToken.byKind[k].filter((c) => c > 0).length;
+    expect(expected).toBeGreaterThan(0);
+    expect(res.figures[0].points).toBe(expected);
+    const svg = await fs.readFile(path.join(out, 'features-per-token-kind.svg'), 'utf8');
+    expect(bars(svg)).toBe(expected);
+    // one panel per SAE, titled by folder and label
+    for (const t of ['features a/mc (mutual, 64 features)', 'features a/topk (topk, 32 features)', 'features-b/fc (feature, 48 features)']) expect(svg).toContain(t);
+    // the legend names every kind once (eos only through a's mc)
+    for (const k of TOKEN_KINDS) expect(svg, k).toContain(`>${KIND_NAMES[k]}</text>`);
+    const html = await fs.readFile(path.join(out, 'report.html'), 'utf8');
+    const caption = html.match(/<figure id="fig-features-per-token-kind"[\s\S]*?<figcaption>([\s\S]*?)<\/figcaption>/)![1];
+    for (const s of ['synthetic-lm at blocks.0.hook_resid_post', '100000 tokens', 'of synthetic', 'bimodal', 'BOS']) expect(caption).toContain(s);
+    const dom = await browserDom(path.join(out, 'report.html'));
+    if (dom === null) return;
+    const fig = dom.match(/<figure id="fig-features-per-token-kind"[\s\S]*?<\/figure>/);
+    expect(fig, 'the figure in the browser’s DOM').not.toBeNull();
+    expect(bars(fig![0])).toBe(expected);
+  }, 60_000);
+
+  it('leaves an EOS kind with no tokens out of the legend', async () => {
+    const res = buildFigures([], await loadFeatureFolders([b.dir]));
+    const spec = JSON.stringify(res.figures[0].spec);
+    expect(spec).not.toContain(KIND_NAMES.eos);
+    expect(spec).toContain(KIND_NAMES.bos);
+  });
+
+  it('refuses a folder that is not a sae features folder, in one line', async () => {
+    const empty = path.join(root, 'not-features');
+    await fs.mkdir(empty, { recursive: true });
+    const r = await sae(runs[0], '--features', empty, '--out', path.join(root, 'never-made-features'));
+    expect(r.code).toBe(2);
+    expect(r.stderr.trim().split('\n')).toEqual([`sae: error: --features ${empty} is not a sae features folder: it has no features.json`]);
+    expect(existsSync(path.join(root, 'never-made-features'))).toBe(false);
+    await fs.writeFile(path.join(empty, 'features.json'), JSON.stringify({ schema: 'sae-splice/1' }));
+    await expect(loadFeatureFolder(empty)).rejects.toThrow(`--features ${empty} is not a sae features folder: features.json has schema "sae-splice/1", not sae-features/1`);
+  }, 30_000);
+
+  it('refuses a features folder whose SAE index is missing', async () => {
+    const broken = path.join(root, 'features-broken');
+    await fs.cp(b.dir, broken, { recursive: true });
+    await fs.rm(path.join(broken, 'fc', 'index.json'));
+    await expect(loadFeatureFolder(broken)).rejects.toThrow(`--features ${broken}: fc/index.json is missing (an incomplete sae features folder)`);
+  });
+
+  it('without --features: no appendix-D figure, no browser section, and a note that names --features', async () => {
+    const { figures, notes } = buildFigures(await loadRuns([runs[0]]));
+    expect(figures.map((f) => f.id)).not.toContain('features-per-token-kind');
+    expect(notes.filter((n) => n.includes('token kind'))).toEqual(['Features per token by token kind (appendix D): give --features with a folder written by `sae features`.']);
+    const out = path.join(root, 'report-no-features');
+    await writeReport(await loadRuns([runs[0]]), out);
+    expect(await fs.readFile(path.join(out, 'report.html'), 'utf8')).not.toContain('Feature browser');
+    expect(existsSync(path.join(out, 'features-per-token-kind.svg'))).toBe(false);
+  });
+
+  it('CLI: a report of --features folders alone, with no run notes', async () => {
+    const out = path.join(root, 'report-features-only');
+    const r = await sae('--features', a.dir, '--features', b.dir, '--out', out);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toBe(path.join(out, 'report.html') + '\n');
+    expect(r.stderr).not.toContain('note:');
+    const html = await fs.readFile(path.join(out, 'report.html'), 'utf8');
+    expect([...html.matchAll(/<a class="feature-browser" href="([^"]+)"/g)].map((m) => m[1])).toEqual(['../features%20a/index.html', '../features-b/index.html']);
+    expect(html).not.toContain('<table>');
+  }, 30_000);
+
+  it('--help describes --features', async () => {
+    const { stdout } = await run(process.execPath, [BIN, 'report', '--help']);
+    const at = stdout.indexOf('--features=<value>...');
+    expect(at).toBeGreaterThanOrEqual(0);
+    expect(stdout.slice(at, at + 400).replace(/\s+/g, ' ')).toContain('a folder written by `sae features` (repeatable)');
+  });
 });

@@ -8,7 +8,7 @@ import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { describeFsError } from '../util/atomic.js';
 import { isLockEntry, lockOutDir } from '../util/lock.js';
-import { loadRuns } from '../report/data.js';
+import { loadFeatureFolders, loadRuns, type RunData } from '../report/data.js';
 import { writeReport } from '../report/render.js';
 import { FIGURE_IDS } from '../report/figures.js';
 import { checkReportOutputs } from '../store/outputs.js';
@@ -44,22 +44,30 @@ const REPORT_FILES = [...FIGURE_IDS.map((id) => `${id}.svg`), 'report.html'];
 
 export default class Report extends SaeCommand {
   static override description =
-    'Write a self-contained HTML report (offline, no scripts) and one SVG per figure for one or several training runs (SPEC §9): feature density against rank with its Zipf fit, features per token, training curves, L0 against FVU / loss recovered, dead features against width';
+    'Write a self-contained HTML report (offline, no scripts) and one SVG per figure for one or several training runs (SPEC §9): feature density against rank with its Zipf fit, features per token, training curves, L0 against FVU / loss recovered, dead features against width; with --features, a link to each feature browser and features per token by token kind (appendix D)';
 
   static override examples = [
     '<%= config.bin %> report runs/mc --out report/',
     '<%= config.bin %> report runs/mc-* runs/fc --out report/ --data synth/ --max-rows 16384',
+    '<%= config.bin %> report runs/mc runs/topk --features features/ --out report/',
+    '<%= config.bin %> report --features features-mc --features features-topk --out report/',
   ];
 
   static override strict = false;
 
   static override args = {
-    runs: Args.string({ description: 'run directories (each with metrics.jsonl and summary.json, as `sae train --out` writes them)' }),
+    runs: Args.string({ description: 'run directories (each with metrics.jsonl and summary.json, as `sae train --out` writes them); none when --features is given' }),
   };
 
   static override flags = {
     out: Flags.string({ description: 'output folder: report.html and <figure>.svg', required: true }),
     data: Flags.string({ description: 'activation shards to evaluate each run on: features per token, and L0/FVU measured there instead of on the last training batch' }),
+    features: Flags.string({
+      description: 'a folder written by `sae features` (repeatable): the report links to its feature browser (relatively: keep the two folders side by side when moving them) and draws features per token by token kind (BOS, first token of a word, punctuation ...; appendix D) for each of its SAEs',
+      multiple: true,
+      // `--features F runs/mc`: runs/mc stays a run directory
+      multipleNonGreedy: true,
+    }),
     'max-rows': Flags.integer({ description: 'with --data: evaluate at most this many rows per run', default: 16384 }),
     json: Flags.boolean({ description: 'print the list of files written as JSON on stdout (without it: the path of report.html)' }),
     force: Flags.boolean({ description: 'replace report.html and <figure>.svg files in --out that an earlier `sae report` did not write (its own are replaced without it)' }),
@@ -72,17 +80,23 @@ export default class Report extends SaeCommand {
   async run(): Promise<void> {
     const { argv, flags } = await this.parse(Report);
     const dirs = argv as string[];
-    if (!dirs.length) throw new UserError('give at least one run directory (e.g. sae report runs/mc --out report/)');
+    const featureDirs = flags.features ?? [];
+    if (!dirs.length && !featureDirs.length) throw new UserError('give at least one run directory or --features folder (e.g. sae report runs/mc --out report/)');
     if (flags['max-rows'] < 1) throw new UserError('--max-rows must be ≥ 1');
+    if (!dirs.length && flags.data) throw new UserError('--data evaluates run directories; give at least one');
     // a file in the way, or a report.html/SVG of the user's, fails before any evaluation; but the
     // folder is only created once the runs have loaded: a failed report leaves no empty folder
     if (await checkOutDir(flags.out)) await checkReportOutputs(flags.out, REPORT_FILES, flags.force);
-    const runs = await loadRuns(dirs, {
-      data: flags.data,
-      maxRows: flags['max-rows'],
-      allowNoManifest: flags['allow-no-manifest'],
-      kernels: kernelFactory(flags.kernels as KernelName, parsePrecision(flags.precision)),
-    });
+    // the features folders are read first: cheap, and a wrong one fails before any evaluation
+    const folders = await loadFeatureFolders(featureDirs);
+    const runs: RunData[] = dirs.length
+      ? await loadRuns(dirs, {
+          data: flags.data,
+          maxRows: flags['max-rows'],
+          allowNoManifest: flags['allow-no-manifest'],
+          kernels: kernelFactory(flags.kernels as KernelName, parsePrecision(flags.precision)),
+        })
+      : [];
     const created = await makeOutDir(flags.out);
     let lock;
     try {
@@ -93,10 +107,11 @@ export default class Report extends SaeCommand {
       throw err;
     }
     try {
-      const res = await writeReport(runs, flags.out, { force: flags.force });
+      const res = await writeReport(runs, flags.out, { force: flags.force, features: folders });
       for (const n of res.notes) this.info(`note: ${n}`);
       const html = res.files[res.files.length - 1];
-      this.info(`report: ${res.figures.length} figures for ${runs.length} run${runs.length === 1 ? '' : 's'} in ${html}`);
+      const what = [runs.length ? `${runs.length} run${runs.length === 1 ? '' : 's'}` : '', folders.length ? `${folders.length} features folder${folders.length === 1 ? '' : 's'}` : ''].filter(Boolean).join(' and ');
+      this.info(`report: ${res.figures.length} figure${res.figures.length === 1 ? '' : 's'} for ${what} in ${html}`);
       // stdout carries data or paths (as harvest/train/export print theirs): the report's path, or the JSON list
       process.stdout.write(flags.json ? JSON.stringify({ files: res.files, figures: res.figures, notes: res.notes }) + '\n' : html + '\n');
     } catch (err) {

@@ -19,7 +19,7 @@ import { openCorpus } from '../corpus/corpus.js';
 import { harvest, type HarvestConfig } from './harvest.js';
 import { spliceEval } from '../eval/splice.js';
 import { saveRunEval } from '../eval/summary.js';
-import { loadRuns } from '../report/data.js';
+import { loadFeatureFolders, loadRuns } from '../report/data.js';
 import { writeReport } from '../report/render.js';
 import { saeFromCheckpoint, type Sae } from '../sae/sae.js';
 import { features } from './features.js';
@@ -123,7 +123,7 @@ export async function lmDemo(opts: LmDemoOptions): Promise<{ results: LmDemoRow[
   info(`features: ${browser.manifest.tokens} held-out tokens through the Mutual Choice and TopK SAEs → the feature browser ${browser.index} (${((Date.now() - t1) / 1000).toFixed(1)}s)`);
   const reportDir = path.join(opts.out, 'report');
   // the demo's folder is its own (marked), and so is everything in it
-  await writeReport(await loadRuns(dirs), reportDir, { force: true });
+  await writeReport(await loadRuns(dirs), reportDir, { force: true, features: await loadFeatureFolders([browser.out]) });
   return { results, report: path.join(reportDir, 'report.html'), browser: browser.index };
 }
 

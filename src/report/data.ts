@@ -11,6 +11,8 @@ import { openShards } from '../store/shard-set.js';
 import { evaluateSae } from '../eval/evaluate.js';
 import type { KernelFactory } from '../kernels/types.js';
 import { densityFits, zipfCurve, type ZipfCurve } from '../eval/zipf-fit.js';
+import { FEATURES_SCHEMA, TOKEN_KINDS, type FeatureIndex, type FeaturesManifest, type FeaturesSae, type TokenKind } from '../eval/feature-data.js';
+import { FEATURES_MANIFEST } from '../store/outputs.js';
 
 /** One logged training step (a subset of a metrics.jsonl line). */
 export interface MetricPoint {
@@ -260,4 +262,81 @@ export async function loadRuns(dirs: string[], opts: LoadOptions = {}): Promise<
     runs.push(r);
   }
   return runs;
+}
+
+/** One SAE of a features folder: what the appendix-D figure and the browser section show of it. */
+export interface FeatureFolderSae {
+  label: string;
+  activation: string;
+  F: number;
+  tokens: number;
+  /** perToken.byKind of its index.json: byKind[kind][n] = tokens of that kind with n active features */
+  byKind: Record<TokenKind, number[]>;
+}
+
+/** A folder written by `sae features`: its manifest, and each SAE's per-token counts. */
+export interface FeatureFolderData {
+  /** label in the report: the folder's name (made unique) */
+  name: string;
+  dir: string;
+  manifest: FeaturesManifest;
+  saes: FeatureFolderSae[];
+}
+
+const isCounts = (v: unknown): v is number[] => Array.isArray(v) && v.every((x) => typeof x === 'number' && Number.isFinite(x) && x >= 0);
+
+/** A `sae features` folder (src/eval/feature-data.ts), or a one-line reason it is not one. */
+export async function loadFeatureFolder(dir: string): Promise<FeatureFolderData> {
+  const label = `--features ${dir}`;
+  const st = await fs.stat(dir).catch(() => null);
+  if (!st) throw new UserError(`${label}: no such directory`);
+  if (!st.isDirectory()) throw new UserError(`${label} is not a sae features folder: it is a file, not a directory`);
+  const m = await readJsonIfPresent(path.join(dir, FEATURES_MANIFEST), label);
+  if (m === null) throw new UserError(`${label} is not a sae features folder: it has no ${FEATURES_MANIFEST}`);
+  if (m.schema !== FEATURES_SCHEMA) throw new UserError(`${label} is not a sae features folder: ${FEATURES_MANIFEST} has schema ${JSON.stringify(m.schema ?? null)}, not ${FEATURES_SCHEMA}`);
+  if (!Array.isArray(m.saes) || !m.saes.length) throw new UserError(`${label}: ${FEATURES_MANIFEST} lists no SAEs`);
+  if ((await readText(path.join(dir, 'index.html'))) === null) throw new UserError(`${label}: it has no index.html (the feature browser); rerun sae features`);
+  const manifest = m as unknown as FeaturesManifest;
+  const saes: FeatureFolderSae[] = [];
+  for (const s of manifest.saes as unknown[]) {
+    const sae = (s ?? {}) as Partial<FeaturesSae>;
+    // a label is a subfolder's name: nothing that could lead out of the folder
+    if (typeof sae.label !== 'string' || !/^[^/\\]+$/.test(sae.label) || sae.label === '.' || sae.label === '..') {
+      throw new UserError(`${label}: ${FEATURES_MANIFEST} lists an SAE without a usable label (${JSON.stringify(sae.label ?? null)})`);
+    }
+    const rel = `${sae.label}/index.json`;
+    const idx = await readJsonIfPresent(path.join(dir, sae.label, 'index.json'), label);
+    if (idx === null) throw new UserError(`${label}: ${rel} is missing (an incomplete sae features folder)`);
+    const per = idx.perToken as Partial<FeatureIndex['perToken']> | undefined;
+    const kinds = (per?.byKind ?? null) as Record<string, unknown> | null;
+    if (!per || !isCounts(per.all) || typeof kinds !== 'object' || kinds === null || !TOKEN_KINDS.every((k) => kinds[k] === undefined || isCounts(kinds[k]))) {
+      throw new UserError(`${label}: ${rel} has no valid perToken counts (all and byKind)`);
+    }
+    saes.push({
+      label: sae.label,
+      activation: typeof sae.activation === 'string' ? sae.activation : 'unknown',
+      F: num(sae.F) ?? num(idx.F) ?? 0,
+      tokens: num(idx.tokens) ?? num(manifest.tokens) ?? 0,
+      byKind: Object.fromEntries(TOKEN_KINDS.map((k) => [k, (kinds[k] as number[] | undefined) ?? []])) as Record<TokenKind, number[]>,
+    });
+  }
+  return { name: path.basename(path.resolve(dir)), dir, manifest, saes };
+}
+
+/** Several features folders; one named twice is one, names made unique as run names are. */
+export async function loadFeatureFolders(dirs: string[]): Promise<FeatureFolderData[]> {
+  const out: FeatureFolderData[] = [];
+  const seen = new Map<string, number>();
+  const given = new Set<string>();
+  for (const dir of dirs) {
+    const key = path.resolve(dir);
+    if (given.has(key)) continue;
+    given.add(key);
+    const f = await loadFeatureFolder(dir);
+    const n = (seen.get(f.name) ?? 0) + 1;
+    seen.set(f.name, n);
+    if (n > 1) f.name = `${f.name}#${n}`;
+    out.push(f);
+  }
+  return out;
 }

@@ -2,7 +2,8 @@
  * One small function per figure: plain data in, a Vega-Lite spec out (data inlined). The mark
  * names (`name` of each layer) let tests and readers find a figure's data marks in its SVG.
  */
-import type { RunData } from './data.js';
+import type { FeatureFolderData, RunData } from './data.js';
+import { TOKEN_KINDS, type TokenKind } from '../eval/feature-data.js';
 import { zipfAt } from '../eval/zipf-fit.js';
 
 // Vega-Lite's TopLevelSpec is a deep union; the builders return plain JSON specs
@@ -14,7 +15,7 @@ export interface Figure {
   title: string;
   caption: string;
   spec: VlSpec;
-  /** the data points this figure draws as point marks (what a test counts) */
+  /** the data marks this figure draws: points, or bars in the appendix-D figure (what a test counts) */
   points: number;
 }
 
@@ -192,16 +193,131 @@ export function deadWidthFigure(runs: RunData[]): Figure | null {
   return scatter('dead-width', 'Dead features against width (figure 5)', `Dead: no firing within the last ${windows} training tokens (the run’s dead window), at the end of training.`, v, 'deadPercent', 'dead features (%)', 'width', 'SAE width (features)', { type: 'log', base: 2 });
 }
 
-/** Every figure a report can hold, by id (its file is <id>.svg). */
-export const FIGURE_IDS = ['density-rank', 'features-per-token', 'training-curves', 'l0-fvu', 'l0-loss-recovered', 'dead-width'] as const;
+/** The appendix-D figure's token kinds, in legend and stacking order, with their colours. */
+export const KIND_NAMES: Record<TokenKind, string> = {
+  bos: 'BOS (position 0)',
+  eos: 'other special token',
+  word: 'first token of a word',
+  continuation: 'rest of a word',
+  punctuation: 'punctuation, whitespace',
+};
+const KIND_COLORS: Record<TokenKind, string> = { bos: '#d62728', eos: '#9467bd', word: '#1f77b4', continuation: '#aec7e8', punctuation: '#ff7f0e' };
+/** tokens with this many active features or more are counted here (the bars stay legible) */
+export const KIND_CAP = 256;
 
-/** Every figure the runs have data for, and a note for each one left out. */
-export function buildFigures(runs: RunData[]): { figures: Figure[]; notes: string[] } {
+const mean = (h: number[]) => {
+  let t = 0;
+  let s = 0;
+  h.forEach((c, n) => ((t += c), (s += c * n)));
+  return t > 0 ? s / t : null;
+};
+
+/**
+ * Appendix D (figure 7 by token kind): per SAE of each `sae features` folder, the fraction of its
+ * tokens with n active features, stacked by the kind of token. One panel per SAE, one bar per
+ * (SAE, kind, n) with tokens; the stacks are computed here (y0..y1), so each bar is one rect.
+ */
+export function featuresPerTokenKindFigure(folders: FeatureFolderData[]): Figure | null {
+  const panels: Record<string, unknown>[] = [];
+  const means: string[] = [];
+  let points = 0;
+  let capped = false;
+  const many = folders.length > 1;
+  // the kinds any SAE has tokens of: the legend's entries, in TOKEN_KINDS order
+  const order = TOKEN_KINDS.filter((k) => folders.some((f) => f.saes.some((s) => s.byKind[k].some((c) => c > 0))));
+  for (const f of folders) {
+    for (const s of f.saes) {
+      const total = TOKEN_KINDS.reduce((a, k) => a + s.byKind[k].reduce((x, y) => x + y, 0), 0);
+      if (!(total > 0)) continue;
+      const title = `${many ? `${f.name}/` : ''}${s.label} (${s.activation}, ${s.F} features)`;
+      const top = new Map<number, number>();
+      const values: Record<string, unknown>[] = [];
+      for (const k of TOKEN_KINDS) {
+        const h: number[] = [];
+        s.byKind[k].forEach((c, n) => {
+          if (n >= KIND_CAP && c > 0) capped = true;
+          const m = Math.min(n, KIND_CAP);
+          h[m] = (h[m] ?? 0) + c;
+        });
+        h.forEach((c, n) => {
+          if (!(c > 0)) return;
+          const y0 = top.get(n) ?? 0;
+          const y1 = y0 + c / total;
+          top.set(n, y1);
+          const label = `${KIND_NAMES[k]}: ${c} tokens (${Number((c / total).toPrecision(3))} of all) with ${n}${n === KIND_CAP ? ' or more' : ''} active features`;
+          values.push({ sae: title, kind: KIND_NAMES[k], features: n, x0: n - 0.45, x1: n + 0.45, tokens: c, fraction: c / total, y0, y1, label });
+        });
+      }
+      const bos = mean(s.byKind.bos);
+      const rest = mean(TOKEN_KINDS.filter((k) => k !== 'bos').reduce<number[]>((acc, k) => (s.byKind[k].forEach((c, n) => (acc[n] = (acc[n] ?? 0) + c)), acc), []));
+      means.push(`${title.replace(/ \(.*/, '')}: ${bos === null ? '–' : bos.toFixed(1)} on BOS, ${rest === null ? '–' : rest.toFixed(1)} on the other tokens`);
+      points += values.length;
+      panels.push({
+        title,
+        width: 320,
+        height: 180,
+        data: { values },
+        layer: [
+          {
+            name: `per_token_kind_${panels.length}`,
+            mark: { type: 'bar' },
+            encoding: {
+              x: { field: 'x0', type: 'quantitative', title: 'active features per token', scale: { nice: false }, axis: { format: 'd', tickMinStep: 1 } },
+              x2: { field: 'x1' },
+              y: { field: 'y0', type: 'quantitative', title: 'fraction of tokens', axis: { format: '~g' } },
+              y2: { field: 'y1' },
+              color: { field: 'kind', type: 'nominal', title: 'token kind', scale: { domain: order.map((k) => KIND_NAMES[k]), range: order.map((k) => KIND_COLORS[k]) }, legend: { labelLimit: 0 } },
+              // each bar's aria-label (and hover text where a viewer shows it): what it counts
+              description: { field: 'label' },
+            },
+          },
+        ],
+      });
+    }
+  }
+  if (!panels.length) return null;
+  const where = folders
+    .filter((f) => f.saes.length)
+    .map((f) => `${f.dir}: ${f.manifest.model} at ${f.manifest.hook}, ${f.manifest.tokens} tokens (${f.manifest.contexts} contexts of ${f.manifest.ctx}) of ${f.manifest.corpus}, ${f.manifest.precision}`)
+    .join('; ');
+  return {
+    id: 'features-per-token-kind',
+    title: 'Features per token by token kind (appendix D)',
+    caption:
+      `For each SAE, the fraction of its tokens that got n active features, the bars stacked by the kind of token: BOS (position 0), another special token, the first token of a word (leading whitespace and text), the rest of a word, punctuation and whitespace${capped ? `; a token with ${KIND_CAP} or more features is counted at ${KIND_CAP}` : ''}. ` +
+      `Measured by sae features in ${where}. Mean active features: ${means.join('; ')}. ` +
+      'TopK gives a token at most k (nearly all exactly k: one bar); Mutual Choice and Feature Choice let the count vary per token. The paper (appendix D) finds Mutual Choice bimodal with a long upper tail: a lower peak apart from the main mass, which it traces to the <BOS> token (compare the BOS bars with the rest), and a few tokens that draw many features.',
+    points,
+    spec: {
+      $schema: SCHEMA,
+      columns: 2,
+      concat: panels,
+      resolve: { scale: { x: 'shared', y: 'shared', color: 'shared' } },
+    },
+  };
+}
+
+/** Every figure a report can hold, by id (its file is <id>.svg). */
+export const FIGURE_IDS = ['density-rank', 'features-per-token', 'features-per-token-kind', 'training-curves', 'l0-fvu', 'l0-loss-recovered', 'dead-width'] as const;
+
+/**
+ * Every figure the runs and `sae features` folders have data for, and a note for each one left
+ * out; without runs (a report of features folders alone) the run figures leave no notes.
+ */
+export function buildFigures(runs: RunData[], folders: FeatureFolderData[] = []): { figures: Figure[]; notes: string[] } {
   const figures: Figure[] = [];
   const notes: string[] = [];
   const add = (f: Figure | null, missing: string) => (f ? figures.push(f) : notes.push(missing));
+  if (!runs.length) {
+    add(featuresPerTokenKindFigure(folders), 'Features per token by token kind: the --features folders hold no per-token counts.');
+    return { figures, notes };
+  }
   add(densityRankFigure(runs), 'Feature density against rank: no run has density statistics (no checkpoint with state.json), and no --data was given to measure them.');
   add(featuresPerTokenFigure(runs), 'Features per token: needs a measurement of active features per token; give --data (activation shards) or put the output of `sae eval` in the run directory as eval.json.');
+  add(
+    featuresPerTokenKindFigure(folders),
+    folders.length ? 'Features per token by token kind: the --features folders hold no per-token counts.' : 'Features per token by token kind (appendix D): give --features with a folder written by `sae features`.',
+  );
   add(trainingCurvesFigure(runs), 'Training curves: metrics.jsonl holds no logged steps.');
   add(l0FvuFigure(runs), 'L0 against FVU: no run has both L0 and FVU.');
   add(l0LossRecoveredFigure(runs), 'L0 against loss recovered: no run carries a loss-recovered measurement yet (a splice.json in the run directory, or lossRecovered in metrics.jsonl).');

@@ -1,14 +1,16 @@
 /**
  * Figures → SVG (Vega-Lite compiled to Vega, rendered headless in Node) → OUT/<id>.svg and one
  * self-contained OUT/report.html: the SVGs inline (no scripts, no network), the plotted data as
- * JSON in a <script type="application/json"> for reuse.
+ * JSON in a <script type="application/json"> for reuse. Its one way out is a relative link to each
+ * `sae features` folder's browser (a local file, never the network).
  */
 import * as path from 'node:path';
+import { pathToFileURL } from 'node:url';
 import * as vega from 'vega';
 import * as vl from 'vega-lite';
 import { writeFileAtomic } from '../util/atomic.js';
 import { ensureOutDir } from '../util/outdir.js';
-import type { RunData } from './data.js';
+import type { FeatureFolderData, RunData } from './data.js';
 import { buildFigures, type Figure, type VlSpec } from './figures.js';
 import { checkReportOutputs, REPORT_HTML_TAG, tagSvg } from '../store/outputs.js';
 
@@ -55,11 +57,45 @@ function runTable(runs: RunData[]): string {
   return `<table><thead><tr>${head.map((h) => `<th>${esc(h)}</th>`).join('')}</tr></thead><tbody>${rows.map((r) => `<tr>${r}</tr>`).join('\n')}</tbody></table>`;
 }
 
-export function reportHtml(runs: RunData[], figures: { figure: Figure; svg: string }[], notes: string[], generated = new Date()): string {
+/**
+ * The link from the report in `out` to a features folder's browser: relative (each path segment
+ * URI-encoded), so that the report and the folder can be moved together; an absolute file:// URL
+ * only where no relative path exists (another drive on Windows).
+ */
+export function browserHref(out: string, folder: string): string {
+  const target = path.resolve(folder, 'index.html');
+  const rel = path.relative(path.resolve(out), target);
+  if (path.isAbsolute(rel)) return pathToFileURL(target).href;
+  return rel.split(path.sep).map(encodeURIComponent).join('/');
+}
+
+export interface BrowserLink {
+  folder: FeatureFolderData;
+  href: string;
+}
+
+function browserSection(links: BrowserLink[]): string {
+  if (!links.length) return '';
+  const items = links.map(({ folder: f, href }) => {
+    const m = f.manifest;
+    const saes = f.saes.map((s) => `${s.label} (${s.activation}, ${s.F} features)`).join(', ');
+    return `<li><a class="feature-browser" href="${esc(href)}">${esc(f.name)}</a>: ${esc(saes)}; ${esc(`${m.tokens} tokens of ${m.corpus}, model ${m.model}, hook ${m.hook}`)} <span class="path">(${esc(path.resolve(f.dir))})</span></li>`;
+  });
+  return `<section id="feature-browser">
+<h2>Feature browser</h2>
+<p>Folders written by <code>sae features</code>: each link opens its browser (top contexts, activation bands and logit effects per feature). The links are relative to this report: move the two folders together.</p>
+<ul>
+${items.join('\n')}
+</ul>
+</section>`;
+}
+
+export function reportHtml(runs: RunData[], figures: { figure: Figure; svg: string }[], notes: string[], generated = new Date(), browsers: BrowserLink[] = []): string {
   const data = {
     generated: generated.toISOString(),
     // per-run values; the plotted points (densities thinned to ≤ 400 ranks, steps to ≤ 300) are in each figure's spec
     runs: runs.map(({ density: _d, metrics: _m, ...rest }) => rest),
+    features: browsers.map(({ folder: f, href }) => ({ name: f.name, dir: f.dir, href, manifest: f.manifest })),
     figures: figures.map(({ figure }) => ({ id: figure.id, title: figure.title, points: figure.points, spec: figure.spec })),
     notes,
   };
@@ -74,7 +110,7 @@ export function reportHtml(runs: RunData[], figures: { figure: Figure; svg: stri
 <head>
 <meta charset="utf-8">
 ${REPORT_HTML_TAG}
-<title>SAE report: ${esc(runs.map((r) => r.name).join(', '))}</title>
+<title>SAE report: ${esc([...runs.map((r) => r.name), ...browsers.map((b) => b.folder.name)].join(', '))}</title>
 <style>
 body { font-family: system-ui, sans-serif; margin: 2em; max-width: 1100px; color: #222; }
 table { border-collapse: collapse; font-size: 0.85em; margin-bottom: 1.5em; }
@@ -82,18 +118,27 @@ th, td { border: 1px solid #ccc; padding: 0.25em 0.5em; text-align: right; }
 th:first-child, td:first-child { text-align: left; }
 figure { margin: 2em 0; } figcaption { font-size: 0.85em; color: #555; max-width: 60em; }
 .notes { color: #7a4b00; }
+.path { color: #777; font-size: 0.85em; }
 </style>
 </head>
 <body>
 <h1>SAE report</h1>
-<p>${runs.length} run${runs.length === 1 ? '' : 's'}: ${esc(runs.map((r) => r.dir).join(', '))}. Generated ${esc(data.generated)} by <code>sae report</code>.</p>
-${runTable(runs)}
+<p>${esc(sources(runs, browsers))}. Generated ${esc(data.generated)} by <code>sae report</code>.</p>
+${runs.length ? runTable(runs) : ''}
 ${notes.length ? `<ul class="notes">${notes.map((n) => `<li>${esc(n)}</li>`).join('')}</ul>` : ''}
+${browserSection(browsers)}
 ${body}
 <script type="application/json" id="report-data">${scriptJson(data)}</script>
 </body>
 </html>
 `;
+}
+
+function sources(runs: RunData[], browsers: BrowserLink[]): string {
+  const parts: string[] = [];
+  if (runs.length) parts.push(`${runs.length} run${runs.length === 1 ? '' : 's'}: ${runs.map((r) => r.dir).join(', ')}`);
+  if (browsers.length) parts.push(`${browsers.length} sae features folder${browsers.length === 1 ? '' : 's'}: ${browsers.map((b) => b.folder.dir).join(', ')}`);
+  return parts.join('; ');
 }
 
 export interface ReportResult {
@@ -107,9 +152,10 @@ export interface ReportResult {
  * Render every figure the runs have data for into `out`: <id>.svg each, then report.html. Files of
  * those names that another program wrote are refused before anything is written, unless `force`.
  */
-export async function writeReport(runs: RunData[], out: string, opts: { force?: boolean } = {}): Promise<ReportResult> {
+export async function writeReport(runs: RunData[], out: string, opts: { force?: boolean; features?: FeatureFolderData[] } = {}): Promise<ReportResult> {
   await ensureOutDir(out);
-  const { figures, notes } = buildFigures(runs);
+  const folders = opts.features ?? [];
+  const { figures, notes } = buildFigures(runs, folders);
   await checkReportOutputs(out, [...figures.map((f) => `${f.id}.svg`), 'report.html'], opts.force ?? false);
   const rendered: { figure: Figure; svg: string }[] = [];
   const files: string[] = [];
@@ -121,7 +167,7 @@ export async function writeReport(runs: RunData[], out: string, opts: { force?: 
     rendered.push({ figure, svg });
   }
   const html = path.join(out, 'report.html');
-  await writeFileAtomic(html, reportHtml(runs, rendered, notes));
+  await writeFileAtomic(html, reportHtml(runs, rendered, notes, new Date(), folders.map((folder) => ({ folder, href: browserHref(out, folder.dir) }))));
   files.push(html);
   return { files, figures: figures.map((f) => ({ id: f.id, points: f.points })), notes };
 }
