@@ -6,7 +6,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { SaeParams, Selection } from '../src/kernels/types.js';
 import type { Sae } from '../src/sae/sae.js';
 import { CodeStream } from '../src/eval/encode.js';
-import { FeaturePass } from '../src/eval/feature-pass.js';
+import { FeaturePass, HIST_BINS, histEdges, sampleKey } from '../src/eval/feature-pass.js';
+import { allocCodes } from '../src/kernels/selection.js';
 import type { FeatureIndex, FeaturePage, FeaturesManifest } from '../src/eval/feature-data.js';
 import { features, kindOfText } from '../src/pipeline/features.js';
 import { HookedTransformer } from '../src/lm/model.js';
@@ -99,14 +100,26 @@ describe('the feature pass', () => {
     return pass;
   }
 
-  it("finds exactly the planted tokens as a feature's top contexts, in order of activation", () => {
+  /** feature j's largest activation in each context (top-1 codes computed here), largest first, one per context */
+  const bestPerContext = (j: number): number[] => {
+    const best = new Map<number, number>();
+    for (let r = 0; r < ids.length; r++) {
+      const [f, z] = top1(r);
+      const c = Math.floor(r / ctx);
+      if (f === j && (!best.has(c) || z > top1(best.get(c)!)[1])) best.set(c, r);
+    }
+    return [...best.values()].sort((a, b) => top1(b)[1] - top1(a)[1] || a - b);
+  };
+
+  it("finds exactly the planted tokens as a feature's top contexts, in order of activation, one example per context", () => {
     const pass = run(24, 40);
     for (let j = 0; j < F; j++) {
-      const planted = [...ids.keys()].filter((r) => ids[r] === j).sort((a, b) => coef[b] - coef[a] || a - b);
-      const want = planted.slice(0, 5).map((r) => [Math.floor(r / ctx), r % ctx]);
+      const want = bestPerContext(j).slice(0, 5);
       const top = pass.topExamples(j);
-      expect(top.map((e) => [e.context, e.position]), `feature ${j}`).toEqual(want);
-      for (const e of top) expect(e.ids[e.at]).toBe(j);
+      expect(top.map((e) => [e.context, e.position]), `feature ${j}`).toEqual(want.map((r) => [Math.floor(r / ctx), r % ctx]));
+      expect(new Set(top.map((e) => e.context)).size).toBe(top.length);
+      // the planted tokens outrank every noise firing
+      for (const e of top.slice(0, Math.min(5, new Set([...ids.keys()].filter((r) => ids[r] === j).map((r) => Math.floor(r / ctx))).size))) expect(e.ids[e.at]).toBe(j);
     }
   });
 
@@ -142,23 +155,62 @@ describe('the feature pass', () => {
   it('counts densities, features per token and the texts of the first contexts', () => {
     const pass = run(24, 40);
     expect(pass.tokens).toBe(ids.length);
-    const fired = Array.from({ length: F }, (_, j) => ids.filter((t) => t === j).length);
-    // noise tokens also take their one feature (TopK picks the largest positive affinity)
-    for (let j = 0; j < F; j++) expect(pass.count[j]).toBeGreaterThanOrEqual(fired[j]);
-    expect(pass.perToken.reduce((s, c) => s + c, 0)).toBe(ids.length);
+    const codes = Array.from(ids.keys(), top1);
+    for (let j = 0; j < F; j++) expect(pass.count[j], `feature ${j}`).toBe(codes.filter(([f]) => f === j).length);
+    const withOne = codes.filter(([f]) => f >= 0).length;
+    expect(pass.perToken[1]).toBe(withOne);
+    expect(pass.perToken[0] ?? 0).toBe(ids.length - withOne);
     expect(pass.texts.map((t) => t.context)).toEqual([0, 1]);
     expect(pass.texts[0].ids).toEqual(Array.from(ids.subarray(0, ctx)));
   });
 
-  it('samples firings from every activation band, lowest band first', () => {
+  it("samples a feature's firings uniformly: the ones of smallest hash key, in bands by activation", () => {
     const pass = run(24, 40);
     for (let j = 0; j < F; j++) {
+      const firings = [...ids.keys()].filter((r) => top1(r)[0] === j);
+      const want = firings.sort((a, b) => sampleKey(1, j, a) - sampleKey(1, j, b)).slice(0, 8).map((r) => `${Math.floor(r / ctx)}:${r % ctx}`).sort();
       const bands = pass.quantileBands(j);
-      const n = Math.min(8, pass.count[j]);
-      expect(bands.reduce((s, b) => s + b.examples.length, 0)).toBe(n);
+      const got = bands.flatMap((b) => b.examples.map((e) => `${e.context}:${e.position}`)).sort();
+      expect(got, `feature ${j}`).toEqual(want);
       for (let i = 1; i < bands.length; i++) expect(bands[i].from).toBeGreaterThanOrEqual(bands[i - 1].to);
       for (const b of bands) for (const e of b.examples) expect(e.value >= b.from && e.value <= b.to).toBe(true);
     }
+  });
+
+  it('counts every activation in its histogram, the out-of-range ones in the end bins', () => {
+    const p = new FeaturePass({ ...opts, F: 1 });
+    const values = [2 ** -30, 0.001, 0.5, 0.5, 3, 2 ** 20];
+    const codes = allocCodes(values.length, values.length);
+    values.forEach((v, r) => {
+      codes.rowPtr[r + 1] = r + 1;
+      codes.index[r] = 0;
+      codes.value[r] = v;
+    });
+    codes.nnz = values.length;
+    const n = values.length;
+    p.add({ n, first: 0, codes, tokenId: new Int32Array(n), context: Int32Array.from({ length: n }, (_, i) => i), position: new Int32Array(n) });
+    p.end();
+    const h = p.histogram(0);
+    expect(h.counts.reduce((a, b) => a + b, 0)).toBe(n);
+    // edges at 4 significant digits: from the first bin's lower edge to the last bin's upper one
+    expect(h.edges[0] / histEdges()[0]).toBeCloseTo(1, 3);
+    expect(h.edges[h.edges.length - 1] / histEdges()[HIST_BINS]).toBeCloseTo(1, 3);
+    expect(h.counts[0]).toBe(1);
+    expect(h.counts[h.counts.length - 1]).toBe(1);
+  });
+
+  it('tells the first token of a word after BOS or EOS, also when BOS is not a row (--skip-bos)', () => {
+    const kinds = (rows: [number, number, number][]) => {
+      const p = new FeaturePass({ ...opts, F: 1, kindOfId: () => 'continuation', specialIds: new Set([99]) });
+      const n = rows.length;
+      p.add({ n, first: 0, codes: allocCodes(n, 1), tokenId: Int32Array.from(rows, (r) => r[0]), context: Int32Array.from(rows, (r) => r[1]), position: Int32Array.from(rows, (r) => r[2]) });
+      p.end();
+      return Object.fromEntries(Object.entries(p.perTokenByKind).map(([k, v]) => [k, v[0] ?? 0]));
+    };
+    // [token, context, position]: BOS, a word, its rest, EOS, the next document's word, its rest
+    expect(kinds([[99, 0, 0], [5, 0, 1], [6, 0, 2], [99, 0, 3], [7, 0, 4], [8, 0, 5]])).toMatchObject({ bos: 1, eos: 1, word: 2, continuation: 2 });
+    // BOS left out: the context's first row still follows it
+    expect(kinds([[5, 0, 1], [6, 0, 2], [5, 1, 1], [6, 1, 2]])).toMatchObject({ bos: 0, word: 2, continuation: 2 });
   });
 
   it('tells token kinds apart by their text', () => {
@@ -167,6 +219,7 @@ describe('the feature pass', () => {
     expect(kindOfText(',')).toBe('punctuation');
     expect(kindOfText(' .')).toBe('punctuation');
     expect(kindOfText('\n')).toBe('punctuation');
+    expect(kindOfText('\uFFFD')).toBe('continuation');
   });
 });
 
@@ -299,4 +352,13 @@ describe('sae features from the command line', () => {
     expect(r.status, r.stderr).toBe(0);
     expect((await fs.readdir(dir)).filter((e) => e.startsWith('.f.tmp-'))).toEqual([]);
   }, 120_000);
+
+  it('puts back the earlier folder a pass killed mid-swap had set aside, and replaces it', async () => {
+    const gone = Number(spawnSync(process.execPath, ['-e', 'process.stdout.write(String(process.pid))']).stdout.toString());
+    await fs.rename(path.join(dir, 'f'), path.join(dir, `f.old-${gone}-1`));
+    const r = sae('features', '--checkpoint', 'mc', '--model', BROWN, '--out', 'f', '--max-tokens', '300', '--quiet');
+    expect(r.status, r.stderr).toBe(0);
+    expect((await fs.readdir(dir)).filter((e) => e.startsWith('f.old-') || e.startsWith('.f.tmp-'))).toEqual([]);
+    expect(JSON.parse(await fs.readFile(path.join(dir, 'f', 'features.json'), 'utf8')).tokens).toBe(300);
+  }, 60_000);
 });

@@ -1,3 +1,4 @@
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { Args, Flags } from '@oclif/core';
@@ -14,6 +15,7 @@ import { loadTokenizer } from '../lm/tokenizer.js';
 import { openCorpus, type CorpusSpec } from '../corpus/corpus.js';
 import { openSae } from '../sae/sae.js';
 import { ENCODE_MODES, modeSelection, type EncodeMode } from '../eval/encode.js';
+import { featurePassBytes } from '../eval/feature-pass.js';
 import { SYNTHETIC_MODEL } from '../store/outputs.js';
 import { checkFeaturesOut, features, type FeaturesSaeInput } from '../pipeline/features.js';
 
@@ -85,6 +87,11 @@ export default class Features extends SaeCommand {
       const first = saes[0]?.sae;
       if (first && (first.hook !== sae.hook || first.d !== sae.d)) throw new UserError(`${checkpoints[i]} reads ${sae.hook} (d_in ${sae.d}) but ${checkpoints[0]} reads ${first.hook} (d_in ${first.d}): one pass serves SAEs of one hook`);
       saes.push({ label: labelOf(flags.label?.[i] ?? checkpoints[i], saes.map((s) => s.label)), sae, mode });
+    }
+    // the pass preallocates its example pool: say so before the OS does, in one line
+    const bytes = saes.reduce((t, s) => t + featurePassBytes(s.sae.F, flags), 0);
+    if (bytes > os.totalmem() / 2) {
+      throw new UserError(`--top ${flags.top}, --samples ${flags.samples} and a window of ${flags.before + 1 + flags.after} tokens need ${(bytes / 2 ** 30).toFixed(1)} GiB for ${saes.map((s) => s.sae.F).join(' + ')} features, more than half of this machine's memory; lower them`);
     }
     if (flags.open !== undefined && (flags.open < 0 || flags.open >= saes[0].sae.F)) throw new UserError(`--open ${flags.open}: feature ids of ${checkpoints[0]} run from 0 to ${saes[0].sae.F - 1}`);
     const inputs = argv as string[];

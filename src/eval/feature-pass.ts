@@ -32,9 +32,12 @@ export interface FeaturePassOptions {
   specialIds: ReadonlySet<number>;
 }
 
-/** Histogram edges: quarter-octaves from 2^−16 to 2^8 (activations of unit-norm inputs lie well inside). */
-export const HIST_BINS = 96;
-const HIST_LO = -16;
+/**
+ * Histogram edges: quarter-octaves from 2^−24 to 2^16, wide enough for unit-norm inputs and for raw
+ * residual streams alike; anything beyond falls into the end bins.
+ */
+export const HIST_BINS = 160;
+const HIST_LO = -24;
 const HIST_PER_OCTAVE = 4;
 export function histEdges(): number[] {
   return Array.from({ length: HIST_BINS + 1 }, (_, i) => 2 ** (HIST_LO + i / HIST_PER_OCTAVE));
@@ -45,11 +48,17 @@ function histBin(v: number): number {
 }
 
 /** A uniform key in [0, 2^32) for (feature, row): the bottom-R keys of a feature are a uniform sample of its firings. */
-function sampleKey(seed: number, j: number, row: number): number {
+export function sampleKey(seed: number, j: number, row: number): number {
   let h = Math.imul(seed ^ 0x9e3779b9, 0x85ebca6b) ^ Math.imul(j + 1, 0xc2b2ae35) ^ Math.imul(row + 0x27d4eb2f, 0x165667b1);
   h = Math.imul(h ^ (h >>> 16), 0x7feb352d);
   h = Math.imul(h ^ (h >>> 15), 0x846ca68b);
   return (h ^ (h >>> 16)) >>> 0;
+}
+
+/** Bytes a pass preallocates for F features: the example pool, the heaps and sample keys, the histograms. */
+export function featurePassBytes(F: number, o: { top: number; samples: number; before: number; after: number }): number {
+  const slots = F * (o.top + o.samples);
+  return slots * ((o.before + 1 + o.after) * 8 + 12) + F * (o.top + o.samples) * 4 + F * HIST_BINS * 4;
 }
 
 export interface TextRecord {
@@ -86,6 +95,10 @@ export class FeaturePass {
   private readonly sampleSize: Int32Array;
   private readonly sampleKeys: Uint32Array;
   private readonly sampleBase: number;
+  /** per feature, its largest activation in the context being counted and the row (−1: none yet) */
+  private readonly ctxBest: Float32Array;
+  private readonly ctxBestRow: Int32Array;
+  private readonly touched: number[] = [];
   /** held rows: the tail of the stream whose last context may continue in the next block */
   private held: { n: number; first: number; tokenId: Int32Array; context: Int32Array; position: Int32Array; rowPtr: Int32Array; index: Int32Array; value: Float32Array };
 
@@ -109,6 +122,8 @@ export class FeaturePass {
     this.sampleSize = new Int32Array(F);
     this.sampleKeys = new Uint32Array(F * o.samples);
     this.sampleBase = F * o.top;
+    this.ctxBest = new Float32Array(F);
+    this.ctxBestRow = new Int32Array(F).fill(-1);
     this.held = { n: 0, first: 0, tokenId: new Int32Array(0), context: new Int32Array(0), position: new Int32Array(0), rowPtr: new Int32Array(1), index: new Int32Array(0), value: new Float32Array(0) };
   }
 
@@ -176,10 +191,23 @@ export class FeaturePass {
         this.sharedSum[j] += c - 1;
         if (v > this.max[j]) this.max[j] = v;
         this.hist[j * HIST_BINS + histBin(v)]++;
-        this.offerTop(j, v, r);
+        // a context offers each feature once, at its maximum there: the top N are N texts, not N neighbouring tokens of one
+        if (this.ctxBestRow[j] < 0) this.touched.push(j);
+        if (this.ctxBestRow[j] < 0 || v > this.ctxBest[j]) {
+          this.ctxBest[j] = v;
+          this.ctxBestRow[j] = r;
+        }
         if (o.samples > 0) this.offerSample(j, sampleKey(o.seed, j, row), r, v);
       }
       if (h.context[r] < o.texts) this.keepText(r, kind);
+      // the context's last row: its maxima enter the top heaps (every row of it is held, so windows are whole)
+      if (r + 1 === m || h.context[r + 1] !== h.context[r]) {
+        for (const j of this.touched) {
+          this.offerTop(j, this.ctxBest[j], this.ctxBestRow[j]);
+          this.ctxBestRow[j] = -1;
+        }
+        this.touched.length = 0;
+      }
     }
     // shift the rest to the front
     const rest = h.n - m;
@@ -194,13 +222,18 @@ export class FeaturePass {
     h.n = rest;
   }
 
-  /** Special tokens by place (BOS opens a context), others by their text; a word's first token also follows a special. */
+  /**
+   * Special tokens by place (BOS opens a context), others by their text; a word's first token also
+   * follows a special one (BOS, or an EOS between documents), which may not be a row (--skip-bos).
+   */
   private kindAt(r: number): TokenKind {
     const h = this.held;
     const id = h.tokenId[r];
     if (this.o.specialIds.has(id)) return h.position[r] === 0 ? 'bos' : 'eos';
     const k = this.o.kindOfId(id);
-    if (k === 'continuation' && r > 0 && h.context[r - 1] === h.context[r] && this.o.specialIds.has(h.tokenId[r - 1])) return 'word';
+    if (k !== 'continuation') return k;
+    const firstOfContext = r === 0 || h.context[r - 1] !== h.context[r];
+    if (firstOfContext ? h.position[r] === 1 : this.o.specialIds.has(h.tokenId[r - 1])) return 'word';
     return k;
   }
 
@@ -239,7 +272,7 @@ export class FeaturePass {
       this.topSize[j] = size + 1;
       return;
     }
-    // ties keep the earlier firing
+    // a context equal to the smallest kept does not displace it (which of equal ones stays is unspecified)
     if (v <= this.slotValue[heap[base]]) return;
     const slot = heap[base];
     this.fill(slot, j, v, r);
@@ -278,7 +311,7 @@ export class FeaturePass {
   /** Copy the window of held row r for feature j into a slot. */
   private fill(slot: number, j: number, v: number, r: number): void {
     const h = this.held;
-    const { before, after } = this.o;
+    const { before } = this.o;
     const W = this.W;
     this.slotValue[slot] = v;
     this.slotContext[slot] = h.context[r];
@@ -290,7 +323,6 @@ export class FeaturePass {
       this.slotIds[slot * W + w] = inside ? h.tokenId[q] : -1;
       this.slotActs[slot * W + w] = inside ? (q === r ? v : this.actOf(q, j)) : 0;
     }
-    void after;
   }
 
   /** feature j's activation on held row q (0 when not selected there): a binary search of the row's ascending ids */

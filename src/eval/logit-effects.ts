@@ -38,7 +38,7 @@ export function logitEffects(
   n: number,
   block = 256,
 ): LogitEffects {
-  const keep = Math.min(n, V);
+  const keep = Math.min(n, V, Vrows);
   const out: LogitEffects = {
     n: keep,
     promotedIds: new Int32Array(F * keep),
@@ -52,7 +52,8 @@ export function logitEffects(
     const b = Math.min(block, F - j0);
     for (let r = 0; r < b; r++) for (let i = 0; i < d; i++) x[r * d + i] = Wdec[(j0 + r) * d + i] * lnScale[i];
     kernels.linear(x.subarray(0, b * d), b, d, unembed, Vrows, layout, null, y.subarray(0, b * Vrows));
-    for (let r = 0; r < b; r++) extremes(y.subarray(r * Vrows, r * Vrows + V), keep, out, (j0 + r) * keep);
+    // ids the model has no row for (a tokenizer's added tokens) have no logit to rank
+    for (let r = 0; r < b; r++) extremes(y.subarray(r * Vrows, r * Vrows + Math.min(V, Vrows)), keep, out, (j0 + r) * keep);
   }
   return out;
 }

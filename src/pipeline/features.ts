@@ -133,31 +133,37 @@ async function writeFolder<P>(
   const V = vocab.length;
   const hook = o.saes[0].sae.hook;
   const writer = new FileWriter(tmp);
-  const saesOut: FeaturesManifest['saes'] = [];
-  for (let i = 0; i < o.saes.length; i++) {
-    const { label, sae, mode } = o.saes[i];
-    const pass = passes[i];
-    const t1 = Date.now();
-    const effects = logitEffects(model.kernels, sae.params.Wdec, sae.F, sae.d, model.weights.lnFinal.w, model.unembedInOut(), 'in_out', model.weights.unembed.length / sae.d, V, o.logits);
-    o.info?.(`features: ${label}: logit effects of ${sae.F} features over ${V} tokens (${((Date.now() - t1) / 1000).toFixed(1)}s)`);
-    const index = featureIndex(label, pass, effects);
-    await writer.write(path.join(label, 'index.json'), JSON.stringify(index));
-    await writer.write(dataPaths.index(label), indexScript(label, index));
-    for (let j = 0; j < sae.F; j++) await writer.write(dataPaths.feature(label, j), featureScript(label, featurePage(j, pass, index, effects)));
-    saesOut.push({
-      label, checkpoint: sae.dir, F: sae.F, d: sae.d, activation: activationOf(sae, mode), mode,
-      batchSize: streams[i].batchSize, l0: pass.tokens ? pass.nnz / pass.tokens : 0,
-    });
+  let manifest: FeaturesManifest;
+  try {
+    const saesOut: FeaturesManifest['saes'] = [];
+    for (let i = 0; i < o.saes.length; i++) {
+      const { label, sae, mode } = o.saes[i];
+      const pass = passes[i];
+      const t1 = Date.now();
+      const effects = logitEffects(model.kernels, sae.params.Wdec, sae.F, sae.d, model.weights.lnFinal.w, model.unembedInOut(), 'in_out', model.weights.unembed.length / sae.d, V, o.logits);
+      o.info?.(`features: ${label}: logit effects of ${sae.F} features over ${V} tokens (${((Date.now() - t1) / 1000).toFixed(1)}s)`);
+      const index = featureIndex(label, pass, effects);
+      await writer.write(path.join(label, 'index.json'), JSON.stringify(index));
+      await writer.write(dataPaths.index(label), indexScript(label, index));
+      for (let j = 0; j < sae.F; j++) await writer.write(dataPaths.feature(label, j), featureScript(label, featurePage(j, pass, index, effects)));
+      saesOut.push({
+        label, checkpoint: sae.dir, F: sae.F, d: sae.d, activation: activationOf(sae, mode), mode,
+        batchSize: streams[i].batchSize, l0: pass.tokens ? pass.nnz / pass.tokens : 0,
+      });
+    }
+    await writer.write(dataPaths.vocab, vocabScript({ tokens: vocab }));
+    await writer.write(dataPaths.texts, textsScript(textsData(o.saes.map((s) => s.label), passes)));
+    manifest = {
+      schema: FEATURES_SCHEMA, model: o.modelName, hook, corpus: o.corpus.describe(), tokens: r.tokens, contexts: r.contexts, ctx: o.ctx,
+      before: o.before, after: o.after, precision: model.kernels.precision ?? 'fp32', saes: saesOut, seconds: (Date.now() - t0) / 1000,
+    };
+    await writer.write(FEATURES_MANIFEST, JSON.stringify(manifest, null, 2) + '\n');
+    await writer.write('index.html', browserHtml(manifest));
+    await writer.done();
+  } catch (err) {
+    await writer.settle();
+    throw err;
   }
-  await writer.write(dataPaths.vocab, vocabScript({ tokens: vocab }));
-  await writer.write(dataPaths.texts, textsScript(textsData(o.saes.map((s) => s.label), passes)));
-  const manifest: FeaturesManifest = {
-    schema: FEATURES_SCHEMA, model: o.modelName, hook, corpus: o.corpus.describe(), tokens: r.tokens, contexts: r.contexts, ctx: o.ctx,
-    before: o.before, after: o.after, precision: model.kernels.precision ?? 'fp32', saes: saesOut, seconds: (Date.now() - t0) / 1000,
-  };
-  await writer.write(FEATURES_MANIFEST, JSON.stringify(manifest, null, 2) + '\n');
-  await writer.write('index.html', browserHtml(manifest));
-  await writer.done();
   await publishDirAtomic(tmp, o.out);
   return { out: o.out, index: path.join(o.out, 'index.html'), manifest };
 }
@@ -189,19 +195,32 @@ class FileWriter {
   }
 
   async done(): Promise<void> {
-    await Promise.all(this.pending);
+    await this.settle();
     if (this.failed) throw this.failed;
+  }
+
+  /** every write begun has ended (so that a failed pass's folder can be removed whole) */
+  async settle(): Promise<void> {
+    await Promise.allSettled([...this.pending]);
   }
 }
 
-/** Temporary folders of passes that were killed (their process is gone). */
+/**
+ * What passes killed earlier left beside --out (their process is gone): the hidden folder a pass
+ * grows, removed; and publishDirAtomic's `OUT.old-PID-TIME`, the earlier folder set aside for the
+ * swap, put back when the kill fell between the swap's two renames (--out is missing), else removed.
+ */
 async function removeStaleTemps(out: string): Promise<void> {
   const dir = path.dirname(path.resolve(out));
-  const prefix = `.${path.basename(out)}.tmp-`;
+  const base = path.basename(out);
+  const pidOf = (rest: string) => Number(rest.split('-')[0]);
   for (const e of await fs.readdir(dir).catch(() => [] as string[])) {
-    if (!e.startsWith(prefix)) continue;
-    const pid = Number(e.slice(prefix.length).split('-')[0]);
-    if (Number.isInteger(pid) && pid !== process.pid && !alive(pid)) await fs.rm(path.join(dir, e), { recursive: true, force: true });
+    const tmp = e.startsWith(`.${base}.tmp-`) ? e.slice(base.length + 6) : null;
+    const old = e.startsWith(`${base}.old-`) ? e.slice(base.length + 5) : null;
+    const pid = pidOf(tmp ?? old ?? '');
+    if (!Number.isInteger(pid) || pid === process.pid || alive(pid)) continue;
+    if (old !== null && !(await fs.stat(out).catch(() => null))) await fs.rename(path.join(dir, e), path.resolve(out));
+    else await fs.rm(path.join(dir, e), { recursive: true, force: true });
   }
 }
 
@@ -216,6 +235,8 @@ function alive(pid: number): boolean {
 
 /** Token kinds for the appendix-D figure, by a token's text alone (specials are told by place). */
 export function kindOfText(text: string): TokenKind {
+  // a byte piece of a multi-byte character decodes to U+FFFD alone: part of a word, not a symbol
+  if (text.includes('\uFFFD')) return /^\s/u.test(text) ? 'word' : 'continuation';
   if (/^[\s\p{P}\p{S}]*$/u.test(text)) return 'punctuation';
   if (/^\s/u.test(text)) return 'word';
   return 'continuation';
