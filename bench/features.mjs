@@ -80,8 +80,11 @@ try {
   result.writeSeconds = result.featuresSeconds - result.passSeconds - result.logitEffectsSeconds;
   result.l0 = r.manifest.saes[0].l0;
   if (result.harvestSeconds) result.featuresOverHarvest = result.featuresSeconds / result.harvestSeconds;
-  const du = async (p) => (await fs.readdir(p, { recursive: true, withFileTypes: true })).filter((e) => e.isFile()).length;
-  result.files = await du(path.join(out, 'features'));
+  const files = (await fs.readdir(path.join(out, 'features'), { recursive: true, withFileTypes: true })).filter((e) => e.isFile());
+  result.files = files.length;
+  let bytes = 0;
+  for (const f of files) bytes += (await fs.stat(path.join(f.parentPath ?? f.path, f.name))).size;
+  result.folderMB = Math.round(bytes / 2 ** 20);
   result.peakRssMB = Math.round(process.resourceUsage().maxRSS / 1024);
 } finally {
   await fs.rm(out, { recursive: true, force: true });
